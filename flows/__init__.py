@@ -1,0 +1,1 @@
+"""Prefect flows: composition, fan-out, artifacts and the CLI entry points."""

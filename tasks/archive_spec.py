@@ -1,0 +1,153 @@
+"""Which archive is which: names, URLs and local paths, as tiny pure functions.
+
+Real URLs look like
+https://data.binance.vision/data/spot/daily/trades/BTCUSDT/BTCUSDT-trades-2024-01-01.zip
+https://data.binance.vision/data/futures/um/monthly/trades/BTCUSDT/BTCUSDT-trades-2024-01.zip
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+from tasks.errors import UnsafePath
+
+Market = Literal["spot", "um", "cm"]
+Granularity = Literal["daily", "monthly"]
+
+MARKETS: tuple[Market, ...] = ("spot", "um", "cm")
+#: Path segment of each market in the archive.
+MARKET_PATH: dict[str, str] = {"spot": "spot", "um": "futures/um", "cm": "futures/cm"}
+
+SYMBOL_RE = re.compile(r"^[A-Z0-9_]{1,40}$")
+_DAILY_NAME = re.compile(r"^(?P<symbol>[A-Z0-9_]+)-trades-(?P<y>\d{4})-(?P<m>\d{2})-(?P<d>\d{2})\.zip$")
+_MONTHLY_NAME = re.compile(r"^(?P<symbol>[A-Z0-9_]+)-trades-(?P<y>\d{4})-(?P<m>\d{2})\.zip$")
+
+
+def check_symbol(symbol: str) -> str:
+    """Return `symbol` if it is a safe archive symbol (`[A-Z0-9_]`), else raise UnsafePath."""
+    if not SYMBOL_RE.match(symbol):
+        raise UnsafePath(repr(symbol), "a symbol must match [A-Z0-9_]{1,40}")
+    return symbol
+
+
+def month_end(day: date) -> date:
+    """Last day of `day`'s month."""
+    return day.replace(day=calendar.monthrange(day.year, day.month)[1])
+
+
+@dataclass(frozen=True, order=True)
+class ArchiveSpec:
+    """One published trades archive: a (market, symbol) day or month."""
+
+    market: Market
+    symbol: str
+    granularity: Granularity
+    period: date  # the day, or the first day of the month
+
+    def __post_init__(self) -> None:
+        check_symbol(self.symbol)
+        if self.granularity == "monthly" and self.period.day != 1:
+            raise ValueError(f"monthly archive period must start on day 1, got {self.period}")
+
+    @property
+    def first_day(self) -> date:
+        return self.period
+
+    @property
+    def last_day(self) -> date:
+        return self.period if self.granularity == "daily" else month_end(self.period)
+
+    def days(self) -> list[date]:
+        """Every calendar day the archive covers."""
+        n = (self.last_day - self.first_day).days + 1
+        return [self.first_day + timedelta(days=i) for i in range(n)]
+
+    @property
+    def start(self) -> datetime:
+        """Inclusive UTC start of the archive's period."""
+        return datetime.combine(self.first_day, datetime.min.time(), tzinfo=UTC)
+
+    @property
+    def end(self) -> datetime:
+        """Exclusive UTC end of the archive's period."""
+        return datetime.combine(self.last_day + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+
+    @property
+    def label(self) -> str:
+        """`2024-01-01` for a day, `2024-01` for a month."""
+        return self.period.isoformat() if self.granularity == "daily" else self.period.strftime("%Y-%m")
+
+    @property
+    def file_name(self) -> str:
+        """`BTCUSDT-trades-2024-01-01.zip`."""
+        return f"{self.symbol}-trades-{self.label}.zip"
+
+    @property
+    def csv_name(self) -> str:
+        """The CSV member Binance puts in the ZIP: `BTCUSDT-trades-2024-01-01.csv`."""
+        return f"{self.symbol}-trades-{self.label}.csv"
+
+    @property
+    def folder_key(self) -> str:
+        """`data/spot/daily/trades/BTCUSDT/`: the listing prefix of this symbol's archives."""
+        return symbol_prefix(self.market, self.granularity, self.symbol)
+
+    @property
+    def key(self) -> str:
+        """`data/spot/daily/trades/BTCUSDT/BTCUSDT-trades-2024-01-01.zip`."""
+        return self.folder_key + self.file_name
+
+    def url(self, base_url: str) -> str:
+        """Full archive URL under `base_url` (https://data.binance.vision)."""
+        return f"{base_url.rstrip('/')}/{self.key}"
+
+    def checksum_url(self, base_url: str) -> str:
+        """URL of the sibling `.zip.CHECKSUM` file."""
+        return self.url(base_url) + ".CHECKSUM"
+
+    def local_zip(self, data_dir: Path) -> Path:
+        """Where the verified download lives: `<data_dir>/archive/<key>`."""
+        return data_dir / "archive" / self.key
+
+    def quarantine_zip(self, data_dir: Path) -> Path:
+        """Where a refused archive is kept for inspection: `<data_dir>/quarantine/<key>`."""
+        return data_dir / "quarantine" / self.key
+
+    def lake_dir(self, data_dir: Path) -> Path:
+        """`<data_dir>/lake/trades/market=<m>/symbol=<S>`."""
+        return lake_symbol_dir(data_dir, self.market, self.symbol)
+
+    def lake_file(self, data_dir: Path) -> Path:
+        """The per-archive lake file, named by its date range: `2024-01-01_2024-01-31.parquet`."""
+        return self.lake_dir(data_dir) / f"{self.first_day.isoformat()}_{self.last_day.isoformat()}.parquet"
+
+    def __str__(self) -> str:
+        return self.key
+
+
+def symbol_prefix(market: str, granularity: str, symbol: str) -> str:
+    """`data/futures/um/monthly/trades/BTCUSDT/`."""
+    return f"data/{MARKET_PATH[market]}/{granularity}/trades/{check_symbol(symbol)}/"
+
+
+def lake_symbol_dir(data_dir: Path, market: str, symbol: str) -> Path:
+    """`<data_dir>/lake/trades/market=spot/symbol=BTCUSDT`."""
+    return data_dir / "lake" / "trades" / f"market={market}" / f"symbol={check_symbol(symbol)}"
+
+
+def parse_archive_name(market: Market, granularity: Granularity, name: str) -> ArchiveSpec | None:
+    """Parse `BTCUSDT-trades-2024-01-01.zip` (daily) or `...-2024-01.zip` (monthly); None if not one."""
+    pattern = _DAILY_NAME if granularity == "daily" else _MONTHLY_NAME
+    m = pattern.match(name)
+    if not m:
+        return None
+    try:
+        day = date(int(m["y"]), int(m["m"]), int(m["d"]) if granularity == "daily" else 1)
+    except ValueError:
+        return None
+    return ArchiveSpec(market, m["symbol"], granularity, day)

@@ -1,0 +1,86 @@
+"""Atomic file writes: temporary file in the same folder, fsync, rename, fsync the folder.
+
+Temporary names start with a dot, which pyarrow datasets, Dask, DuckDB globs on
+`*.parquet` and Polars all skip, so a reader never sees a partial file.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+TMP_MARK = ".tmp-"
+
+
+def temp_path_for(final: Path) -> Path:
+    """A unique hidden temporary path beside `final` (same filesystem, so rename is atomic)."""
+    return final.with_name(f".{final.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename inside `folder` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def commit(tmp: Path, final: Path) -> None:
+    """fsync `tmp`, rename it over `final`, fsync the folder."""
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
+@contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces `final`, on error it is removed."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path_for(final)
+    try:
+        yield tmp
+        commit(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(final: Path, data: bytes) -> None:
+    """Write `data` to `final` atomically."""
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(data)
+
+
+def remove_stale_temporaries(root: Path) -> int:
+    """Delete temporary files left under `root` by killed runs; returns how many.
+
+    Only files whose writer process is gone are removed, so a concurrent run's
+    in-progress files are left alone.
+    """
+    removed = 0
+    if not root.exists():
+        return 0
+    for path in root.rglob(f".*{TMP_MARK}*"):
+        pid_part = path.name.split(TMP_MARK, 1)[1].split("-", 1)[0]
+        if pid_part.isdigit() and _pid_alive(int(pid_part)):
+            continue
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

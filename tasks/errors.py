@@ -1,0 +1,77 @@
+"""One exception type per failure kind.
+
+Every error names the file (or URL, or listing key) it is about and the reason, so a
+report line is enough to act on. Only `TransientNetworkError` is retried.
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base class: `source` is the file, URL or key concerned; `reason` says why."""
+
+    kind = "error"
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keep (source, reason) across pickling: Dask and Prefect results pickle errors.
+        return (type(self), (self.source, self.reason))
+
+
+class NotPublished(PipelineError):
+    """The archive answered 404 (S3 `NoSuchKey`): not published yet, or never. Not retried."""
+
+    kind = "not published"
+
+
+class TransientNetworkError(PipelineError):
+    """5xx, timeout, reset or a body cut short: worth retrying with backoff."""
+
+    kind = "transient network error"
+
+
+class ChecksumMismatch(PipelineError):
+    """The archive's sha256 differs from its published `.CHECKSUM`, twice in a row."""
+
+    kind = "checksum mismatch"
+
+
+class CorruptArchive(PipelineError):
+    """Not a readable ZIP, no CSV member or several, or a member name that is unsafe."""
+
+    kind = "corrupt archive"
+
+
+class InvalidData(PipelineError):
+    """The CSV inside the archive breaks the dialect or the value rules."""
+
+    kind = "invalid data"
+
+
+class UnsafePath(PipelineError):
+    """A symbol, listing key or member name that would escape the data directory."""
+
+    kind = "unsafe path"
+
+
+class InvalidListing(PipelineError):
+    """The bucket listing could not be parsed (not the expected S3 XML)."""
+
+    kind = "invalid listing"
+
+
+class LakeValidationError(PipelineError):
+    """A Parquet file in (or about to enter) the lake breaks the lake contract."""
+
+    kind = "lake validation failed"
+
+
+def describe(exc: BaseException) -> str:
+    """Return a one-line, human-readable account of an exception for reports."""
+    if isinstance(exc, PipelineError):
+        return f"{exc.kind}: {exc}"
+    return f"{type(exc).__name__}: {exc}"

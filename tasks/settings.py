@@ -1,0 +1,106 @@
+"""The one typed settings object, built from the CLI, deployment parameters or environment.
+
+Environment variables use the prefix `BINANCE_LAKE_` (e.g. `BINANCE_LAKE_CONCURRENCY=16`);
+explicit arguments win over the environment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tasks.archive_spec import Market, check_symbol
+from tasks.errors import UnsafePath
+
+Step = Literal["download", "convert", "validate"]
+STEPS: tuple[Step, ...] = ("download", "convert", "validate")
+
+DEFAULT_BASE_URL = "https://data.binance.vision"
+DEFAULT_LISTING_URL = "https://s3-ap-northeast-1.amazonaws.com/data.binance.vision"
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """What shapes the Parquet output of one archive (part of its cache key)."""
+
+    row_group_rows: int = 1_048_576
+    csv_block_bytes: int = 16 << 20
+    sort_chunk_rows: int = 4_000_000
+    zstd_level: int = 3
+
+
+class Settings(BaseSettings):
+    """Everything a pipeline run needs to know; frozen once built."""
+
+    model_config = SettingsConfigDict(env_prefix="BINANCE_LAKE_", extra="forbid", frozen=True)
+
+    data_dir: Path = Field(description="Root of the lake, downloads and quarantine.")
+    market: Market = Field("spot", description="spot, um (USD-M futures) or cm (COIN-M futures).")
+    symbols: tuple[str, ...] = Field(description="Archive symbols, e.g. BTCUSDT or BTCUSD_PERP.")
+    start: date = Field(description="First day to ingest (UTC, inclusive).")
+    end: date = Field(description="Last day to ingest (UTC, inclusive).")
+    granularity: Literal["daily", "monthly", "auto"] = Field(
+        "auto", description="auto: monthly archives for whole published months, daily for the rest."
+    )
+    base_url: str = DEFAULT_BASE_URL
+    listing_url: str = DEFAULT_LISTING_URL
+    concurrency: int = Field(8, ge=1, le=64, description="Downloads in flight at once.")
+    steps: tuple[Step, ...] = STEPS
+    retries: int = Field(4, ge=0, le=20, description="Retries of a transient network failure.")
+    retry_base_delay: float = Field(2.0, ge=0, description="First retry delay (s); doubles each time.")
+    connect_timeout: float = Field(30.0, gt=0)
+    read_timeout: float = Field(120.0, gt=0, description="Longest silence on a socket (s).")
+    row_group_rows: int = Field(1_048_576, ge=1_000)
+    csv_block_bytes: int = Field(16 << 20, ge=1 << 16)
+    sort_chunk_rows: int = Field(4_000_000, ge=1_000, description="Rows held in memory when sorting.")
+    zstd_level: int = Field(3, ge=1, le=22)
+    dask_address: str | None = Field(None, description="Existing Dask scheduler; default a local cluster.")
+    dask_workers: int = Field(2, ge=1)
+    dask_threads_per_worker: int = Field(1, ge=1)
+
+    @field_validator("symbols", mode="before")
+    @classmethod
+    def _split_symbols(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(s for s in value.replace(",", " ").split() if s)
+        return value
+
+    @field_validator("symbols")
+    @classmethod
+    def _check_symbols(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one symbol is needed")
+        try:
+            return tuple(dict.fromkeys(check_symbol(s) for s in value))
+        except UnsafePath as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _split_steps(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(s for s in value.replace(",", " ").split() if s)
+        return value
+
+    @field_validator("base_url", "listing_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_range(self) -> Settings:
+        if self.end < self.start:
+            raise ValueError(f"end {self.end} is before start {self.start}")
+        return self
+
+    @property
+    def convert_options(self) -> ConvertOptions:
+        """The conversion knobs, as a small hashable value for tasks and cache keys."""
+        return ConvertOptions(self.row_group_rows, self.csv_block_bytes, self.sort_chunk_rows, self.zstd_level)
