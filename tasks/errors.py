@@ -75,3 +75,15 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, PipelineError):
         return f"{exc.kind}: {exc}"
     return f"{type(exc).__name__}: {exc}"
+
+
+class UnexpectedResponse(PipelineError):
+    """An HTTP status that is neither success, 404, nor a known transient fault. Not retried."""
+
+    kind = "unexpected HTTP response"
+
+
+class NotDownloaded(PipelineError):
+    """Conversion was asked for an archive that is not (or no longer) on disk."""
+
+    kind = "archive not downloaded"

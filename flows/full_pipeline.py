@@ -1,0 +1,310 @@
+"""The full pipeline: discover, download, convert and validate Binance trade archives.
+
+Run ad hoc:  python -m flows.full_pipeline --market spot --symbols BTCUSDT --start 2024-01-01 \
+                 --end 2024-01-31 --data-dir ./data
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.futures import PrefectFuture, as_completed
+from prefect.logging import get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.tasks import exponential_backoff
+from pydantic import ValidationError
+
+from flows.runtime import dask_runner, shared_api_server
+from tasks.archive_spec import ArchiveSpec, Granularity, parse_archive_name
+from tasks.atomic import remove_stale_temporaries
+from tasks.download import Published, local_archive_matches, local_archives, stored_checksum
+from tasks.errors import PipelineError, TransientNetworkError, describe
+from tasks.http import HttpOptions
+from tasks.ingest import IngestResult, SymbolValidation
+from tasks.lake import coverage, lake_holds, lake_inventory
+from tasks.listing import Discovery
+from tasks.plan import MissingDay, plan_symbol
+from tasks.prefect_tasks import checksums_task, discover_task, download_task, ingest_task, validate_symbol_task
+from tasks.report import ArchiveOutcome, GapNote, PipelineReport, RunFailed
+from tasks.settings import STEPS, Settings
+
+
+@flow(name="full-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=2))  # replaced by Dask at run time
+def full_pipeline(settings: Settings) -> PipelineReport:
+    """Bring the lake up to date for the requested market, symbols and days.
+
+    Every good archive lands even when others are refused; the run then ends Failed,
+    naming each refused archive.
+    """
+    logger = get_run_logger()
+    data_dir = settings.data_dir.resolve()
+    stale = remove_stale_temporaries(data_dir)
+    if stale:
+        logger.warning("removed %d temporary files left by an interrupted run", stale)
+    report = PipelineReport()
+    if "download" in settings.steps or "convert" in settings.steps:
+        _ingest(settings, data_dir, report)
+    if "validate" in settings.steps:
+        _validate(settings, data_dir, report)
+    _publish_artifacts(report)
+    logger.info("%s", report.summary())
+    if not report.ok:
+        raise RunFailed(report)
+    return report
+
+
+def _http(settings: Settings) -> HttpOptions:
+    return HttpOptions(settings.connect_timeout, settings.read_timeout, settings.retries, settings.retry_base_delay)
+
+
+def _granularities(settings: Settings) -> list[Granularity]:
+    if settings.granularity == "auto":
+        return ["daily", "monthly"]
+    return [settings.granularity]
+
+
+def _local_discoveries(settings: Settings, data_dir: Path) -> list[Discovery]:
+    """What was downloaded before, for runs without the download step."""
+    found = []
+    for symbol in settings.symbols:
+        for g in _granularities(settings):
+            probe = ArchiveSpec(settings.market, symbol, g, settings.start.replace(day=1))
+            specs = {}
+            for path in local_archives(data_dir, probe.folder_key):
+                spec = parse_archive_name(settings.market, g, path.name)
+                if spec is not None and spec.symbol == symbol:
+                    specs[spec] = path.stat().st_size
+            found.append(Discovery(settings.market, symbol, g, specs))
+    return found
+
+
+def _ingest(settings: Settings, data_dir: Path, report: PipelineReport) -> None:
+    logger = get_run_logger()
+    http = _http(settings)
+    downloading = "download" in settings.steps
+    converting = "convert" in settings.steps
+    if downloading:
+        discoveries = discover_task(
+            settings.listing_url, settings.market, list(settings.symbols), _granularities(settings), http,
+            settings.concurrency,
+        )
+    else:
+        discoveries = _local_discoveries(settings, data_dir)
+
+    specs: list[ArchiveSpec] = []
+    sizes: dict[ArchiveSpec, int] = {}
+    for symbol in settings.symbols:
+        mine = [d for d in discoveries if d.symbol == symbol]
+        for d in mine:
+            sizes.update(d.archives)
+            report.outcomes.extend(ArchiveOutcome(key, "refused", detail=reason) for key, reason in d.rejected)
+        daily = set().union(*(d.periods() for d in mine if d.granularity == "daily"))
+        monthly = set().union(*(d.periods() for d in mine if d.granularity == "monthly"))
+        plan = plan_symbol(
+            settings.market, symbol, settings.start, settings.end, settings.granularity, daily, monthly,
+            coverage(lake_inventory(data_dir, settings.market, symbol)),
+        )
+        specs.extend(plan.archives)
+        report.missing.extend(plan.missing)
+    logger.info("plan: %d archives, %d requested days not published", len(specs), len(report.missing))
+
+    if downloading:
+        published = checksums_task(specs, settings.base_url, http, settings.concurrency) if specs else []
+    else:
+        published = [Published(s, stored_checksum(s, data_dir), "no verified local archive") for s in specs]
+    todo: list[tuple[ArchiveSpec, str]] = []
+    for p in published:
+        if p.sha256 is None:
+            report.missing.extend(
+                MissingDay(p.spec.market, p.spec.symbol, d, p.missing_reason or "no checksum") for d in p.spec.days()
+            )
+        else:
+            todo.append((p.spec, p.sha256))
+
+    ingests: dict[PrefectFuture[Any], ArchiveSpec] = {}
+    downloads: dict[PrefectFuture[Any], ArchiveSpec] = {}
+    download_results: dict[ArchiveSpec, Any] = {}
+    shas = dict(todo)
+
+    def submit_ingest(spec: ArchiveSpec) -> None:
+        fresh = not lake_holds(spec, shas[spec], data_dir)
+        fut = ingest_task.with_options(refresh_cache=fresh).submit(
+            spec=spec, sha256=shas[spec], data_dir=data_dir, options=settings.convert_options
+        )
+        ingests[fut] = spec
+
+    download = download_task.with_options(
+        retries=settings.retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=settings.retry_base_delay),
+        retry_jitter_factor=0.5,
+    )
+    with ThreadPoolTaskRunner(max_workers=settings.concurrency) as io_runner:
+        for spec, sha in todo:
+            if converting and lake_holds(spec, sha, data_dir):
+                submit_ingest(spec)  # already in the lake from this very archive: a cache hit
+            elif downloading:
+                fresh = not local_archive_matches(spec, data_dir, sha)
+                fut = io_runner.submit(
+                    download.with_options(refresh_cache=fresh),
+                    parameters={"spec": spec, "sha256": sha, "data_dir": data_dir, "base_url": settings.base_url,
+                                "http": http},
+                )
+                downloads[fut] = spec
+            elif local_archive_matches(spec, data_dir, sha):
+                submit_ingest(spec)
+        # Conversion of each archive starts as soon as its download is verified.
+        for fut in as_completed(list(downloads)):
+            spec = downloads[fut]
+            result = fut.result(raise_on_failure=False)
+            if isinstance(result, BaseException):
+                report.outcomes.append(_failed_outcome(spec, result, sizes.get(spec)))
+                continue
+            download_results[spec] = result
+            if converting:
+                submit_ingest(spec)
+            else:
+                cached = fut.state.name == "Cached"
+                report.outcomes.append(
+                    ArchiveOutcome(spec.key, "cached" if cached else "downloaded", bytes=result.bytes,
+                                   seconds=0.0 if cached else result.seconds)
+                )
+
+    for fut in as_completed(list(ingests)):
+        spec = ingests[fut]
+        result = fut.result(raise_on_failure=False)
+        if isinstance(result, BaseException):
+            report.outcomes.append(_failed_outcome(spec, result, sizes.get(spec)))
+            continue
+        assert isinstance(result, IngestResult)
+        dl = download_results.get(spec)
+        cached = fut.state.name == "Cached" and (dl is None or dl.seconds == 0.0 or not _ran(downloads, spec))
+        seconds = 0.0 if cached else result.seconds + (dl.seconds if dl is not None else 0.0)
+        report.outcomes.append(
+            ArchiveOutcome(
+                spec.key, "cached" if cached else "ingested", rows=result.rows, bytes=sizes.get(spec),
+                seconds=seconds,
+                detail=_ingest_detail(result),
+            )
+        )
+    report.outcomes.sort(key=lambda o: o.archive)
+
+
+def _ran(downloads: dict[PrefectFuture[Any], ArchiveSpec], spec: ArchiveSpec) -> bool:
+    """Whether this run really downloaded `spec` (not a cache hit)."""
+    return any(s == spec and f.state.name != "Cached" for f, s in downloads.items())
+
+
+def _ingest_detail(result: IngestResult) -> str:
+    parts = []
+    if result.duplicates_dropped:
+        parts.append(f"{result.duplicates_dropped} duplicate rows dropped")
+    if result.id_gaps:
+        parts.append(f"{result.id_gaps} id gaps ({result.missing_ids} ids missing)")
+    return "; ".join(parts)
+
+
+def _failed_outcome(spec: ArchiveSpec, exc: BaseException, size: int | None) -> ArchiveOutcome:
+    if isinstance(exc, PipelineError) and not isinstance(exc, TransientNetworkError):
+        return ArchiveOutcome(spec.key, "refused", bytes=size, detail=describe(exc))
+    return ArchiveOutcome(spec.key, "failed", bytes=size, detail=describe(exc))
+
+
+def _validate(settings: Settings, data_dir: Path, report: PipelineReport) -> None:
+    futures = [
+        validate_symbol_task.submit(data_dir, settings.market, symbol, settings.start, settings.end)
+        for symbol in settings.symbols
+    ]
+    for fut in futures:
+        result = fut.result(raise_on_failure=False)
+        if isinstance(result, BaseException):
+            report.validation_errors.append(describe(result))
+            continue
+        assert isinstance(result, SymbolValidation)
+        report.validated_files += result.files
+        report.validation_errors.extend(result.errors)
+        report.gaps.extend(
+            GapNote(settings.market, result.symbol, g.where, g.after_id, g.before_id, g.missing_ids)
+            for g in result.gaps
+        )
+
+
+def _publish_artifacts(report: PipelineReport) -> None:
+    if report.outcomes:
+        create_table_artifact(
+            key="ingest-archives", table=report.table(), description="Per archive: status, rows, bytes, seconds."
+        )
+    create_markdown_artifact(key="ingest-summary", markdown="```\n" + report.summary() + "\n```",
+                             description="What this run did to the lake.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m flows.full_pipeline`."""
+    p = argparse.ArgumentParser(
+        prog="python -m flows.full_pipeline",
+        description="Download Binance trade archives, verify their SHA-256, and land them in a Parquet lake "
+        "at <data-dir>/lake/trades/market=<m>/symbol=<S>/. Exits 1 if any archive was refused or failed.",
+    )
+    p.add_argument("--data-dir", required=True, type=Path, help="root of the lake, downloads and quarantine")
+    p.add_argument("--market", default="spot", choices=["spot", "um", "cm"],
+                   help="spot, um (USD-M futures) or cm (COIN-M futures); default spot")
+    p.add_argument("--symbols", nargs="+", required=True, help="one or more symbols, e.g. BTCUSDT ETHUSDT")
+    p.add_argument("--start", required=True, help="first day, YYYY-MM-DD (UTC, inclusive)")
+    p.add_argument("--end", required=True, help="last day, YYYY-MM-DD (UTC, inclusive)")
+    p.add_argument("--granularity", default="auto", choices=["daily", "monthly", "auto"],
+                   help="daily archives, monthly archives, or auto: monthly for whole published months and "
+                   "daily for the rest, never both for the same days (default)")
+    p.add_argument("--base-url", default=None, help="archive root (default https://data.binance.vision)")
+    p.add_argument("--listing-url", default=None,
+                   help="S3 listing endpoint (default https://s3-ap-northeast-1.amazonaws.com/data.binance.vision)")
+    p.add_argument("--concurrency", type=int, default=None, help="downloads in flight at once (default 8)")
+    p.add_argument("--steps", default=None,
+                   help=f"comma-separated subset of {','.join(STEPS)} (default all). Without download, "
+                   "archives already downloaded are converted")
+    p.add_argument("--dask-address", default=None, help="an existing Dask scheduler (default: a local cluster)")
+    return p
+
+
+def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
+    """Parse the command line into Settings (environment variables BINANCE_LAKE_* fill the rest)."""
+    args = build_parser().parse_args(argv)
+    given: dict[str, Any] = {
+        "data_dir": args.data_dir, "market": args.market, "symbols": tuple(args.symbols), "start": args.start,
+        "end": args.end, "granularity": args.granularity,
+    }
+    for name in ("base_url", "listing_url", "concurrency", "steps", "dask_address"):
+        value = getattr(args, name)
+        if value is not None:
+            given[name] = value
+    return Settings(**given)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry: returns the exit status (0 all good, 1 archives refused or failed, 2 bad arguments)."""
+    try:
+        settings = settings_from_args(argv)
+    except ValidationError as exc:
+        for err in exc.errors():
+            where = ".".join(str(x) for x in err["loc"]) or "arguments"
+            print(f"error: {where}: {err['msg']}", file=sys.stderr)
+        return 2
+    with shared_api_server():
+        state = full_pipeline.with_options(task_runner=dask_runner(settings))(settings=settings, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, RunFailed):
+        print(result.report.summary())
+        return 1
+    if isinstance(result, PipelineReport):
+        print(result.summary())
+        return 0
+    print(f"run ended {state.name}: {result}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

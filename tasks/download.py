@@ -1,0 +1,174 @@
+"""Download: fetch published checksums, stream archives to disk while hashing, verify, commit.
+
+A verified archive is renamed into `<data_dir>/archive/<key>` beside a copy of its
+`.CHECKSUM`; a download that still disagrees with its published checksum after one
+fresh fetch of both (binance-public-data#40, #241, #405) goes to
+`<data_dir>/quarantine/<key>` with a `.reason.json`, and is never ingested.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from tasks.archive_spec import ArchiveSpec
+from tasks.atomic import atomic_path, temp_path_for, write_bytes_atomic
+from tasks.errors import ChecksumMismatch, NotPublished, PipelineError, UnexpectedResponse
+from tasks.http import HttpOptions, fetch_bytes, make_session, stream_to_file, with_retries
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def parse_checksum(text: bytes, source: str) -> str:
+    """The sha256 of a `.CHECKSUM` file: `<64 hex>  <file name>`, usually without a newline."""
+    tokens = text.decode("ascii", "replace").split()
+    if not tokens or not _SHA256.match(tokens[0].lower()):
+        raise UnexpectedResponse(source, f"not a sha256 checksum file: {text[:80]!r}")
+    return tokens[0].lower()
+
+
+@dataclass(frozen=True)
+class Published:
+    """An archive's published checksum, or why there is none."""
+
+    spec: ArchiveSpec
+    sha256: str | None
+    missing_reason: str | None = None
+
+
+async def fetch_checksum(
+    session: aiohttp.ClientSession, spec: ArchiveSpec, base_url: str, options: HttpOptions
+) -> Published:
+    """Fetch one `.CHECKSUM`; a 404 means the archive cannot be verified, so it counts as not published."""
+    url = spec.checksum_url(base_url)
+    try:
+        body = await with_retries(lambda: fetch_bytes(session, url, max_bytes=4096), options)
+    except NotPublished:
+        return Published(spec, None, "listed but its .CHECKSUM is not published (404)")
+    return Published(spec, parse_checksum(body, url))
+
+
+async def fetch_checksums(
+    specs: list[ArchiveSpec], base_url: str, options: HttpOptions, concurrency: int
+) -> list[Published]:
+    """Fetch the published checksum of each archive, `concurrency` at a time."""
+    sem = asyncio.Semaphore(concurrency)
+    async with make_session(options, limit=concurrency) as session:
+
+        async def one(spec: ArchiveSpec) -> Published:
+            async with sem:
+                return await fetch_checksum(session, spec, base_url, options)
+
+        return list(await asyncio.gather(*(one(s) for s in specs)))
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    """A verified archive on disk."""
+
+    spec: ArchiveSpec
+    path: Path
+    sha256: str
+    bytes: int
+    seconds: float
+    refetched: bool = False
+
+
+def local_archive_matches(spec: ArchiveSpec, data_dir: Path, sha256: str) -> bool:
+    """True when the archive is on disk with a stored checksum equal to `sha256`.
+
+    The stored `.CHECKSUM` is written only after the archive's hash was verified, so
+    this is a cheap proof (no re-hash) that the local copy is the published one.
+    """
+    zip_path = spec.local_zip(data_dir)
+    stored = zip_path.with_name(zip_path.name + ".CHECKSUM")
+    if not zip_path.is_file() or not stored.is_file():
+        return False
+    try:
+        return parse_checksum(stored.read_bytes(), str(stored)) == sha256
+    except PipelineError:
+        return False
+
+
+async def download_archive(
+    spec: ArchiveSpec, sha256: str, base_url: str, data_dir: Path, options: HttpOptions
+) -> DownloadResult:
+    """Download `spec`, verify it against `sha256`, and commit it to `<data_dir>/archive/`.
+
+    Transient faults raise TransientNetworkError (the caller's retries handle them).
+    On a mismatch the checksum and the archive are fetched once more; if they still
+    disagree the archive is quarantined and ChecksumMismatch is raised.
+    """
+    started = time.perf_counter()
+    final = spec.local_zip(data_dir)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    url = spec.url(base_url)
+    async with make_session(options, limit=1) as session:
+        expected = sha256
+        refetched = False
+        for attempt in (1, 2):
+            tmp = temp_path_for(final)
+            try:
+                got, size = await stream_to_file(session, url, tmp)
+                if got == expected:
+                    _commit_archive(tmp, final, expected)
+                    return DownloadResult(spec, final, got, size, time.perf_counter() - started, refetched)
+                if attempt == 1:
+                    # Binance sometimes fixes the archive or its checksum: fetch both afresh once.
+                    refetched = True
+                    tmp.unlink(missing_ok=True)
+                    fresh = await fetch_checksum(session, spec, base_url, options)
+                    if fresh.sha256 is None:
+                        raise NotPublished(spec.checksum_url(base_url), fresh.missing_reason or "checksum gone")
+                    expected = fresh.sha256
+                    continue
+                reason = f"sha256 {got} but the published checksum is {expected} (after one re-fetch)"
+                _quarantine(tmp, spec, data_dir, reason, got, expected)
+                raise ChecksumMismatch(url, reason)
+            finally:
+                tmp.unlink(missing_ok=True)
+    raise AssertionError("unreachable")
+
+
+def _commit_archive(tmp: Path, final: Path, sha256: str) -> None:
+    """Rename the verified archive into place, then record its checksum beside it.
+
+    The `.CHECKSUM` goes last: its presence is what marks the archive as verified.
+    """
+    stored = final.with_name(final.name + ".CHECKSUM")
+    stored.unlink(missing_ok=True)
+    with atomic_path(final) as dest:
+        tmp.replace(dest)
+    write_bytes_atomic(stored, f"{sha256}  {final.name}".encode())
+
+
+def _quarantine(tmp: Path, spec: ArchiveSpec, data_dir: Path, reason: str, got: str, expected: str) -> None:
+    """Keep the refused bytes for inspection, with the reason, outside the archive folder."""
+    dest = spec.quarantine_zip(data_dir)
+    with atomic_path(dest) as q:
+        tmp.replace(q)
+    note = {"archive": spec.key, "reason": reason, "sha256": got, "published_sha256": expected}
+    write_bytes_atomic(dest.with_name(dest.name + ".reason.json"), json.dumps(note, indent=2).encode())
+
+
+def local_archives(data_dir: Path, spec_folder_key: str) -> list[Path]:
+    """Verified archives already downloaded into a folder (those with a stored `.CHECKSUM`)."""
+    folder = data_dir / "archive" / spec_folder_key
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*.zip") if p.with_name(p.name + ".CHECKSUM").is_file())
+
+
+def stored_checksum(spec: ArchiveSpec, data_dir: Path) -> str | None:
+    """The checksum recorded beside a downloaded archive, if any."""
+    stored = spec.local_zip(data_dir).with_name(spec.file_name + ".CHECKSUM")
+    try:
+        return parse_checksum(stored.read_bytes(), str(stored))
+    except (OSError, PipelineError):
+        return None

@@ -1,0 +1,155 @@
+"""Ingest one verified archive into the lake, and validate a symbol's lake files.
+
+Plain functions; `tasks.prefect_tasks` wraps them with caching and logging.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+from tasks.archive_spec import ArchiveSpec, Market
+from tasks.convert import convert_archive
+from tasks.errors import ChecksumMismatch, LakeValidationError, NotDownloaded, PipelineError
+from tasks.lake import LakeEntry, lake_holds, lake_inventory
+from tasks.settings import ConvertOptions
+from tasks.validate import ExpectedFile, FileReport, continuity_gaps, validate_parquet_file
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """One archive's lake file, freshly written or found already verified (`reused`)."""
+
+    spec: ArchiveSpec
+    sha256: str
+    lake_path: Path
+    rows: int
+    duplicates_dropped: int
+    id_gaps: int
+    missing_ids: int
+    lake_bytes: int
+    seconds: float
+    reused: bool = False
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file, read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(4 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def ingest_archive(spec: ArchiveSpec, sha256: str, data_dir: Path, options: ConvertOptions) -> IngestResult:
+    """Make `spec`'s lake file hold exactly the archive whose published sha256 is `sha256`.
+
+    If the lake file already comes from this archive and still validates, it is kept
+    as is (a re-run, or a cache record lost with Prefect's storage). Otherwise the local
+    archive is hashed again (it must still be the published one), converted, validated
+    and committed atomically; on any error the lake is left as it was.
+    """
+    started = time.perf_counter()
+    out = spec.lake_file(data_dir)
+    if lake_holds(spec, sha256, data_dir):
+        try:
+            report = validate_parquet_file(out, _expected_for(spec, None))
+        except LakeValidationError:
+            pass  # rebuild it from the archive below
+        else:
+            return IngestResult(
+                spec, sha256, out, report.rows, _dropped(report), report.id_gap_count, report.missing_ids,
+                out.stat().st_size, time.perf_counter() - started, reused=True,
+            )
+    zip_path = spec.local_zip(data_dir)
+    if not zip_path.is_file():
+        raise NotDownloaded(str(zip_path), "the archive is not on disk; run the download step")
+    actual = sha256_of(zip_path)
+    if actual != sha256:
+        raise ChecksumMismatch(str(zip_path), f"sha256 {actual} on disk, published {sha256}")
+    res = convert_archive(zip_path, spec, sha256, out, options)
+    return IngestResult(
+        spec, sha256, out, res.rows, res.duplicates_dropped, res.id_gap_count, res.missing_ids, res.bytes,
+        time.perf_counter() - started,
+    )
+
+
+def _dropped(report: FileReport) -> int:
+    sources = (report.sources or {}).get("sources", [])
+    return sum(int(s.get("duplicates_dropped", 0)) for s in sources)
+
+
+def _expected_for(spec: ArchiveSpec | None, entry: LakeEntry | None) -> ExpectedFile:
+    """What a lake file must satisfy: rows from its own source metadata, times inside its days."""
+    if entry is not None:
+        first, last = entry.first_day, entry.last_day
+        rows = sum(s.rows for s in entry.sources) if entry.sources else None
+    else:
+        assert spec is not None
+        first, last, rows = spec.first_day, spec.last_day, None
+    start = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
+    end = datetime.combine(last + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+    return ExpectedFile(rows=rows, start=start, end=end)
+
+
+@dataclass(frozen=True)
+class SymbolGap:
+    """A trade-id gap inside a file or between adjacent files."""
+
+    where: str
+    after_id: int
+    before_id: int
+    missing_ids: int
+
+
+@dataclass(frozen=True)
+class SymbolValidation:
+    """The validation of one symbol's lake files over a range of days."""
+
+    market: Market
+    symbol: str
+    files: int
+    rows: int
+    gaps: tuple[SymbolGap, ...]
+    errors: tuple[str, ...]
+
+
+def validate_symbol(data_dir: Path, market: Market, symbol: str, start: date, end: date) -> SymbolValidation:
+    """Validate the lake files of a symbol overlapping [start, end], and their neighbours' continuity.
+
+    Each file is read in full (row group by row group): schema, rows against its source
+    metadata, time bounds, ids strictly increasing. Id gaps inside and between adjacent
+    files are reported; they are real in Binance data (binance-public-data#363) and are
+    not errors. Files whose ranges overlap are errors.
+    """
+    entries = lake_inventory(data_dir, market, symbol)
+    chosen = [e for e in entries if e.last_day >= start and e.first_day <= end]
+    # One neighbour on each side, so continuity across the range's borders is checked too.
+    before = [e for e in entries if e.last_day < start]
+    after = [e for e in entries if e.first_day > end]
+    chosen = before[-1:] + chosen + after[:1]
+    errors: list[str] = []
+    reports: list[FileReport] = []
+    gaps: list[SymbolGap] = []
+    for entry in chosen:
+        if entry.problem:
+            errors.append(f"{entry.path}: {entry.problem}")
+            continue
+        try:
+            rep = validate_parquet_file(entry.path, _expected_for(None, entry))
+        except PipelineError as exc:
+            errors.append(str(exc))
+            continue
+        reports.append(rep)
+        gaps.extend(SymbolGap(entry.path.name, a, b, b - a - 1) for a, b in rep.id_gaps)
+    for g in continuity_gaps(reports):
+        if g.overlap:
+            errors.append(f"{g.where}: trade ids overlap between adjacent files ({g.after_id} >= {g.before_id})")
+        else:
+            gaps.append(SymbolGap(g.where, g.after_id, g.before_id, g.missing_ids))
+    return SymbolValidation(
+        market, symbol, len(reports), sum(r.rows for r in reports), tuple(gaps), tuple(errors)
+    )

@@ -1,0 +1,184 @@
+"""Discovery: what the bucket publishes, read from its S3 ListObjects (v1) XML.
+
+The bucket answers at most 1,000 entries per request. While `IsTruncated` is true we
+ask again with `marker=`: `NextMarker` when present (S3 sends it only when a delimiter
+was given), else the last key or common prefix of the page. The root `<Prefix>` only
+echoes the request and is not a folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import date
+from urllib.parse import quote
+from xml.etree import ElementTree as ET
+
+import aiohttp
+
+from tasks.archive_spec import MARKET_PATH, ArchiveSpec, Granularity, Market, parse_archive_name, symbol_prefix
+from tasks.errors import InvalidListing, UnsafePath
+from tasks.http import HttpOptions, fetch_bytes, make_session, with_retries
+
+S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+MAX_PAGES = 100_000  # a bound so a listing that never stops truncating cannot loop forever
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    """One `<Contents>` entry."""
+
+    key: str
+    size: int
+    etag: str
+    last_modified: str
+
+
+@dataclass(frozen=True)
+class ListingPage:
+    """One parsed answer of the bucket."""
+
+    objects: tuple[ListedObject, ...]
+    prefixes: tuple[str, ...]
+    is_truncated: bool
+    next_marker: str | None
+
+
+def listing_page_url(listing_url: str, prefix: str, marker: str | None = None) -> str:
+    """`https://s3-ap-northeast-1.amazonaws.com/data.binance.vision?delimiter=/&prefix=data/spot/daily/trades/`."""
+    url = f"{listing_url.rstrip('/')}?delimiter=/&prefix={quote(prefix, safe='')}"
+    if marker:
+        url += f"&marker={quote(marker, safe='')}"
+    return url
+
+
+def parse_listing_page(body: bytes, source: str) -> ListingPage:
+    """Parse one ListBucketResult; raise InvalidListing naming `source` if it is not one."""
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError as exc:
+        raise InvalidListing(source, f"not XML: {exc}") from None
+    if root.tag != f"{S3_NS}ListBucketResult":
+        raise InvalidListing(source, f"expected ListBucketResult, got <{root.tag.split('}')[-1]}>")
+    objects = []
+    for c in root.findall(f"{S3_NS}Contents"):
+        key = c.findtext(f"{S3_NS}Key")
+        if key is None:
+            raise InvalidListing(source, "a <Contents> entry has no <Key>")
+        size_text = c.findtext(f"{S3_NS}Size") or "0"
+        try:
+            size = int(size_text)
+        except ValueError:
+            raise InvalidListing(source, f"{key}: size {size_text!r} is not an integer") from None
+        objects.append(
+            ListedObject(
+                key=key,
+                size=size,
+                etag=(c.findtext(f"{S3_NS}ETag") or "").strip('"'),
+                last_modified=c.findtext(f"{S3_NS}LastModified") or "",
+            )
+        )
+    # Only CommonPrefixes/Prefix are folders; the root <Prefix> echoes the request.
+    prefixes = tuple(p.text for p in root.findall(f"{S3_NS}CommonPrefixes/{S3_NS}Prefix") if p.text)
+    truncated = (root.findtext(f"{S3_NS}IsTruncated") or "false").strip().lower() == "true"
+    next_marker = root.findtext(f"{S3_NS}NextMarker") or None
+    return ListingPage(tuple(objects), prefixes, truncated, next_marker)
+
+
+async def list_prefix(
+    session: aiohttp.ClientSession, listing_url: str, prefix: str, options: HttpOptions
+) -> tuple[list[ListedObject], list[str]]:
+    """Every object and sub-folder directly under `prefix`, following pagination."""
+    objects: list[ListedObject] = []
+    prefixes: list[str] = []
+    marker: str | None = None
+    for _ in range(MAX_PAGES):
+        url = listing_page_url(listing_url, prefix, marker)
+        body = await with_retries(lambda url=url: fetch_bytes(session, url), options)  # type: ignore[misc]
+        page = parse_listing_page(body, url)
+        objects.extend(page.objects)
+        prefixes.extend(page.prefixes)
+        if not page.is_truncated:
+            return objects, prefixes
+        last_entries = [o.key for o in page.objects] + list(page.prefixes)
+        new_marker = page.next_marker or (max(last_entries) if last_entries else None)
+        if new_marker is None or new_marker == marker:
+            raise InvalidListing(url, "IsTruncated is true but the page gives no marker to continue from")
+        marker = new_marker
+    raise InvalidListing(listing_url, f"more than {MAX_PAGES} pages under {prefix}")
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """What one (market, symbol, granularity) folder publishes."""
+
+    market: Market
+    symbol: str
+    granularity: Granularity
+    archives: dict[ArchiveSpec, int] = field(default_factory=dict)  # spec -> zip size
+    rejected: tuple[tuple[str, str], ...] = ()  # (key, reason)
+
+    def periods(self) -> set[date]:
+        """Published periods: days, or first days of months."""
+        return {spec.period for spec in self.archives}
+
+
+def classify_keys(
+    market: Market, granularity: Granularity, symbol: str, objects: list[ListedObject]
+) -> Discovery:
+    """Turn listed keys into archive specs, refusing any key that is not a plain file in the folder.
+
+    A key is only ever used to recognise a published period; local paths are built from
+    the spec, never from the key, so a hostile key cannot place a file anywhere.
+    """
+    prefix = symbol_prefix(market, granularity, symbol)
+    archives: dict[ArchiveSpec, int] = {}
+    rejected: list[tuple[str, str]] = []
+    for obj in objects:
+        key = obj.key
+        if not key.startswith(prefix):
+            rejected.append((key, UnsafePath(key, f"listed under {prefix} but outside it").reason))
+            continue
+        name = key[len(prefix) :]
+        if not name or "/" in name or "\\" in name or name in (".", "..") or ".." in name.split("/"):
+            rejected.append((key, "unsafe key: it would escape the symbol's folder"))
+            continue
+        if name.endswith(".CHECKSUM"):
+            continue
+        if not name.endswith(".zip"):
+            continue  # other objects (e.g. stray files) are not archives; nothing to do with them
+        spec = parse_archive_name(market, granularity, name)
+        if spec is None or spec.symbol != symbol:
+            rejected.append((key, f"unexpected archive name {name!r} for {symbol} {granularity}"))
+            continue
+        archives[spec] = obj.size
+    return Discovery(market, symbol, granularity, archives, tuple(rejected))
+
+
+async def discover(
+    listing_url: str,
+    market: Market,
+    symbols: list[str],
+    granularities: list[Granularity],
+    options: HttpOptions,
+    concurrency: int = 8,
+) -> list[Discovery]:
+    """List every (symbol, granularity) folder concurrently."""
+    sem = asyncio.Semaphore(concurrency)
+    async with make_session(options, limit=concurrency) as session:
+
+        async def one(symbol: str, granularity: Granularity) -> Discovery:
+            async with sem:
+                prefix = symbol_prefix(market, granularity, symbol)
+                objects, _ = await list_prefix(session, listing_url, prefix, options)
+            return classify_keys(market, granularity, symbol, objects)
+
+        return list(await asyncio.gather(*(one(s, g) for s in symbols for g in granularities)))
+
+
+async def list_symbols(listing_url: str, market: Market, granularity: Granularity, options: HttpOptions) -> list[str]:
+    """Every symbol folder of a market (spot alone has more than 1,000: pagination matters)."""
+    base = f"data/{MARKET_PATH[market]}/{granularity}/trades/"
+    async with make_session(options) as session:
+        _, prefixes = await list_prefix(session, listing_url, base, options)
+    return sorted(p[len(base) :].strip("/") for p in prefixes if p.startswith(base))

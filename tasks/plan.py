@@ -1,0 +1,100 @@
+"""Plan: which archives to fetch for the requested days, daily or monthly, never both.
+
+A pure function of what is requested, what the listing publishes and what the lake
+already holds. Monthly and daily archives of the same period can disagree
+(binance-public-data#475), so each day comes from exactly one source, and a day the
+lake already holds keeps the source it came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Literal
+
+from tasks.archive_spec import ArchiveSpec, Market, month_end
+from tasks.lake import SourceRef
+
+
+@dataclass(frozen=True)
+class MissingDay:
+    """A requested day that no archive will provide, and why."""
+
+    market: Market
+    symbol: str
+    day: date
+    reason: str
+
+
+@dataclass
+class Plan:
+    """Archives to ingest and requested days that cannot be provided."""
+
+    archives: list[ArchiveSpec] = field(default_factory=list)
+    missing: list[MissingDay] = field(default_factory=list)
+
+
+def days_between(start: date, end: date) -> list[date]:
+    """Every day from start to end, inclusive."""
+    return [start + timedelta(days=i) for i in range((end - start).days + 1)]
+
+
+def months_touching(start: date, end: date) -> list[date]:
+    """First day of every month that overlaps [start, end]."""
+    months, m = [], start.replace(day=1)
+    while m <= end:
+        months.append(m)
+        m = (month_end(m) + timedelta(days=1)).replace(day=1)
+    return months
+
+
+def plan_symbol(
+    market: Market,
+    symbol: str,
+    start: date,
+    end: date,
+    granularity: Literal["daily", "monthly", "auto"],
+    published_daily: set[date],
+    published_monthly: set[date],
+    lake: dict[date, SourceRef],
+) -> Plan:
+    """Choose the archives for one symbol.
+
+    - daily: one archive per requested day.
+    - monthly: the monthly archive of every month touching the range (whole months).
+    - auto: monthly for months lying wholly inside the range and published as such,
+      daily for every other day.
+    A day already in the lake from the other granularity keeps that source; its archive
+    is still planned when it is of the chosen kind, so a re-published checksum is noticed.
+    """
+    plan = Plan()
+    for month in months_touching(start, end):
+        m_first, m_last = month, month_end(month)
+        req_days = days_between(max(start, m_first), min(end, m_last))
+        whole = start <= m_first and m_last <= end
+        daily_in_lake = any(lake[d].granularity == "daily" for d in days_between(m_first, m_last) if d in lake)
+        use_monthly = granularity == "monthly" or (
+            granularity == "auto" and whole and month in published_monthly and not daily_in_lake
+        )
+        if use_monthly and month in published_monthly and daily_in_lake:
+            # An explicit monthly request over days ingested from daily archives: keep the dailies.
+            use_monthly = False
+            note = "monthly archive not used: days already in the lake from daily archives"
+        else:
+            note = ""
+        if use_monthly:
+            if month in published_monthly:
+                plan.archives.append(ArchiveSpec(market, symbol, "monthly", month))
+            else:
+                plan.missing.extend(MissingDay(market, symbol, d, "monthly archive not published") for d in req_days)
+            continue
+        for day in req_days:
+            held = lake.get(day)
+            if held is not None and held.granularity == "monthly":
+                continue  # provided by the monthly archive already in the lake
+            if day in published_daily:
+                plan.archives.append(ArchiveSpec(market, symbol, "daily", day))
+            else:
+                reason = "daily archive not published"
+                plan.missing.append(MissingDay(market, symbol, day, f"{reason}; {note}" if note else reason))
+    return plan

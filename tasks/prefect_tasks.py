@@ -1,0 +1,107 @@
+"""Thin Prefect wrappers: retries, caching and logging around the plain functions.
+
+Caching: a per-archive task's key is (stage, archive key, published sha256, data dir,
+output options), so a re-run skips verified archives and a re-published checksum
+fetches again. A cache hit must not outlive its output: the flow passes
+`refresh_cache=True` when the output on disk is missing or holds another checksum.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.context import TaskRunContext
+from prefect.logging import get_run_logger
+from prefect.utilities.hashing import hash_objects
+
+from tasks.archive_spec import ArchiveSpec, Granularity, Market
+from tasks.download import DownloadResult, Published, download_archive, fetch_checksums
+from tasks.errors import TransientNetworkError
+from tasks.http import HttpOptions
+from tasks.ingest import IngestResult, SymbolValidation, ingest_archive, validate_symbol
+from tasks.listing import Discovery, discover
+from tasks.settings import ConvertOptions
+
+#: Bump when the lake file format changes, so old cache records stop matching.
+CACHE_VERSION = "trades-v1"
+
+
+def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect retry condition: retry transient network faults only (never 404 or bad data)."""
+    return isinstance(state.result(raise_on_failure=False), TransientNetworkError)
+
+
+def archive_cache_key(stage: str) -> Any:
+    """A cache-key function for a per-archive stage: stage + archive + published sha256 + lake."""
+
+    def key(context: TaskRunContext, inputs: dict[str, Any]) -> str | None:
+        spec: ArchiveSpec = inputs["spec"]
+        return hash_objects(
+            "binance-lake",
+            stage,
+            CACHE_VERSION,
+            spec.key,
+            inputs["sha256"],
+            str(Path(inputs["data_dir"]).resolve()),
+            repr(inputs.get("options")),
+        )
+
+    return key
+
+
+@task(name="discover", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_if_transient)
+def discover_task(
+    listing_url: str, market: Market, symbols: list[str], granularities: list[Granularity], http: HttpOptions,
+    concurrency: int,
+) -> list[Discovery]:
+    """List what the bucket publishes for each symbol and granularity."""
+    found = asyncio.run(discover(listing_url, market, symbols, granularities, http, concurrency))
+    logger = get_run_logger()
+    for d in found:
+        logger.info("%s %s %s: %d archives published", d.market, d.symbol, d.granularity, len(d.archives))
+        for key, reason in d.rejected:
+            logger.error("refused listing key %s: %s", key, reason)
+    return found
+
+
+@task(name="fetch-checksums", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_if_transient)
+def checksums_task(specs: list[ArchiveSpec], base_url: str, http: HttpOptions, concurrency: int) -> list[Published]:
+    """Fetch the published sha256 of every planned archive (tiny files, fetched concurrently)."""
+    return asyncio.run(fetch_checksums(specs, base_url, http, concurrency))
+
+
+@task(
+    name="download-archive",
+    task_run_name="download {spec.key}",
+    cache_key_fn=archive_cache_key("download"),
+    retry_condition_fn=retry_if_transient,
+)
+def download_task(spec: ArchiveSpec, sha256: str, data_dir: Path, base_url: str, http: HttpOptions) -> DownloadResult:
+    """Download and verify one archive (retried on transient faults by the flow's options)."""
+    result = asyncio.run(download_archive(spec, sha256, base_url, data_dir, http))
+    get_run_logger().info("%s: %d bytes verified in %.2fs", spec.key, result.bytes, result.seconds)
+    return result
+
+
+@task(
+    name="ingest-archive",
+    task_run_name="ingest {spec.key}",
+    cache_key_fn=archive_cache_key("ingest"),
+)
+def ingest_task(spec: ArchiveSpec, sha256: str, data_dir: Path, options: ConvertOptions) -> IngestResult:
+    """Convert one verified archive into its lake file, validated before it lands."""
+    result = ingest_archive(spec, sha256, data_dir, options)
+    get_run_logger().info(
+        "%s: %d rows (%d duplicates dropped, %d id gaps) -> %s in %.2fs",
+        spec.key, result.rows, result.duplicates_dropped, result.id_gaps, result.lake_path.name, result.seconds,
+    )
+    return result
+
+
+@task(name="validate-symbol", task_run_name="validate {market}/{symbol}")
+def validate_symbol_task(data_dir: Path, market: Market, symbol: str, start: Any, end: Any) -> SymbolValidation:
+    """Validate every lake file of a symbol overlapping [start, end] and the id continuity between them."""
+    return validate_symbol(data_dir, market, symbol, start, end)
