@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -20,7 +20,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 from pydantic import ValidationError
 
-from flows.runtime import dask_runner, shared_api_server
+from flows.runtime import dask_runner, default_dask_runner, shared_api_server
 from tasks.archive_spec import ArchiveSpec, Granularity, parse_archive_name
 from tasks.atomic import remove_stale_temporaries
 from tasks.download import Published, local_archive_matches, local_archives, stored_checksum
@@ -35,7 +35,7 @@ from tasks.report import ArchiveOutcome, GapNote, PipelineReport, RunFailed
 from tasks.settings import STEPS, Settings
 
 
-@flow(name="full-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=2))  # replaced by Dask at run time
+@flow(name="full-pipeline", task_runner=default_dask_runner())
 def full_pipeline(settings: Settings) -> PipelineReport:
     """Bring the lake up to date for the requested market, symbols and days.
 
@@ -144,24 +144,25 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport) -> None:
         retry_delay_seconds=exponential_backoff(backoff_factor=settings.retry_base_delay),
         retry_jitter_factor=0.5,
     )
+    io_runner: ThreadPoolTaskRunner[Any]
     with ThreadPoolTaskRunner(max_workers=settings.concurrency) as io_runner:
         for spec, sha in todo:
             if converting and lake_holds(spec, sha, data_dir):
                 submit_ingest(spec)  # already in the lake from this very archive: a cache hit
             elif downloading:
                 fresh = not local_archive_matches(spec, data_dir, sha)
-                fut = io_runner.submit(
-                    download.with_options(refresh_cache=fresh),
+                dl_future: PrefectFuture[Any] = io_runner.submit(
+                    cast(Any, download.with_options(refresh_cache=fresh)),  # Prefect's overloads expect a coroutine
                     parameters={"spec": spec, "sha256": sha, "data_dir": data_dir, "base_url": settings.base_url,
                                 "http": http},
                 )
-                downloads[fut] = spec
+                downloads[dl_future] = spec
             elif local_archive_matches(spec, data_dir, sha):
                 submit_ingest(spec)
         # Conversion of each archive starts as soon as its download is verified.
-        for fut in as_completed(list(downloads)):
-            spec = downloads[fut]
-            result = fut.result(raise_on_failure=False)
+        for done in as_completed(list(downloads)):
+            spec = downloads[done]
+            result = done.result(raise_on_failure=False)
             if isinstance(result, BaseException):
                 report.outcomes.append(_failed_outcome(spec, result, sizes.get(spec)))
                 continue
@@ -169,7 +170,7 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport) -> None:
             if converting:
                 submit_ingest(spec)
             else:
-                cached = fut.state.name == "Cached"
+                cached = done.state.name == "Cached"
                 report.outcomes.append(
                     ArchiveOutcome(spec.key, "cached" if cached else "downloaded", bytes=result.bytes,
                                    seconds=0.0 if cached else result.seconds)
@@ -182,22 +183,15 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport) -> None:
             report.outcomes.append(_failed_outcome(spec, result, sizes.get(spec)))
             continue
         assert isinstance(result, IngestResult)
+        # Cached: a Prefect cache hit, or the lake file was already verified from this very archive.
+        cached = fut.state.name == "Cached" or result.reused
         dl = download_results.get(spec)
-        cached = fut.state.name == "Cached" and (dl is None or dl.seconds == 0.0 or not _ran(downloads, spec))
         seconds = 0.0 if cached else result.seconds + (dl.seconds if dl is not None else 0.0)
         report.outcomes.append(
-            ArchiveOutcome(
-                spec.key, "cached" if cached else "ingested", rows=result.rows, bytes=sizes.get(spec),
-                seconds=seconds,
-                detail=_ingest_detail(result),
-            )
+            ArchiveOutcome(spec.key, "cached" if cached else "ingested", rows=result.rows, bytes=sizes.get(spec),
+                           seconds=seconds, detail=_ingest_detail(result))
         )
     report.outcomes.sort(key=lambda o: o.archive)
-
-
-def _ran(downloads: dict[PrefectFuture[Any], ArchiveSpec], spec: ArchiveSpec) -> bool:
-    """Whether this run really downloaded `spec` (not a cache hit)."""
-    return any(s == spec and f.state.name != "Cached" for f, s in downloads.items())
 
 
 def _ingest_detail(result: IngestResult) -> str:

@@ -40,7 +40,13 @@ def shared_api_server() -> Iterator[str | None]:
     from prefect.server.api.server import SubprocessASGIServer
 
     server = SubprocessASGIServer()
-    server.start()
+    # No telemetry from a throw-away server (it also contends for the SQLite lock at start).
+    analytics = os.environ.get("PREFECT_SERVER_ANALYTICS_ENABLED")
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    try:
+        server.start()
+    finally:
+        _restore_env("PREFECT_SERVER_ANALYTICS_ENABLED", analytics)
     previous = os.environ.get("PREFECT_API_URL")
     # The environment is for processes started later (`prefect` CLI calls, external workers);
     # the settings context is what this process and the Dask tasks use.
@@ -49,28 +55,47 @@ def shared_api_server() -> Iterator[str | None]:
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
             yield server.api_url
     finally:
-        if previous is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = previous
+        # Send the run's last logs while the server is still up; otherwise the log worker
+        # keeps retrying a closed port for a minute at exit.
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=10)
+        _restore_env("PREFECT_API_URL", previous)
         server.stop()
 
 
-def dask_runner(settings: Settings) -> Any:
-    """The flow's DaskTaskRunner: an existing scheduler if `dask_address` is set, else a local cluster.
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
+def dask_runner_for(address: str | None, workers: int = 2, threads_per_worker: int = 1) -> Any:
+    """A DaskTaskRunner: an existing scheduler if `address` is given, else a local cluster.
 
     Local cluster: worker processes with one thread each, so CPU-bound conversions run
     in parallel without sharing a GIL; no dashboard (it would need bokeh and a port).
     """
-    from prefect_dask import DaskTaskRunner
+    from prefect_dask.task_runners import DaskTaskRunner
 
-    if settings.dask_address:
-        return DaskTaskRunner(address=settings.dask_address)
+    if address:
+        return DaskTaskRunner(address=address)
     return DaskTaskRunner(
         cluster_kwargs={
-            "n_workers": settings.dask_workers,
-            "threads_per_worker": settings.dask_threads_per_worker,
+            "n_workers": workers,
+            "threads_per_worker": threads_per_worker,
             "processes": True,
             "dashboard_address": None,
         }
     )
+
+
+def dask_runner(settings: Settings) -> Any:
+    """The flow's DaskTaskRunner for a run's settings."""
+    return dask_runner_for(settings.dask_address, settings.dask_workers, settings.dask_threads_per_worker)
+
+
+def default_dask_runner() -> Any:
+    """The runner a deployment uses: `BINANCE_LAKE_DASK_ADDRESS` if set, else a local cluster."""
+    return dask_runner_for(os.environ.get("BINANCE_LAKE_DASK_ADDRESS") or None)

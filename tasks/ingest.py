@@ -61,7 +61,7 @@ def ingest_archive(spec: ArchiveSpec, sha256: str, data_dir: Path, options: Conv
             pass  # rebuild it from the archive below
         else:
             return IngestResult(
-                spec, sha256, out, report.rows, _dropped(report), report.id_gap_count, report.missing_ids,
+                spec, sha256, out, report.rows, _dropped(report), report.id_gaps.count, report.id_gaps.missing_ids,
                 out.stat().st_size, time.perf_counter() - started, reused=True,
             )
     zip_path = spec.local_zip(data_dir)
@@ -72,13 +72,13 @@ def ingest_archive(spec: ArchiveSpec, sha256: str, data_dir: Path, options: Conv
         raise ChecksumMismatch(str(zip_path), f"sha256 {actual} on disk, published {sha256}")
     res = convert_archive(zip_path, spec, sha256, out, options)
     return IngestResult(
-        spec, sha256, out, res.rows, res.duplicates_dropped, res.id_gap_count, res.missing_ids, res.bytes,
+        spec, sha256, out, res.rows, res.duplicates_dropped, res.id_gaps.count, res.id_gaps.missing_ids, res.bytes,
         time.perf_counter() - started,
     )
 
 
 def _dropped(report: FileReport) -> int:
-    sources = (report.sources or {}).get("sources", [])
+    sources = (report.source_metadata or {}).get("sources", [])
     return sum(int(s.get("duplicates_dropped", 0)) for s in sources)
 
 
@@ -115,6 +115,7 @@ class SymbolValidation:
     rows: int
     gaps: tuple[SymbolGap, ...]
     errors: tuple[str, ...]
+    unlisted_gaps: int = 0
 
 
 def validate_symbol(data_dir: Path, market: Market, symbol: str, start: date, end: date) -> SymbolValidation:
@@ -134,6 +135,7 @@ def validate_symbol(data_dir: Path, market: Market, symbol: str, start: date, en
     errors: list[str] = []
     reports: list[FileReport] = []
     gaps: list[SymbolGap] = []
+    unlisted = 0  # gaps beyond the per-file listing cap: counted, not itemised
     for entry in chosen:
         if entry.problem:
             errors.append(f"{entry.path}: {entry.problem}")
@@ -144,12 +146,14 @@ def validate_symbol(data_dir: Path, market: Market, symbol: str, start: date, en
             errors.append(str(exc))
             continue
         reports.append(rep)
-        gaps.extend(SymbolGap(entry.path.name, a, b, b - a - 1) for a, b in rep.id_gaps)
+        gaps.extend(SymbolGap(entry.path.name, a, b, b - a - 1) for a, b in rep.id_gaps.listed)
+        unlisted += rep.id_gaps.count - len(rep.id_gaps.listed)
     for g in continuity_gaps(reports):
+        where = f"{g.prev_path.name} -> {g.next_path.name}"
         if g.overlap:
-            errors.append(f"{g.where}: trade ids overlap between adjacent files ({g.after_id} >= {g.before_id})")
+            errors.append(f"{where}: trade ids overlap between adjacent files ({g.prev_last_id} >= {g.next_first_id})")
         else:
-            gaps.append(SymbolGap(g.where, g.after_id, g.before_id, g.missing_ids))
+            gaps.append(SymbolGap(where, g.prev_last_id, g.next_first_id, g.size))
     return SymbolValidation(
-        market, symbol, len(reports), sum(r.rows for r in reports), tuple(gaps), tuple(errors)
+        market, symbol, len(reports), sum(r.rows for r in reports), tuple(gaps), tuple(errors), unlisted
     )
