@@ -24,7 +24,7 @@ from flows.runtime import dask_runner, default_dask_runner, shared_api_server
 from tasks.archive_spec import ArchiveSpec, Granularity, parse_archive_name
 from tasks.atomic import remove_stale_temporaries
 from tasks.download import Published, local_archive_matches, local_archives, stored_checksum
-from tasks.errors import PipelineError, TransientNetworkError, describe
+from tasks.errors import NotPublished, PipelineError, TransientNetworkError, describe
 from tasks.http import HttpOptions
 from tasks.ingest import IngestResult, SymbolValidation
 from tasks.lake import coverage, lake_holds, lake_inventory
@@ -163,6 +163,13 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport) -> None:
         for done in as_completed(list(downloads)):
             spec = downloads[done]
             result = done.result(raise_on_failure=False)
+            if isinstance(result, NotPublished):
+                # Listed, but the archive answers 404: not published (yet); never retried, not a failure.
+                report.outcomes.append(ArchiveOutcome(spec.key, "missing", detail=describe(result)))
+                report.missing.extend(
+                    MissingDay(spec.market, spec.symbol, d, "archive answers 404") for d in spec.days()
+                )
+                continue
             if isinstance(result, BaseException):
                 report.outcomes.append(_failed_outcome(spec, result, sizes.get(spec)))
                 continue

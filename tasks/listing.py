@@ -9,6 +9,7 @@ echoes the request and is not a folder.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from urllib.parse import quote
@@ -124,7 +125,11 @@ class Discovery:
 
 
 def classify_keys(
-    market: Market, granularity: Granularity, symbol: str, objects: list[ListedObject]
+    market: Market,
+    granularity: Granularity,
+    symbol: str,
+    objects: list[ListedObject],
+    folders: Sequence[str] = (),
 ) -> Discovery:
     """Turn listed keys into archive specs, refusing any key that is not a plain file in the folder.
 
@@ -152,6 +157,13 @@ def classify_keys(
             rejected.append((key, f"unexpected archive name {name!r} for {symbol} {granularity}"))
             continue
         archives[spec] = obj.size
+    # With a delimiter, a key such as `.../BTCUSDT/../../x.zip` comes back as the "folder"
+    # `.../BTCUSDT/../`: a symbol folder has no sub-folders, so each one is reported.
+    for folder in folders:
+        rest = folder[len(prefix) :] if folder.startswith(prefix) else folder
+        unsafe = not folder.startswith(prefix) or ".." in rest.split("/") or rest.startswith("/")
+        reason = "unsafe key: it would escape the symbol's folder" if unsafe else "unexpected sub-folder"
+        rejected.append((folder, reason))
     return Discovery(market, symbol, granularity, archives, tuple(rejected))
 
 
@@ -170,8 +182,8 @@ async def discover(
         async def one(symbol: str, granularity: Granularity) -> Discovery:
             async with sem:
                 prefix = symbol_prefix(market, granularity, symbol)
-                objects, _ = await list_prefix(session, listing_url, prefix, options)
-            return classify_keys(market, granularity, symbol, objects)
+                objects, folders = await list_prefix(session, listing_url, prefix, options)
+            return classify_keys(market, granularity, symbol, objects, folders)
 
         return list(await asyncio.gather(*(one(s, g) for s in symbols for g in granularities)))
 

@@ -68,3 +68,10 @@ def test_classify_keys_refuses_escaping_and_foreign_keys() -> None:
     rejected = dict(d.rejected)
     assert set(rejected) == {o.key for o in objs[2:]}
     assert "escape" in rejected[pre + "../../../../etc/passwd.zip"]
+
+
+def test_escaping_sub_folder_from_a_delimited_listing_is_refused() -> None:
+    pre = "data/spot/daily/trades/BTCUSDT/"
+    d = classify_keys("spot", "daily", "BTCUSDT", [], [pre + "../", pre + "extra/"])
+    assert dict(d.rejected) == {pre + "../": "unsafe key: it would escape the symbol's folder",
+                                pre + "extra/": "unexpected sub-folder"}

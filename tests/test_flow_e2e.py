@@ -1,0 +1,214 @@
+"""The whole flow, end to end: fake archive over HTTP, real Prefect API, real Dask cluster."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from flows.full_pipeline import full_pipeline
+from flows.runtime import dask_runner
+from tasks.report import PipelineReport, RunFailed
+from tasks.settings import Settings
+from tests.fake_archive import FakeArchive, build_standard_archive, publish_day
+from tests.fake_archive.generate import corrupt_zip, render_csv, traversal_zip
+from tests.fake_archive.scenarios import PublishedArchive, StandardArchive, make_spec
+
+pytestmark = pytest.mark.slow
+
+
+def run(fa: FakeArchive, data_dir: Path, dask_address: str, **kw: Any) -> tuple[Any, PipelineReport]:
+    """Run the flow as the CLI would (same settings object and runner), return (state, report)."""
+    settings = Settings(
+        data_dir=data_dir, base_url=fa.base_url, listing_url=fa.listing_url, dask_address=dask_address,
+        retries=3, retry_base_delay=0.01, read_timeout=5, **kw,
+    )
+    state = full_pipeline.with_options(task_runner=dask_runner(settings))(settings=settings, return_state=True)
+    result = state.result(raise_on_failure=False)
+    report = result.report if isinstance(result, RunFailed) else result
+    assert isinstance(report, PipelineReport), result
+    return state, report
+
+
+def statuses(report: PipelineReport) -> dict[str, str]:
+    return {o.archive: o.status for o in report.outcomes}
+
+
+def lake_digest(data_dir: Path) -> dict[str, str]:
+    return {str(p.relative_to(data_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted((data_dir / "lake").rglob("*")) if p.is_file()}
+
+
+def assert_lake_file_matches(data_dir: Path, pub: PublishedArchive) -> None:
+    """The lake file holds exactly the archive's rows: sorted, de-duplicated, µs exact."""
+    table = pq.read_table(pub.spec.lake_file(data_dir))
+    exp = pub.expected()
+    assert table.num_rows == pub.expected_rows
+    np.testing.assert_array_equal(table["trade_id"].to_numpy(), exp.id)
+    np.testing.assert_array_equal(table["price"].to_numpy(), exp.price)
+    np.testing.assert_array_equal(table["qty"].to_numpy(), exp.qty)
+    times = table["time"].cast("int64").to_numpy()
+    unit_factor = 1 if pub.time_unit == "us" else 1000
+    np.testing.assert_array_equal(times, exp.time(pub.time_unit) * unit_factor)
+    meta = json.loads(pq.read_schema(pub.spec.lake_file(data_dir)).metadata[b"binance_lake.sources"])
+    assert meta["sources"][0]["sha256"] == pub.sha256 and meta["sources"][0]["archive"] == pub.key
+
+
+@pytest.fixture
+def world(fake_archive: FakeArchive) -> StandardArchive:
+    return build_standard_archive(fake_archive)
+
+
+def test_spot_run_lands_good_archives_refuses_bad_and_caches_rerun(
+    prefect_api: str, dask_address: str, fake_archive: FakeArchive, world: StandardArchive, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    state, report = run(fake_archive, data, dask_address, market="spot", symbols=("BTCUSDT", "ETHUSDT"),
+                        start=date(2024, 1, 1), end=date(2024, 1, 3), granularity="daily")
+    assert state.is_failed()
+    bad = world.get("spot", "ETHUSDT", "2024-01-03")
+    assert bad.key in state.message and "checksum mismatch" in state.message
+    good = [a for a in world.select(market="spot") if a.spec.period.year == 2024 and not a.is_bad]
+    assert statuses(report) == {**{a.key: "ingested" for a in good}, bad.key: "refused"}
+    for pub in good:
+        assert_lake_file_matches(data, pub)
+    assert not bad.spec.lake_file(data).exists() and bad.spec.quarantine_zip(data).exists()
+    assert [(m.symbol, m.day) for m in report.missing] == [("BTCUSDT", date(2024, 1, 2))]
+    # The id gap inside 2024-01-03 and the missing day's ids between the two files are reported.
+    sizes = sorted(g.missing_ids for g in report.gaps if g.symbol == "BTCUSDT")
+    assert sizes == [10, 1200]
+    # One dataset with hive partitions, as users read it.
+    dataset = ds.dataset(data / "lake" / "trades", format="parquet", partitioning="hive")
+    assert dataset.count_rows() == sum(a.expected_rows for a in good)
+
+    # The run's artifacts are in the API: a table row per archive.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+    table = next(a for a in arts if a.key == "ingest-archives")
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert {r["archive"]: r["status"] for r in rows} == statuses(report)
+
+    # Second run: every good archive is a cache hit and the lake is byte-identical.
+    before = lake_digest(data)
+    state2, report2 = run(fake_archive, data, dask_address, market="spot", symbols=("BTCUSDT", "ETHUSDT"),
+                          start=date(2024, 1, 1), end=date(2024, 1, 3), granularity="daily")
+    assert statuses(report2) == {**{a.key: "cached" for a in good}, bad.key: "refused"}
+    assert lake_digest(data) == before
+    assert fake_archive.count(good[0].key) == 1  # not downloaded again
+
+
+def test_futures_dialects_monthly_sort_dedupe_and_auto_granularity(
+    prefect_api: str, dask_address: str, fake_archive: FakeArchive, world: StandardArchive, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    # USD-M before and after the header appeared (2022-08-11), daily.
+    _, report = run(fake_archive, data, dask_address, market="um", symbols=("BTCUSDT",),
+                    start=date(2022, 8, 10), end=date(2022, 8, 11))
+    assert set(statuses(report).values()) == {"ingested"}
+    for day in ("2022-08-10", "2022-08-11"):
+        assert_lake_file_matches(data, world.get("um", "BTCUSDT", day))
+    # auto: February as its monthly archive (interleaved ids + a duplicate row), March days as daily ones.
+    state, report = run(fake_archive, data, dask_address, market="um", symbols=("BTCUSDT",),
+                        start=date(2024, 2, 1), end=date(2024, 3, 2))
+    assert state.is_completed(), state.message
+    month = world.get("um", "BTCUSDT", "2024-02")
+    assert month.interleaved and month.duplicates == 1
+    assert sorted(statuses(report)) == sorted(
+        [month.key, world.get("um", "BTCUSDT", "2024-03-01").key, world.get("um", "BTCUSDT", "2024-03-02").key]
+    )
+    assert_lake_file_matches(data, month)
+    outcome = next(o for o in report.outcomes if o.archive == month.key)
+    assert "1 duplicate rows dropped" in outcome.detail
+    # COIN-M: base_qty where spot/USD-M have quote_qty; header present on one day, absent on the other.
+    _, report = run(fake_archive, data, dask_address, market="cm", symbols=("BTCUSD_PERP",),
+                    start=date(2024, 1, 1), end=date(2024, 1, 2))
+    assert set(statuses(report).values()) == {"ingested"}
+    pub = world.get("cm", "BTCUSD_PERP", "2024-01-02")
+    table = pq.read_table(pub.spec.lake_file(data))
+    assert table["quote_qty"].null_count == table.num_rows
+    np.testing.assert_allclose(table["base_qty"].to_numpy(), pub.expected().base_qty, rtol=0, atol=1e-8)
+    # Spot 2025: microsecond times kept exactly.
+    _, report = run(fake_archive, data, dask_address, market="spot", symbols=("BTCUSDT",),
+                    start=date(2025, 1, 1), end=date(2025, 1, 2))
+    for day in ("2025-01-01", "2025-01-02"):
+        pub = world.get("spot", "BTCUSDT", day)
+        assert pub.time_unit == "us"
+        assert_lake_file_matches(data, pub)
+
+
+def test_bad_archives_are_refused_by_name_and_change_nothing(
+    prefect_api: str, dask_address: str, fake_archive: FakeArchive, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    fa = fake_archive
+    good = publish_day(fa, "spot", "BTCUSDT", date(2024, 1, 1), 400, 1, 1)
+    days = {d: make_spec("spot", "BTCUSDT", f"2024-01-0{d}") for d in range(2, 8)}
+    csv = render_csv(good.trades, "spot", date(2024, 1, 1))  # rows of the wrong day: times out of bounds
+    fa.publish_zip(days[2], corrupt_zip(csv, days[2].csv_name, mode="garbage"))
+    fa.publish_zip(days[3], traversal_zip(csv))
+    fa.publish(days[4], b"1,2.0,3.0\n2,2.0,3.0\n")  # wrong column count
+    fa.publish(days[5], b"1,abc,1.0,1.0,1704412800000,True,True\n")  # unparsable number
+    fa.publish(days[6], b"")  # empty CSV
+    fa.publish(days[7], csv)  # times outside the archive's day
+    # A listing key that would escape the data dir.
+    escaping = "data/spot/daily/trades/BTCUSDT/../../../../../../evil/BTCUSDT-trades-2024-01-08.zip"
+    fa.put(escaping, b"PK")
+
+    state, report = run(fa, data, dask_address, market="spot", symbols=("BTCUSDT",), start=date(2024, 1, 1),
+                        end=date(2024, 1, 8), granularity="daily")
+    assert state.is_failed()
+    st = statuses(report)
+    assert st[good.key] == "ingested"
+    reasons = {o.archive: o.detail for o in report.outcomes}
+    for d, spec in days.items():
+        assert st[spec.key] == "refused", (d, reasons[spec.key])
+        assert spec.file_name in reasons[spec.key] or spec.key in reasons[spec.key]
+        assert spec.key in state.message
+    assert "corrupt archive" in reasons[days[2].key]
+    assert "unsafe path" in reasons[days[3].key]
+    # With delimiter=/ the bucket reports that key as the sub-folder `.../BTCUSDT/../`.
+    escaped = [k for k in st if "/../" in k]
+    assert escaped == ["data/spot/daily/trades/BTCUSDT/../"], st
+    assert st[escaped[0]] == "refused" and "escape" in reasons[escaped[0]]
+    # Only the good day is in the lake; nothing was written outside the data dir.
+    lake_files = sorted(p.name for p in (data / "lake").rglob("*.parquet"))
+    assert lake_files == ["2024-01-01_2024-01-01.parquet"]
+    outside = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_relative_to(data)]
+    assert outside == []
+    assert not any(p.name.startswith(".") for p in data.rglob("*"))  # no temporary file left
+
+    # Re-publication with a corrupt archive must not touch the committed lake file.
+    before = lake_digest(data)
+    fa.publish_zip(good.spec, corrupt_zip(csv, good.spec.csv_name, mode="bad_crc"))
+    state, report = run(fa, data, dask_address, market="spot", symbols=("BTCUSDT",), start=date(2024, 1, 1),
+                        end=date(2024, 1, 1), granularity="daily")
+    assert statuses(report)[good.key] == "refused"
+    assert "corrupt archive" in next(o.detail for o in report.outcomes if o.archive == good.key)
+    assert lake_digest(data) == before
+
+
+def test_transient_faults_are_retried_and_404_is_not(
+    prefect_api: str, dask_address: str, fake_archive: FakeArchive, tmp_path: Path
+) -> None:
+    fa = fake_archive
+    a = publish_day(fa, "spot", "BTCUSDT", date(2024, 1, 1), 300, 1, 1)
+    b = publish_day(fa, "spot", "BTCUSDT", date(2024, 1, 2), 300, 301, 2)
+    fa.inject(a.key, "503", times=2)
+    fa.inject(b.key, "404")  # listed and checksummed, but the archive itself answers 404 once
+    state, report = run(fa, tmp_path / "data", dask_address, market="spot", symbols=("BTCUSDT",),
+                        start=date(2024, 1, 1), end=date(2024, 1, 2), granularity="daily")
+    assert statuses(report) == {a.key: "ingested", b.key: "missing"}
+    assert state.is_completed()  # a day not published is not a failure
+    assert fa.count(a.key) == 3 and fa.count(b.key) == 1
