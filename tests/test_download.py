@@ -40,7 +40,7 @@ def test_download_verifies_and_commits(fake_archive: FakeArchive, tmp_path: Path
 
 
 def test_404_is_not_published_and_asked_once(fake_archive: FakeArchive, tmp_path: Path) -> None:
-    with pytest.raises(NotPublished, match="BTCUSDT-trades-2024-01-01.zip"):
+    with pytest.raises(NotPublished, match=r"BTCUSDT-trades-2024-01-01\.zip"):
         asyncio.run(download_archive(SPEC, "0" * 64, fake_archive.base_url, tmp_path, FAST))
     assert fake_archive.count(SPEC.key) == 1
     assert not SPEC.local_zip(tmp_path).exists()
@@ -104,7 +104,7 @@ def test_checksums_and_listing_pagination(tmp_path: Path) -> None:
         assert len(found) == 1 and found[0].periods() == set(days)
         assert fa.count("listing") >= 6  # 10 keys, 2 per page, plus the failed one
         specs = sorted(found[0].archives)
-        published = asyncio.run(fetch_checksums(specs + [ArchiveSpec("spot", "BTCUSDT", "daily", date(2024, 1, 9))],
+        published = asyncio.run(fetch_checksums([*specs, ArchiveSpec("spot", "BTCUSDT", "daily", date(2024, 1, 9))],
                                                 fa.base_url, FAST, 4))
         assert [p.sha256 for p in published[:5]] == [p.sha256 for p in pubs]
         assert published[5].sha256 is None and "404" in (published[5].missing_reason or "")

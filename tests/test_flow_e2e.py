@@ -102,7 +102,7 @@ def test_spot_run_lands_good_archives_refuses_bad_and_caches_rerun(
 
     # Second run: every good archive is a cache hit and the lake is byte-identical.
     before = lake_digest(data)
-    state2, report2 = run(fake_archive, data, dask_address, market="spot", symbols=("BTCUSDT", "ETHUSDT"),
+    _state2, report2 = run(fake_archive, data, dask_address, market="spot", symbols=("BTCUSDT", "ETHUSDT"),
                           start=date(2024, 1, 1), end=date(2024, 1, 3), granularity="daily")
     assert statuses(report2) == {**{a.key: "cached" for a in good}, bad.key: "refused"}
     assert lake_digest(data) == before

@@ -1,0 +1,119 @@
+"""SIGKILL the real CLI (and its Dask workers) mid-run, run again: the lake equals a clean run's.
+
+Also proves the ad hoc path: the clean run has no PREFECT_API_URL, so the CLI starts and
+shares its own API server with the Dask workers (the ephemeral-mode trap).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import date, timedelta
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pytest
+
+from tests.conftest import REPO
+from tests.fake_archive import FakeArchive, publish_day
+
+pytestmark = pytest.mark.slow
+
+DAYS = 6
+ROWS = 250_000
+
+
+def cli(fa: FakeArchive, data_dir: Path, log: Path, env_extra: dict[str, str | None]) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO)
+    for k, v in env_extra.items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    args = [sys.executable, "-m", "flows.full_pipeline", "--market", "spot", "--symbols", "BTCUSDT",
+            "--start", "2024-01-01", "--end", f"2024-01-{DAYS:02d}", "--granularity", "daily", "--concurrency", "2",
+            "--data-dir", str(data_dir), "--base-url", fa.base_url, "--listing-url", fa.listing_url]
+    with open(log, "ab") as out:
+        # Own process group, so SIGKILL takes the Dask workers and any server down too, like a crash.
+        return subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def kill_when(proc: subprocess.Popen[bytes], condition: Callable[[], bool], timeout: float = 120) -> bool:
+    """SIGKILL the run's process group once `condition` holds; False if the run ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        if condition():
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise AssertionError("kill condition never met")
+
+
+def lake_digest(data_dir: Path) -> dict[str, str]:
+    return {str(p.relative_to(data_dir / "lake")): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted((data_dir / "lake").rglob("*")) if p.is_file()}
+
+
+def hidden(data_dir: Path, sub: str) -> list[Path]:
+    root = data_dir / sub
+    return [p for p in root.rglob(".*")] if root.exists() else []
+
+
+def test_kill_at_several_points_then_resume_equals_clean_run(
+    prefect_api: str, fake_archive: FakeArchive, tmp_path: Path
+) -> None:
+    fa = fake_archive
+    for i in range(DAYS):
+        publish_day(fa, "spot", "BTCUSDT", date(2024, 1, 1) + timedelta(days=i), ROWS, 1 + i * ROWS, i)
+    log = tmp_path / "runs.log"
+
+    # Clean reference run, ad hoc: no API configured, a fresh Prefect home.
+    ref = tmp_path / "ref"
+    proc = cli(fa, ref, log, {"PREFECT_API_URL": None, "PREFECT_HOME": str(tmp_path / "home-ref")})
+    assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+    expected = lake_digest(ref)
+    assert len(expected) == DAYS
+
+    data = tmp_path / "data"
+    env = {"PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(tmp_path / "home")}
+    lake = data / "lake" / "trades" / "market=spot" / "symbol=BTCUSDT"
+    slow = "data/spot/daily/trades/BTCUSDT/BTCUSDT-trades-2024-01-02.zip"
+    kill_points = [
+        # mid-download: a half-written archive is on disk (the server stalls the body)
+        ("download", lambda: bool(hidden(data, "archive"))),
+        # mid-conversion: a temporary Parquet file exists in the lake folder
+        ("convert", lambda: bool(hidden(data, "lake"))),
+        # after some archives were committed, others not
+        ("commit", lambda: lake.exists() and len(list(lake.glob("*.parquet"))) >= 3),
+    ]
+    killed = []
+    for name, condition in kill_points:
+        if name == "download":
+            fa.inject(slow, "stall", delay=30)
+        proc = cli(fa, data, log, env)
+        if kill_when(proc, condition):
+            killed.append(name)
+            # Whatever the kill left, readers never see a partial file: only committed names.
+            assert all(not p.name.startswith(".") for p in lake.glob("*.parquet")) if lake.exists() else True
+    fa.clear_faults()
+    print("kill points hit:", killed)
+    assert "download" in killed, killed  # at least the deterministic kill point was hit
+
+    proc = cli(fa, data, log, env)
+    assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+    assert lake_digest(data) == expected
+    assert hidden(data, "lake") == [] and hidden(data, "archive") == []
+    table = ds.dataset(data / "lake" / "trades", format="parquet", partitioning="hive").to_table(columns=["trade_id"])
+    ids = table["trade_id"].to_numpy()
+    assert len(ids) == DAYS * ROWS and len(set(ids.tolist())) == len(ids)
