@@ -7,6 +7,7 @@ Run ad hoc:  python -m flows.full_pipeline --market spot --symbols BTCUSDT --sta
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -294,6 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             where = ".".join(str(x) for x in err["loc"]) or "arguments"
             print(f"error: {where}: {err['msg']}", file=sys.stderr)
         return 2
+    # Dask's INFO chatter (workers starting and stopping) would bury the run's own report.
+    logging.getLogger("distributed").setLevel(logging.WARNING)
     with shared_api_server():
         state = full_pipeline.with_options(task_runner=dask_runner(settings))(settings=settings, return_state=True)
     result = state.result(raise_on_failure=False)

@@ -104,9 +104,14 @@ class RunFailed(Exception):
     """Raised at the end of a run that refused or failed archives; carries the whole report."""
 
     def __init__(self, report: PipelineReport) -> None:
-        names = "; ".join(f"{f.archive} ({f.detail})" for f in report.failures)
-        names += "; ".join(report.validation_errors)
-        super().__init__(f"{len(report.failures)} archive(s) not ingested: {names}")
+        parts = []
+        if report.failures:
+            names = "; ".join(f"{f.archive} ({f.detail})" for f in report.failures)
+            parts.append(f"{len(report.failures)} archive(s) not ingested: {names}")
+        if report.validation_errors:
+            parts.append(f"{len(report.validation_errors)} lake file(s) failed validation: "
+                         + "; ".join(report.validation_errors))
+        super().__init__(" | ".join(parts) or "run failed")
         self.report = report
 
     def __reduce__(self) -> tuple[object, ...]:

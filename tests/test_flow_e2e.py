@@ -212,3 +212,27 @@ def test_transient_faults_are_retried_and_404_is_not(
     assert statuses(report) == {a.key: "ingested", b.key: "missing"}
     assert state.is_completed()  # a day not published is not a failure
     assert fa.count(a.key) == 3 and fa.count(b.key) == 1
+
+
+def test_steps_download_then_convert_offline_then_validate(
+    prefect_api: str, dask_address: str, fake_archive: FakeArchive, tmp_path: Path
+) -> None:
+    fa = fake_archive
+    pubs = [publish_day(fa, "spot", "BTCUSDT", date(2024, 1, d), 300, 1 + 300 * (d - 1), d) for d in (1, 2)]
+    data = tmp_path / "data"
+    common: dict[str, Any] = {"market": "spot", "symbols": ("BTCUSDT",), "start": date(2024, 1, 1),
+                              "end": date(2024, 1, 2), "granularity": "daily"}
+    _, report = run(fa, data, dask_address, steps=("download",), **common)
+    assert set(statuses(report).values()) == {"downloaded"}
+    assert not (data / "lake").exists() and all(p.spec.local_zip(data).exists() for p in pubs)
+    # Convert from the verified local archives: no request reaches the archive.
+    fa.clear_requests()
+    state, report = run(fa, data, dask_address, steps=("convert", "validate"), **common)
+    assert state.is_completed() and set(statuses(report).values()) == {"ingested"}
+    assert fa.requests == []
+    assert report.validated_files == 2 and report.gaps == []
+    # Validation alone re-reads the lake and catches a file damaged behind the pipeline's back.
+    victim = pubs[1].spec.lake_file(data)
+    victim.write_bytes(victim.read_bytes()[:-100])
+    state, report = run(fa, data, dask_address, steps=("validate",), **common)
+    assert state.is_failed() and any(victim.name in e for e in report.validation_errors), report.validation_errors
