@@ -1,0 +1,1 @@
+"""Deployment definitions in Python (`serve`), for set-ups without a work pool."""
