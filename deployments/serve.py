@@ -8,14 +8,18 @@ Runs started from the UI execute here, on the flow's DaskTaskRunner
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from prefect import serve
+from prefect.deployments.runner import RunnerDeployment
 
 from flows.full_pipeline import full_pipeline
 
 
 def main() -> None:
     """Serve the back-fill deployment until interrupted."""
-    backfill = full_pipeline.to_deployment(
+    # `to_deployment` returns a coroutine only when called from async code.
+    backfill: RunnerDeployment = cast(Any, full_pipeline.to_deployment)(
         name="full-pipeline",
         description="Back-fill Binance trade archives into the lake (manual runs from the UI).",
         tags=["binance-lake", "backfill"],
