@@ -7,6 +7,7 @@ Run ad hoc:  python -m flows.full_pipeline --market spot --symbols BTCUSDT --sta
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from typing import Any, cast
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.filesystems import LocalFileSystem
 from prefect.futures import PrefectFuture, as_completed
 from prefect.logging import get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -34,6 +36,9 @@ from tasks.plan import MissingDay, plan_symbol
 from tasks.prefect_tasks import checksums_task, discover_task, download_task, ingest_task, validate_symbol_task
 from tasks.report import ArchiveOutcome, GapNote, PipelineReport, RunFailed
 from tasks.settings import STEPS, Settings
+
+#: Prefect's cache records for this lake, inside the data dir.
+CACHE_DIR = ".prefect-cache"
 
 
 @flow(name="full-pipeline", task_runner=default_dask_runner())
@@ -58,6 +63,17 @@ def full_pipeline(settings: Settings) -> PipelineReport:
     if not report.ok:
         raise RunFailed(report)
     return report
+
+
+def cache_storage(data_dir: Path) -> LocalFileSystem:
+    """The storage block holding this lake's cache records, saved server-side (one per data dir).
+
+    Prefect requires a saved block for results written by Dask workers.
+    """
+    storage = LocalFileSystem(basepath=str(data_dir / CACHE_DIR))
+    name = "binance-lake-cache-" + hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
+    storage.save(name, overwrite=True)
+    return storage
 
 
 def _http(settings: Settings) -> HttpOptions:
@@ -133,14 +149,19 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport) -> None:
     download_results: dict[ArchiveSpec, Any] = {}
     shas = dict(todo)
 
+    # Cache records live with the lake they describe: delete the data dir and its cache goes
+    # too, and Dask workers sharing the data dir share the cache.
+    cache = cache_storage(data_dir)
+
     def submit_ingest(spec: ArchiveSpec) -> None:
         fresh = not lake_holds(spec, shas[spec], data_dir)
-        fut = ingest_task.with_options(refresh_cache=fresh).submit(
+        fut = ingest_task.with_options(refresh_cache=fresh, result_storage=cache).submit(
             spec=spec, sha256=shas[spec], data_dir=data_dir, options=settings.convert_options
         )
         ingests[fut] = spec
 
     download = download_task.with_options(
+        result_storage=cache,
         retries=settings.retries,
         retry_delay_seconds=exponential_backoff(backoff_factor=settings.retry_base_delay),
         retry_jitter_factor=0.5,
