@@ -1,0 +1,424 @@
+"""Check Parquet files against the lake contract, and trade-id continuity between files.
+
+The contract (docs/architecture.md, "The lake"): the one `TRADES_SCHEMA`, sorted by
+`trade_id` with no duplicate ids, times inside the file's period, row groups with
+statistics, sources recorded in the footer. `validate_parquet_file` reads the footer and
+then one row group at a time (two integer columns), so memory stays bounded by a row
+group whatever the file size. It collects every failure of a file before raising one
+`LakeValidationError` listing them all.
+
+Trade-id gaps are *reported*, never failures: Binance's own data has them (#363).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from tasks.errors import LakeValidationError
+from tasks.schema import SOURCE_METADATA_KEY, TIME_TYPE, TRADES_SCHEMA
+
+#: At most this many id gaps are listed one by one; the totals count all of them.
+MAX_LISTED_GAPS = 1000
+#: Examples quoted per kind of failure in an error message.
+MAX_EXAMPLES = 5
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NON_NULLABLE = tuple(f.name for f in TRADES_SCHEMA if not f.nullable)
+
+
+def micros_to_datetime(micros: int) -> datetime:
+    """Exact UTC datetime of a count of microseconds since the epoch (no float rounding)."""
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def datetime_to_micros(moment: datetime) -> int:
+    """Microseconds since the epoch of an aware datetime (exact integer arithmetic)."""
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+@dataclass(frozen=True)
+class ExpectedFile:
+    """What the caller knows about a file; every field left None is not checked.
+
+    `start`/`end` bound the trade times as `[start, end)` (aware UTC datetimes, e.g.
+    `ArchiveSpec.start`/`.end`); `market`/`symbol` must match the source metadata.
+    """
+
+    rows: int | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+    market: str | None = None
+    symbol: str | None = None
+
+
+@dataclass(frozen=True)
+class IdGaps:
+    """Trade-id gaps found in an ordered id stream (#363: real in Binance data, reported only).
+
+    `listed` holds `(last_id_before_gap, first_id_after_gap)` pairs, at most
+    `MAX_LISTED_GAPS` of them; `count` and `missing_ids` cover every gap.
+    """
+
+    listed: tuple[tuple[int, int], ...] = ()
+    count: int = 0
+    missing_ids: int = 0
+
+
+class GapCollector:
+    """Accumulates id gaps over consecutive sorted chunks of one id stream (bounded memory)."""
+
+    def __init__(self, limit: int = MAX_LISTED_GAPS) -> None:
+        self._limit = limit
+        self._listed: list[tuple[int, int]] = []
+        self._count = 0
+        self._missing = 0
+        self._last: int | None = None
+
+    def add(self, ids: np.ndarray[Any, Any]) -> None:
+        """Feed the next chunk of ids (ascending, continuing the previous chunk)."""
+        if len(ids) == 0:
+            return
+        if self._last is not None:
+            ids = np.concatenate([np.array([self._last], dtype=np.int64), ids])
+        step = np.diff(ids)
+        where = np.flatnonzero(step > 1)
+        if len(where):
+            self._count += len(where)
+            self._missing += int((step[where] - 1).sum())
+            room = self._limit - len(self._listed)
+            for i in where[: max(room, 0)]:
+                self._listed.append((int(ids[i]), int(ids[i + 1])))
+        self._last = int(ids[-1])
+
+    def result(self) -> IdGaps:
+        """The gaps seen so far."""
+        return IdGaps(tuple(self._listed), self._count, self._missing)
+
+
+@dataclass(frozen=True)
+class FileReport:
+    """What validation learnt about one lake file.
+
+    `first_trade_id`/`last_trade_id` are the smallest and largest ids; `first_time` and
+    `last_time` the earliest and latest trade times (aware UTC datetimes, exact to the
+    microsecond), to compare with the period's bounds (truncated days, #413). All four
+    are None for a file without rows. `source_metadata` is the parsed JSON under
+    `SOURCE_METADATA_KEY`, or None when absent.
+    """
+
+    path: Path
+    rows: int
+    row_groups: int
+    first_trade_id: int | None
+    last_trade_id: int | None
+    first_time: datetime | None
+    last_time: datetime | None
+    id_gaps: IdGaps
+    source_metadata: dict[str, Any] | None = field(default=None, hash=False)
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A discontinuity between two files of one (market, symbol), ordered by trade id.
+
+    `overlap` False: `size` ids are missing between `prev_last_id` and `next_first_id`
+    (reported, not a failure: #363, #226). `overlap` True: the files share `size` ids
+    (`next_first_id <= prev_last_id`), which breaks the lake's disjointness: an error.
+    """
+
+    prev_path: Path
+    next_path: Path
+    prev_last_id: int
+    next_first_id: int
+    size: int
+    overlap: bool
+    prev_last_time: datetime | None = None
+    next_first_time: datetime | None = None
+
+
+def read_source_metadata(path: Path) -> dict[str, Any] | None:
+    """Parse the sources JSON from a Parquet footer (reads the footer only); None if absent."""
+    raw = pq.read_metadata(path).metadata or {}
+    value = raw.get(SOURCE_METADATA_KEY)
+    if value is None:
+        return None
+    doc = json.loads(value)
+    return doc if isinstance(doc, dict) else {"value": doc}
+
+
+def _describe_schema_problems(schema: pa.Schema) -> list[str]:
+    problems: list[str] = []
+    names = schema.names
+    expected = TRADES_SCHEMA.names
+    if names != expected:
+        missing = [n for n in expected if n not in names]
+        extra = [n for n in names if n not in expected]
+        detail = []
+        if missing:
+            detail.append(f"missing {missing}")
+        if extra:
+            detail.append(f"unexpected {extra}")
+        if not missing and not extra:
+            detail.append(f"order {names}")
+        problems.append(f"schema columns differ from the lake schema ({', '.join(detail)})")
+    for want in TRADES_SCHEMA:
+        if want.name not in names:
+            continue
+        got = schema.field(want.name)
+        if not got.type.equals(want.type):
+            problems.append(f"column {want.name} has type {got.type}, expected {want.type}")
+        if got.nullable != want.nullable:
+            problems.append(
+                f"column {want.name} is {'nullable' if got.nullable else 'not nullable'}, "
+                f"expected {'nullable' if want.nullable else 'not nullable'}"
+            )
+    return problems
+
+
+class _Examples:
+    """Counts one kind of failure across row groups and keeps the first few examples."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.count = 0
+        self.examples: list[str] = []
+
+    def add(self, count: int, examples: Sequence[str]) -> None:
+        self.count += count
+        self.examples.extend(examples[: MAX_EXAMPLES - len(self.examples)])
+
+    def problem(self) -> str | None:
+        if not self.count:
+            return None
+        return f"{self.what}: {self.count} (e.g. {', '.join(self.examples)})"
+
+
+def _int_column(table: pa.Table, name: str) -> np.ndarray[Any, Any] | None:
+    """The column as int64 numpy (timestamps as µs since the epoch), nulls dropped; None if unusable."""
+    col = table.column(name)
+    if pa.types.is_timestamp(col.type):
+        col = col.cast(TIME_TYPE).cast(pa.int64())
+    elif pa.types.is_integer(col.type):
+        col = col.cast(pa.int64())
+    else:
+        return None
+    if col.null_count:
+        col = pc.drop_null(col)
+    return np.asarray(col.to_numpy())
+
+
+def validate_parquet_file(path: Path, expected: ExpectedFile | None = None) -> FileReport:
+    """Check one Parquet file against the lake contract, streaming it by row group.
+
+    Checks: readable; schema equal to `TRADES_SCHEMA` (names, types, nullability); row
+    count (when `expected.rows` is given); no nulls in non-nullable columns; trade ids
+    strictly increasing within and across row groups (sorted, no duplicates); every
+    time inside `[expected.start, expected.end)`; row-group statistics present;
+    source metadata naming `expected.market`/`expected.symbol` when given.
+
+    Every failure is collected, then one `LakeValidationError(str(path), "a; b; ...")`
+    is raised. On success returns a `FileReport` (ids, times, id gaps, metadata).
+    """
+    expected = expected or ExpectedFile()
+    source = str(path)
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise LakeValidationError(source, f"unreadable Parquet file: {exc}") from exc
+    with pf:
+        return _validate_open_file(pf, path, expected)
+
+
+def _validate_open_file(pf: pq.ParquetFile, path: Path, expected: ExpectedFile) -> FileReport:
+    source = str(path)
+    problems: list[str] = []
+    meta = pf.metadata
+    schema: pa.Schema = pf.schema_arrow
+    problems.extend(_describe_schema_problems(schema))
+
+    rows = int(meta.num_rows)
+    if expected.rows is not None and rows != expected.rows:
+        problems.append(f"{rows} rows, expected {expected.rows}")
+    if rows == 0:
+        problems.append("the file holds no rows")
+
+    source_metadata: dict[str, Any] | None = None
+    raw_meta = (meta.metadata or {}).get(SOURCE_METADATA_KEY)
+    if raw_meta is not None:
+        try:
+            doc = json.loads(raw_meta)
+            source_metadata = doc if isinstance(doc, dict) else None
+            if source_metadata is None:
+                problems.append("source metadata is not a JSON object")
+        except ValueError as exc:
+            problems.append(f"source metadata is not valid JSON: {exc}")
+    if expected.market is not None or expected.symbol is not None:
+        if source_metadata is None:
+            problems.append("no source metadata")
+        else:
+            for key, want in (("market", expected.market), ("symbol", expected.symbol)):
+                if want is not None and source_metadata.get(key) != want:
+                    problems.append(f"source metadata {key} is {source_metadata.get(key)!r}, expected {want!r}")
+
+    names = schema.names
+    start_us = datetime_to_micros(expected.start) if expected.start is not None else None
+    end_us = datetime_to_micros(expected.end) if expected.end is not None else None
+    has_ids = "trade_id" in names and pa.types.is_integer(schema.field("trade_id").type)
+    has_time = "time" in names and (
+        pa.types.is_timestamp(schema.field("time").type) or pa.types.is_integer(schema.field("time").type)
+    )
+    # An integer time column has no unit: it cannot be bounded, and the schema problem says why.
+    time_is_timestamp = has_time and pa.types.is_timestamp(schema.field("time").type)
+
+    nulls = {name: _Examples(f"nulls in non-nullable column {name}") for name in _NON_NULLABLE}
+    disorder = _Examples("trade ids not strictly increasing (unsorted or duplicated)")
+    early = _Examples("times before the period start")
+    late = _Examples("times at or after the period end")
+    missing_stats: list[str] = []
+    gaps = GapCollector()
+    first_id: int | None = None
+    last_id: int | None = None
+    min_time: int | None = None
+    max_time: int | None = None
+
+    read_columns = [c for c in ("trade_id", "time") if c in names]
+    for rg in range(meta.num_row_groups):
+        rg_meta = meta.row_group(rg)
+        # Null counts come from the statistics when present (no decoding), else from the data.
+        unread_null_columns: list[str] = []
+        for ci in range(rg_meta.num_columns):
+            col_meta = rg_meta.column(ci)
+            name = col_meta.path_in_schema
+            stats = col_meta.statistics if col_meta.is_stats_set else None
+            if stats is None:
+                missing_stats.append(f"row group {rg} column {name}")
+            elif name in ("trade_id", "time") and not stats.has_min_max:
+                missing_stats.append(f"row group {rg} column {name} (no min/max)")
+            if name in nulls:
+                if stats is not None and stats.has_null_count:
+                    if stats.null_count:
+                        nulls[name].add(int(stats.null_count), [f"row group {rg}"])
+                else:
+                    unread_null_columns.append(name)
+        try:
+            table = pf.read_row_group(rg, columns=read_columns + unread_null_columns)
+        except (OSError, pa.ArrowException) as exc:
+            problems.append(f"row group {rg} unreadable: {exc}")
+            continue
+        for name in unread_null_columns:
+            if table.column(name).null_count:
+                nulls[name].add(table.column(name).null_count, [f"row group {rg}"])
+
+        ids = _int_column(table, "trade_id") if has_ids else None
+        if ids is not None and len(ids):
+            prev = last_id
+            step = np.diff(ids)
+            bad = np.flatnonzero(step <= 0)
+            if len(bad):
+                disorder.add(len(bad), [f"{ids[i]} then {ids[i + 1]}" for i in bad[:MAX_EXAMPLES]])
+            if prev is not None and ids[0] <= prev:
+                disorder.add(1, [f"{prev} then {ids[0]} across row groups {rg - 1}/{rg}"])
+            if first_id is None:
+                first_id = int(ids[0])
+            last_id = int(ids[-1])
+            if not len(bad) and (prev is None or ids[0] > prev):
+                gaps.add(ids)
+
+        times = _int_column(table, "time") if time_is_timestamp else None
+        if times is not None and len(times):
+            lo, hi = int(times.min()), int(times.max())
+            min_time = lo if min_time is None else min(min_time, lo)
+            max_time = hi if max_time is None else max(max_time, hi)
+            ids_for_examples = ids if ids is not None and len(ids) == len(times) else None
+            for check, mask in (
+                (early, times < start_us if start_us is not None else None),
+                (late, times >= end_us if end_us is not None else None),
+            ):
+                if mask is None or not mask.any():
+                    continue
+                where = np.flatnonzero(mask)[:MAX_EXAMPLES]
+                check.add(
+                    int(mask.sum()),
+                    [
+                        (f"id {ids_for_examples[i]} at " if ids_for_examples is not None else "")
+                        + micros_to_datetime(int(times[i])).isoformat()
+                        for i in where
+                    ],
+                )
+
+    for check in (*nulls.values(), disorder, early, late):
+        text = check.problem()
+        if text:
+            problems.append(text)
+    if missing_stats:
+        shown = ", ".join(missing_stats[:MAX_EXAMPLES])
+        problems.append(f"row-group statistics missing: {len(missing_stats)} column chunks (e.g. {shown})")
+
+    if problems:
+        raise LakeValidationError(str(source), "; ".join(problems))
+    return FileReport(
+        path=path,
+        rows=rows,
+        row_groups=int(meta.num_row_groups),
+        first_trade_id=first_id,
+        last_trade_id=last_id,
+        first_time=micros_to_datetime(min_time) if min_time is not None else None,
+        last_time=micros_to_datetime(max_time) if max_time is not None else None,
+        id_gaps=gaps.result(),
+        source_metadata=source_metadata,
+    )
+
+
+def continuity_gaps(reports: Sequence[FileReport]) -> list[Gap]:
+    """Id gaps and overlaps between the files of one (market, symbol).
+
+    Files are ordered by first trade id; each is compared with the furthest-reaching file
+    before it (the largest last id so far), so a file nested inside another is an overlap.
+    A gap (`overlap=False`) is information: whole days go missing upstream (#226, #331,
+    #336) and ids skip (#363). An overlap (`overlap=True`) means two files share trade
+    ids, which the lake forbids: the caller should treat it as an error. Files without
+    rows are ignored.
+    """
+    ordered = sorted(
+        (r for r in reports if r.first_trade_id is not None and r.last_trade_id is not None),
+        key=lambda r: (r.first_trade_id or 0, r.last_trade_id or 0),
+    )
+    found: list[Gap] = []
+    reach: FileReport | None = None
+    for report in ordered:
+        assert report.first_trade_id is not None and report.last_trade_id is not None
+        if reach is not None:
+            assert reach.last_trade_id is not None
+            prev_last = reach.last_trade_id
+            overlap = report.first_trade_id <= prev_last
+            if overlap:
+                size = min(prev_last, report.last_trade_id) - report.first_trade_id + 1
+            else:
+                size = report.first_trade_id - prev_last - 1
+            if size > 0:
+                found.append(
+                    Gap(
+                        prev_path=reach.path,
+                        next_path=report.path,
+                        prev_last_id=prev_last,
+                        next_first_id=report.first_trade_id,
+                        size=size,
+                        overlap=overlap,
+                        prev_last_time=reach.last_time,
+                        next_first_time=report.first_time,
+                    )
+                )
+        if reach is None or report.last_trade_id > (reach.last_trade_id or 0):
+            reach = report
+    return found

@@ -1,0 +1,244 @@
+"""validate_parquet_file, continuity_gaps and read_source_metadata on real Parquet files.
+
+Bad files are written directly with pyarrow, each breaking one rule of the lake contract,
+and one breaking several at once (every failure must be reported together).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tasks.archive_spec import ArchiveSpec
+from tasks.errors import LakeValidationError
+from tasks.schema import SOURCE_METADATA_KEY, TRADES_SCHEMA
+from tasks.validate import (
+    ExpectedFile,
+    FileReport,
+    Gap,
+    IdGaps,
+    continuity_gaps,
+    read_source_metadata,
+    validate_parquet_file,
+)
+
+DAY = ArchiveSpec("spot", "BTCUSDT", "daily", date(2024, 1, 1))
+START_US = 1_704_067_200_000_000
+EXPECT_DAY = ExpectedFile(start=DAY.start, end=DAY.end)
+
+
+def lake_table(ids: list[int], times: list[int] | None = None, schema: pa.Schema = TRADES_SCHEMA) -> pa.Table:
+    """A lake-schema table; `times` in µs since the epoch (default: one trade per second from midnight)."""
+    n = len(ids)
+    times = times if times is not None else [START_US + i * 1_000_000 for i in range(n)]
+    columns: dict[str, Any] = {
+        "trade_id": ids,
+        "price": [42000.0 + i for i in range(n)],
+        "qty": [0.001] * n,
+        "quote_qty": [42.0] * n,
+        "base_qty": [None] * n,
+        "time": pa.array(times, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+        "is_buyer_maker": [i % 2 == 0 for i in range(n)],
+        "is_best_match": [True] * n,
+    }
+    return pa.table({f.name: pa.array(columns[f.name]).cast(f.type) for f in schema}, schema=schema)
+
+
+def write(path: Path, table: pa.Table, row_group_size: int | None = None, **options: Any) -> Path:
+    pq.write_table(table, path, row_group_size=row_group_size, **options)
+    return path
+
+
+def problems_of(path: Path, expected: ExpectedFile | None = None) -> str:
+    with pytest.raises(LakeValidationError) as info:
+        validate_parquet_file(path, expected)
+    assert info.value.source == str(path)
+    return info.value.reason
+
+
+def test_valid_file_report(tmp_path: Path) -> None:
+    ids = [*range(100, 110), *range(120, 125), 200]  # gaps 109->120 and 124->200
+    doc = {"market": "spot", "symbol": "BTCUSDT", "sources": [{"archive": DAY.key, "rows": len(ids)}]}
+    table = lake_table(ids).replace_schema_metadata({SOURCE_METADATA_KEY: json.dumps(doc).encode()})
+    path = write(tmp_path / "ok.parquet", table, row_group_size=4)
+
+    expected = ExpectedFile(rows=len(ids), start=DAY.start, end=DAY.end, market="spot", symbol="BTCUSDT")
+    report = validate_parquet_file(path, expected)
+    assert report.path == path
+    assert (report.rows, report.row_groups) == (16, 4)
+    assert (report.first_trade_id, report.last_trade_id) == (100, 200)
+    assert report.first_time == datetime(2024, 1, 1, tzinfo=UTC)
+    assert report.last_time == datetime(2024, 1, 1, tzinfo=UTC) + timedelta(seconds=15)
+    # The second gap spans a row-group boundary (rows 12..15 are the last group).
+    assert report.id_gaps == IdGaps(listed=((109, 120), (124, 200)), count=2, missing_ids=10 + 75)
+    assert report.source_metadata == doc
+    assert read_source_metadata(path) == doc
+    assert pickle.loads(pickle.dumps(report)) == report
+
+
+def test_microseconds_and_bounds_are_exact(tmp_path: Path) -> None:
+    end_us = START_US + 86_400_000_000
+    path = write(tmp_path / "edge.parquet", lake_table([1, 2], [START_US, end_us - 1]))
+    report = validate_parquet_file(path, EXPECT_DAY)
+    assert report.last_time == DAY.end - timedelta(microseconds=1)
+    late = write(tmp_path / "late.parquet", lake_table([1, 2], [START_US, end_us]))
+    assert "times at or after the period end: 1" in problems_of(late, EXPECT_DAY)
+
+
+def test_wrong_row_count(tmp_path: Path) -> None:
+    path = write(tmp_path / "rows.parquet", lake_table([1, 2, 3]))
+    assert problems_of(path, ExpectedFile(rows=4)) == "3 rows, expected 4"
+
+
+def test_wrong_schema_every_difference_named(tmp_path: Path) -> None:
+    bad = pa.schema(
+        [
+            pa.field("trade_id", pa.int32(), nullable=False),
+            pa.field("price", pa.float64(), nullable=True),  # must not be nullable
+            pa.field("qty", pa.float64(), nullable=False),
+            pa.field("quote_qty", pa.float64()),
+            pa.field("base_qty", pa.float64()),
+            pa.field("time", pa.timestamp("ms"), nullable=False),  # wrong unit, no UTC
+            pa.field("is_buyer_maker", pa.bool_(), nullable=False),
+            pa.field("extra", pa.bool_()),  # is_best_match missing, extra column instead
+        ]
+    )
+    table = pa.table(
+        {
+            "trade_id": pa.array([1, 2], pa.int32()),
+            "price": [1.0, 2.0],
+            "qty": [1.0, 1.0],
+            "quote_qty": [1.0, 2.0],
+            "base_qty": pa.nulls(2, pa.float64()),
+            "time": pa.array([START_US // 1000, START_US // 1000 + 1], pa.timestamp("ms")),
+            "is_buyer_maker": [True, False],
+            "extra": [True, True],
+        },
+        schema=bad,
+    )
+    reason = problems_of(write(tmp_path / "schema.parquet", table), EXPECT_DAY)
+    assert "missing ['is_best_match']" in reason and "unexpected ['extra']" in reason
+    assert "column trade_id has type int32, expected int64" in reason
+    assert "column price is nullable, expected not nullable" in reason
+    assert "column time has type timestamp[ms], expected timestamp[us, tz=UTC]" in reason
+
+
+def test_unsorted_and_duplicate_ids(tmp_path: Path) -> None:
+    within = write(tmp_path / "within.parquet", lake_table([1, 3, 2, 4]))
+    assert "trade ids not strictly increasing (unsorted or duplicated): 1 (e.g. 3 then 2)" in problems_of(within)
+    duplicate = write(tmp_path / "dup.parquet", lake_table([1, 2, 2, 3]))
+    assert "2 then 2" in problems_of(duplicate)
+    across = write(tmp_path / "across.parquet", lake_table([5, 6, 1, 2]), row_group_size=2)
+    assert "6 then 1 across row groups 0/1" in problems_of(across)
+
+
+def test_times_out_of_bounds(tmp_path: Path) -> None:
+    times = [START_US - 1, START_US, START_US + 86_400_000_000 + 5]
+    reason = problems_of(write(tmp_path / "t.parquet", lake_table([1, 2, 3], times)), EXPECT_DAY)
+    assert "times before the period start: 1 (e.g. id 1 at 2023-12-31T23:59:59.999999+00:00)" in reason
+    assert "times at or after the period end: 1 (e.g. id 3 at 2024-01-02T00:00:00.000005+00:00)" in reason
+
+
+def test_missing_statistics(tmp_path: Path) -> None:
+    path = write(tmp_path / "nostats.parquet", lake_table([1, 2]), write_statistics=False)
+    assert "row-group statistics missing: 8 column chunks" in problems_of(path)
+
+
+@pytest.mark.parametrize("statistics", [True, False], ids=["from-statistics", "from-data"])
+def test_nulls_in_non_nullable_column(tmp_path: Path, statistics: bool) -> None:
+    loose = pa.schema([f.with_nullable(True) for f in TRADES_SCHEMA])
+    table = lake_table([1, 2, 3], schema=loose)
+    table = table.set_column(1, "price", pa.array([1.0, None, 2.0]))
+    reason = problems_of(write(tmp_path / "nulls.parquet", table, write_statistics=statistics))
+    assert "nulls in non-nullable column price: 1" in reason
+    assert "column price is nullable, expected not nullable" in reason
+
+
+def test_every_problem_reported_at_once(tmp_path: Path) -> None:
+    times = [START_US, START_US + 1, START_US - 10, START_US + 86_400_000_000]
+    path = write(tmp_path / "many.parquet", lake_table([10, 12, 11, 13], times), write_statistics=False)
+    reason = problems_of(path, ExpectedFile(rows=5, start=DAY.start, end=DAY.end, market="spot"))
+    parts = reason.split("; ")
+    assert parts[0] == "4 rows, expected 5"
+    for fragment in (
+        "no source metadata",
+        "trade ids not strictly increasing",
+        "times before the period start",
+        "times at or after the period end",
+        "row-group statistics missing",
+    ):
+        assert sum(fragment in part for part in parts) == 1, (fragment, parts)
+
+
+def test_unreadable_and_empty_files(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.parquet"
+    garbage.write_bytes(b"PAR1 this is not parquet")
+    assert problems_of(garbage).startswith("unreadable Parquet file")
+    empty = write(tmp_path / "empty.parquet", lake_table([]))
+    assert "the file holds no rows" in problems_of(empty)
+
+
+def test_source_metadata_must_match(tmp_path: Path) -> None:
+    doc = {"market": "um", "symbol": "ETHUSDT", "sources": []}
+    table = lake_table([1]).replace_schema_metadata({SOURCE_METADATA_KEY: json.dumps(doc).encode()})
+    path = write(tmp_path / "meta.parquet", table)
+    reason = problems_of(path, ExpectedFile(market="spot", symbol="BTCUSDT"))
+    assert "source metadata market is 'um', expected 'spot'" in reason
+    assert "source metadata symbol is 'ETHUSDT', expected 'BTCUSDT'" in reason
+    assert read_source_metadata(write(tmp_path / "plain.parquet", lake_table([1]))) is None
+
+
+# ---------------------------------------------------------------------------------------
+# continuity_gaps
+# ---------------------------------------------------------------------------------------
+
+
+def report(name: str, first: int, last: int) -> FileReport:
+    when = datetime(2024, 1, 1, tzinfo=UTC)
+    return FileReport(
+        path=Path(name),
+        rows=last - first + 1,
+        row_groups=1,
+        first_trade_id=first,
+        last_trade_id=last,
+        first_time=when + timedelta(seconds=first),
+        last_time=when + timedelta(seconds=last),
+        id_gaps=IdGaps(),
+    )
+
+
+def test_continuity_gap_and_overlap() -> None:
+    day1, day2, day3, day4 = (
+        report("d1", 1, 100),
+        report("d2", 111, 200),
+        report("d3", 150, 250),
+        report("d4", 251, 300),
+    )
+    gaps = continuity_gaps([day4, day2, day1, day3])  # input order does not matter
+    assert gaps == [
+        Gap(Path("d1"), Path("d2"), 100, 111, 10, False, day1.last_time, day2.first_time),
+        Gap(Path("d2"), Path("d3"), 200, 150, 51, True, day2.last_time, day3.first_time),
+    ]
+    assert pickle.loads(pickle.dumps(gaps)) == gaps
+
+
+def test_continuity_contiguous_nested_and_empty() -> None:
+    assert continuity_gaps([report("a", 1, 10), report("b", 11, 20)]) == []
+    nested = continuity_gaps([report("outer", 1, 100), report("inner", 10, 20), report("next", 101, 110)])
+    assert [(g.next_path.name, g.size, g.overlap) for g in nested] == [("inner", 11, True)]
+    empty = FileReport(Path("e"), 0, 0, None, None, None, None, IdGaps())
+    assert continuity_gaps([empty, report("a", 5, 6)]) == []
+
+
+def test_reports_from_real_files(tmp_path: Path) -> None:
+    first = validate_parquet_file(write(tmp_path / "1.parquet", lake_table([1, 2, 3])))
+    second = validate_parquet_file(write(tmp_path / "2.parquet", lake_table([7, 8])))
+    [gap] = continuity_gaps([second, first])
+    assert (gap.prev_last_id, gap.next_first_id, gap.size, gap.overlap) == (3, 7, 3, False)
