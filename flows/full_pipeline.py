@@ -11,6 +11,7 @@ import hashlib
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import date
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,6 +20,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.filesystems import LocalFileSystem
 from prefect.futures import PrefectFuture, as_completed
 from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 from pydantic import ValidationError
@@ -26,16 +28,29 @@ from pydantic import ValidationError
 from flows.runtime import dask_runner, default_dask_runner, shared_api_server
 from tasks.archive_spec import ArchiveSpec, Granularity, parse_archive_name
 from tasks.atomic import remove_stale_temporaries
+from tasks.cleanup import CleanupResult
+from tasks.compact import CompactionResult, recover_lake
 from tasks.download import Published, local_archive_matches, local_archives, stored_checksum
 from tasks.errors import NotPublished, PipelineError, TransientNetworkError, describe
+from tasks.gaps import GapReport
 from tasks.http import HttpOptions
 from tasks.ingest import IngestResult, SymbolValidation
 from tasks.lake import coverage, lake_holds, lake_inventory
 from tasks.listing import Discovery
+from tasks.lock import data_dir_lock
 from tasks.plan import MissingDay, plan_symbol
-from tasks.prefect_tasks import checksums_task, discover_task, download_task, ingest_task, validate_symbol_task
+from tasks.prefect_tasks import (
+    checksums_task,
+    cleanup_task,
+    compact_task,
+    discover_task,
+    download_task,
+    gaps_task,
+    ingest_task,
+    validate_symbol_task,
+)
 from tasks.report import ArchiveOutcome, GapNote, PipelineReport, RunFailed
-from tasks.settings import STEPS, Settings
+from tasks.settings import ALL_STEPS, STEPS, Settings
 
 #: Prefect's cache records for this lake, inside the data dir.
 CACHE_DIR = ".prefect-cache"
@@ -45,20 +60,34 @@ CACHE_DIR = ".prefect-cache"
 def full_pipeline(settings: Settings) -> PipelineReport:
     """Bring the lake up to date for the requested market, symbols and days.
 
-    Every good archive lands even when others are refused; the run then ends Failed,
-    naming each refused archive.
+    Steps, in order (each selectable): download, convert (into staging), merge (staged
+    archives into the lake's files), optimize (re-pack files left under target), validate,
+    gaps (the gap report), cleanup (delete verified downloads). Every good archive lands
+    even when others are refused; the run then ends Failed, naming each refused archive.
+    One run at a time per data dir (a lock); a run killed mid-swap is rolled forward here.
     """
     logger = get_run_logger()
     data_dir = settings.data_dir.resolve()
-    stale = remove_stale_temporaries(data_dir)
-    if stale:
-        logger.warning("removed %d temporary files left by an interrupted run", stale)
-    report = PipelineReport()
-    if "download" in settings.steps or "convert" in settings.steps:
-        _ingest(settings, data_dir, report)
-    if "validate" in settings.steps:
-        _validate(settings, data_dir, report)
-    _publish_artifacts(report)
+    with data_dir_lock(data_dir, settings.lock_wait_s, run=str(flow_run.name or "")):
+        recovered = recover_lake(data_dir)
+        if recovered:
+            logger.warning("finished %d lake swaps interrupted by a killed run", recovered)
+        stale = remove_stale_temporaries(data_dir)
+        if stale:
+            logger.warning("removed %d temporary files left by an interrupted run", stale)
+        report = PipelineReport()
+        steps = settings.steps
+        if "download" in steps or "convert" in steps:
+            _ingest(settings, data_dir, report)
+        if "merge" in steps or "optimize" in steps:
+            _compact(settings, data_dir, report)
+        if "validate" in steps:
+            _validate(settings, data_dir, report)
+        if "gaps" in steps:
+            _gaps(settings, data_dir, report)
+        if "cleanup" in steps:
+            _cleanup(settings, data_dir, report)
+        _publish_artifacts(report)
     logger.info("%s", report.summary())
     if not report.ok:
         raise RunFailed(report)
@@ -257,11 +286,81 @@ def _validate(settings: Settings, data_dir: Path, report: PipelineReport) -> Non
         )
 
 
+def _compact(settings: Settings, data_dir: Path, report: PipelineReport) -> None:
+    mode = "optimize" if "optimize" in settings.steps else "merge"
+    futures = {
+        symbol: compact_task.submit(data_dir, settings.market, symbol, settings.target_file_bytes,
+                                    settings.convert_options, mode)
+        for symbol in settings.symbols
+    }
+    for symbol, fut in futures.items():
+        result = fut.result(raise_on_failure=False)
+        if isinstance(result, BaseException):
+            # One symbol's conflict never blocks the others; its lake files are unchanged.
+            report.upkeep_errors.append(f"{mode} {settings.market}/{symbol}: {describe(result)}")
+            continue
+        assert isinstance(result, CompactionResult)
+        report.compactions.append(result)
+
+
+def _refused_days(report: PipelineReport) -> dict[str, dict[date, dict[str, str]]]:
+    """Days of the archives this run refused, per symbol, for the gap report."""
+    out: dict[str, dict[date, dict[str, str]]] = {}
+    for o in report.failures:
+        parts = o.archive.split("/")
+        if len(parts) < 5 or parts[-4] not in ("daily", "monthly"):
+            continue
+        granularity = cast(Granularity, parts[-4])
+        for market in ("spot", "um", "cm"):
+            spec = parse_archive_name(cast(Any, market), granularity, parts[-1])
+            if spec is not None and spec.key == o.archive:
+                for d in spec.days():
+                    out.setdefault(spec.symbol, {})[d] = {"day": str(d), "archive": o.archive, "reason": o.detail}
+                break
+    return out
+
+
+def _gaps(settings: Settings, data_dir: Path, report: PipelineReport) -> None:
+    refused = _refused_days(report)
+    futures = [
+        gaps_task.submit(
+            data_dir, settings.market, symbol, settings.start, settings.end,
+            {m.day for m in report.missing if m.symbol == symbol}, settings.truncation_tolerance_s,
+            refused.get(symbol, {}),
+        )
+        for symbol in settings.symbols
+    ]
+    for fut in futures:
+        result = fut.result(raise_on_failure=False)
+        if isinstance(result, BaseException):
+            report.upkeep_errors.append(f"gap report: {describe(result)}")
+            continue
+        assert isinstance(result, GapReport)
+        report.gap_reports.append(result)
+
+
+def _cleanup(settings: Settings, data_dir: Path, report: PipelineReport) -> None:
+    for symbol in settings.symbols:
+        fut = cleanup_task.submit(data_dir, settings.market, symbol, settings.start, settings.end)
+        result = fut.result(raise_on_failure=False)
+        if isinstance(result, BaseException):
+            report.upkeep_errors.append(f"cleanup {settings.market}/{symbol}: {describe(result)}")
+            continue
+        assert isinstance(result, CleanupResult)
+        report.cleanups.append(result)
+
+
 def _publish_artifacts(report: PipelineReport) -> None:
     if report.outcomes:
         create_table_artifact(
             key="ingest-archives", table=report.table(), description="Per archive: status, rows, bytes, seconds."
         )
+    if report.compactions:
+        create_table_artifact(key="lake-files", table=report.compaction_table(),
+                              description="Per symbol: lake files written and removed by merge/optimize.")
+    if report.gap_reports:
+        create_table_artifact(key="lake-gaps", table=report.gap_table(),
+                              description="Per symbol: days not published, refused, id gaps, truncated days.")
     create_markdown_artifact(key="ingest-summary", markdown="```\n" + report.summary() + "\n```",
                              description="What this run did to the lake.")
 
@@ -287,8 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="S3 listing endpoint (default https://s3-ap-northeast-1.amazonaws.com/data.binance.vision)")
     p.add_argument("--concurrency", type=int, default=None, help="downloads in flight at once (default 8)")
     p.add_argument("--steps", default=None,
-                   help=f"comma-separated subset of {','.join(STEPS)} (default all). Without download, "
-                   "archives already downloaded are converted")
+                   help=f"comma-separated subset of {','.join(ALL_STEPS)} (default {','.join(STEPS)}). Without "
+                   "download, archives already downloaded are converted; cleanup deletes downloaded archives "
+                   "whose rows are verified in the lake")
+    p.add_argument("--target-file-bytes", type=int, default=None,
+                   help="lake files are packed up to this size (default 1073741824, 1 GiB)")
     p.add_argument("--dask-address", default=None, help="an existing Dask scheduler (default: a local cluster)")
     return p
 
@@ -300,7 +402,7 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
         "data_dir": args.data_dir, "market": args.market, "symbols": tuple(args.symbols), "start": args.start,
         "end": args.end, "granularity": args.granularity,
     }
-    for name in ("base_url", "listing_url", "concurrency", "steps", "dask_address"):
+    for name in ("base_url", "listing_url", "concurrency", "steps", "dask_address", "target_file_bytes"):
         value = getattr(args, name)
         if value is not None:
             given[name] = value

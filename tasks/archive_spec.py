@@ -122,9 +122,18 @@ class ArchiveSpec:
         """`<data_dir>/lake/trades/market=<m>/symbol=<S>`."""
         return lake_symbol_dir(data_dir, self.market, self.symbol)
 
+    @property
+    def range_file_name(self) -> str:
+        """A Parquet file named by the archive's date range: `2024-01-01_2024-01-31.parquet`."""
+        return range_file_name(self.first_day, self.last_day)
+
     def lake_file(self, data_dir: Path) -> Path:
-        """The per-archive lake file, named by its date range: `2024-01-01_2024-01-31.parquet`."""
-        return self.lake_dir(data_dir) / f"{self.first_day.isoformat()}_{self.last_day.isoformat()}.parquet"
+        """Where this archive's rows land when it gets a lake file of its own."""
+        return self.lake_dir(data_dir) / self.range_file_name
+
+    def staging_file(self, data_dir: Path) -> Path:
+        """The converted archive waiting to be merged into the lake (`<data_dir>/staging/trades/...`)."""
+        return staging_symbol_dir(data_dir, self.market, self.symbol) / self.range_file_name
 
     def __str__(self) -> str:
         return self.key
@@ -138,6 +147,16 @@ def symbol_prefix(market: str, granularity: str, symbol: str) -> str:
 def lake_symbol_dir(data_dir: Path, market: str, symbol: str) -> Path:
     """`<data_dir>/lake/trades/market=spot/symbol=BTCUSDT`."""
     return data_dir / "lake" / "trades" / f"market={market}" / f"symbol={check_symbol(symbol)}"
+
+
+def staging_symbol_dir(data_dir: Path, market: str, symbol: str) -> Path:
+    """`<data_dir>/staging/trades/market=spot/symbol=BTCUSDT`: converted archives not yet merged."""
+    return data_dir / "staging" / "trades" / f"market={market}" / f"symbol={check_symbol(symbol)}"
+
+
+def range_file_name(first_day: date, last_day: date) -> str:
+    """`2024-01-01_2024-01-31.parquet`: lake files are named by the days they cover."""
+    return f"{first_day.isoformat()}_{last_day.isoformat()}.parquet"
 
 
 def parse_archive_name(market: Market, granularity: Granularity, name: str) -> ArchiveSpec | None:

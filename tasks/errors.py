@@ -70,6 +70,18 @@ class LakeValidationError(PipelineError):
     kind = "lake validation failed"
 
 
+class LakeConflict(PipelineError):
+    """Merging would give a day two sources or a trade id twice: refused, the lake unchanged."""
+
+    kind = "lake conflict"
+
+
+class LakeLocked(PipelineError):
+    """Another run holds the data directory's lock."""
+
+    kind = "data directory locked"
+
+
 def describe(exc: BaseException) -> str:
     """Return a one-line, human-readable account of an exception for reports."""
     if isinstance(exc, PipelineError):

@@ -14,7 +14,7 @@ from pathlib import Path
 from tasks.archive_spec import ArchiveSpec, Market
 from tasks.convert import convert_archive
 from tasks.errors import ChecksumMismatch, LakeValidationError, NotDownloaded, PipelineError
-from tasks.lake import LakeEntry, lake_holds, lake_inventory
+from tasks.lake import LakeEntry, lake_inventory, lake_source, staging_holds
 from tasks.settings import ConvertOptions
 from tasks.validate import ExpectedFile, FileReport, continuity_gaps, validate_parquet_file
 
@@ -45,16 +45,24 @@ def sha256_of(path: Path) -> str:
 
 
 def ingest_archive(spec: ArchiveSpec, sha256: str, data_dir: Path, options: ConvertOptions) -> IngestResult:
-    """Make `spec`'s lake file hold exactly the archive whose published sha256 is `sha256`.
+    """Make the archive whose published sha256 is `sha256` ready for the lake.
 
-    If the lake file already comes from this archive and still validates, it is kept
-    as is (a re-run, or a cache record lost with Prefect's storage). Otherwise the local
-    archive is hashed again (it must still be the published one), converted, validated
-    and committed atomically; on any error the lake is left as it was.
+    If a lake file already holds it (from this very sha256), nothing is done. If its staged
+    file (`ArchiveSpec.staging_file`, waiting for the merge step) comes from it and still
+    validates, it is kept. Otherwise the local archive is hashed again (it must still be
+    the published one), converted, validated and committed atomically into staging; on
+    any error the lake and staging are left as they were.
     """
     started = time.perf_counter()
-    out = spec.lake_file(data_dir)
-    if lake_holds(spec, sha256, data_dir):
+    held = lake_source(spec, sha256, data_dir)
+    if held is not None:
+        path, doc = held
+        return IngestResult(
+            spec, sha256, path, int(doc["rows"]), int(doc.get("duplicates_dropped", 0)), 0, 0,
+            int(doc.get("bytes", 0)), time.perf_counter() - started, reused=True,
+        )
+    out = spec.staging_file(data_dir)
+    if staging_holds(spec, sha256, data_dir):
         try:
             report = validate_parquet_file(out, _expected_for(spec, None))
         except LakeValidationError:

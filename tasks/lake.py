@@ -11,7 +11,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from tasks.archive_spec import ArchiveSpec, lake_symbol_dir
+from tasks.archive_spec import ArchiveSpec, lake_symbol_dir, staging_symbol_dir
 from tasks.schema import SOURCE_METADATA_KEY
 
 _FILE_NAME = re.compile(r"^(\d{4}-\d{2}-\d{2})_(\d{4}-\d{2}-\d{2})\.parquet$")
@@ -27,6 +27,9 @@ class SourceRef:
     first_day: date
     last_day: date
     rows: int
+    #: Parquet bytes this source accounts for: its own file's size when it was converted. Summed
+    #: over sources it sizes a file for compaction, stable across rewrites (so packing is idempotent).
+    bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -50,51 +53,97 @@ def read_sources(path: Path) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def lake_files(data_dir: Path, market: str, symbol: str) -> list[Path]:
-    """Committed lake files of a symbol (temporary files are dot-prefixed and skipped)."""
-    folder = lake_symbol_dir(data_dir, market, symbol)
+def range_files(folder: Path) -> list[Path]:
+    """Committed `<first>_<last>.parquet` files of a folder (temporary files are dot-prefixed and skipped)."""
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.is_file() and _FILE_NAME.match(p.name))
 
 
-def lake_inventory(data_dir: Path, market: str, symbol: str) -> list[LakeEntry]:
-    """Every committed lake file of a symbol with its sources, sorted by first day."""
+def lake_files(data_dir: Path, market: str, symbol: str) -> list[Path]:
+    """Committed lake files of a symbol."""
+    return range_files(lake_symbol_dir(data_dir, market, symbol))
+
+
+def inventory(paths: list[Path]) -> list[LakeEntry]:
+    """Each `<first>_<last>.parquet` file with the sources recorded in its footer, sorted by first day."""
     entries = []
-    for path in lake_files(data_dir, market, symbol):
+    for path in paths:
         m = _FILE_NAME.match(path.name)
         assert m is not None
         first, last = date.fromisoformat(m[1]), date.fromisoformat(m[2])
         try:
             doc = read_sources(path) or {}
-            sources = tuple(
-                SourceRef(
-                    archive=s["archive"],
-                    sha256=s["sha256"],
-                    granularity=s["granularity"],
-                    first_day=date.fromisoformat(s["first_day"]),
-                    last_day=date.fromisoformat(s["last_day"]),
-                    rows=int(s["rows"]),
-                )
-                for s in doc.get("sources", [])
-            )
+            docs = doc.get("sources", [])
+            # Files written before sources recorded their bytes: share the file's size by rows.
+            total_rows = sum(int(d["rows"]) for d in docs) or 1
+            size = path.stat().st_size
+            sources = tuple(source_ref(d, size * int(d["rows"]) // total_rows) for d in docs)
             problem = None if sources else "no source metadata"
         except Exception as exc:  # any unreadable footer makes the file untrusted, not the run fail
             sources, problem = (), f"unreadable footer: {exc}"
         entries.append(LakeEntry(path, first, last, sources, problem))
-    return entries
+    return sorted(entries, key=lambda e: (e.first_day, e.last_day))
 
 
-def lake_holds(spec: ArchiveSpec, sha256: str, data_dir: Path) -> bool:
-    """True when the archive's own lake file exists and was built from exactly this sha256."""
-    path = spec.lake_file(data_dir)
-    if not path.is_file():
-        return False
+def source_ref(doc: dict[str, Any], default_bytes: int = 0) -> SourceRef:
+    """A footer's source entry as a SourceRef (`default_bytes` when it does not record its size)."""
+    return SourceRef(
+        archive=doc["archive"],
+        sha256=doc["sha256"],
+        granularity=doc["granularity"],
+        first_day=date.fromisoformat(doc["first_day"]),
+        last_day=date.fromisoformat(doc["last_day"]),
+        rows=int(doc["rows"]),
+        bytes=int(doc.get("bytes", default_bytes)),
+    )
+
+
+def lake_inventory(data_dir: Path, market: str, symbol: str) -> list[LakeEntry]:
+    """Every committed lake file of a symbol with its sources, sorted by first day."""
+    return inventory(lake_files(data_dir, market, symbol))
+
+
+def staged_inventory(data_dir: Path, market: str, symbol: str) -> list[LakeEntry]:
+    """Converted archives of a symbol waiting in staging to be merged into the lake."""
+    return inventory(range_files(staging_symbol_dir(data_dir, market, symbol)))
+
+
+def _source_doc(path: Path, spec: ArchiveSpec, sha256: str) -> dict[str, Any] | None:
     try:
         doc = read_sources(path) or {}
     except Exception:
-        return False
-    return any(s.get("archive") == spec.key and s.get("sha256") == sha256 for s in doc.get("sources", []))
+        return None
+    for s in doc.get("sources", []):
+        if s.get("archive") == spec.key and s.get("sha256") == sha256:
+            return dict(s)
+    return None
+
+
+def lake_source(spec: ArchiveSpec, sha256: str, data_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The lake file holding this archive's rows, converted from exactly this sha256, and its source entry.
+
+    Only the files whose day range (read from their names) covers the archive are opened.
+    """
+    for path in lake_files(data_dir, spec.market, spec.symbol):
+        m = _FILE_NAME.match(path.name)
+        assert m is not None
+        if date.fromisoformat(m[1]) <= spec.first_day and spec.last_day <= date.fromisoformat(m[2]):
+            doc = _source_doc(path, spec, sha256)
+            if doc is not None:
+                return path, doc
+    return None
+
+
+def lake_holds(spec: ArchiveSpec, sha256: str, data_dir: Path) -> bool:
+    """True when a lake file holds this archive's rows, converted from exactly this sha256."""
+    return lake_source(spec, sha256, data_dir) is not None
+
+
+def staging_holds(spec: ArchiveSpec, sha256: str, data_dir: Path) -> bool:
+    """True when the archive's staged file exists and was converted from exactly this sha256."""
+    path = spec.staging_file(data_dir)
+    return path.is_file() and _source_doc(path, spec, sha256) is not None
 
 
 def coverage(entries: list[LakeEntry]) -> dict[date, SourceRef]:

@@ -9,6 +9,7 @@ fetches again. A cache hit must not outlive its output: the flow passes
 from __future__ import annotations
 
 import asyncio
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,11 @@ from prefect.logging import get_run_logger
 from prefect.utilities.hashing import hash_objects
 
 from tasks.archive_spec import ArchiveSpec, Granularity, Market
+from tasks.cleanup import CleanupResult, cleanup_symbol
+from tasks.compact import CompactionResult, compact_symbol
 from tasks.download import DownloadResult, Published, download_archive, fetch_checksums
 from tasks.errors import TransientNetworkError
+from tasks.gaps import GapReport, gap_report, write_gap_report
 from tasks.http import HttpOptions
 from tasks.ingest import IngestResult, SymbolValidation, ingest_archive, validate_symbol
 from tasks.listing import Discovery, discover
@@ -105,3 +109,38 @@ def ingest_task(spec: ArchiveSpec, sha256: str, data_dir: Path, options: Convert
 def validate_symbol_task(data_dir: Path, market: Market, symbol: str, start: Any, end: Any) -> SymbolValidation:
     """Validate every lake file of a symbol overlapping [start, end] and the id continuity between them."""
     return validate_symbol(data_dir, market, symbol, start, end)
+
+
+@task(name="merge-symbol", task_run_name="{mode} {market}/{symbol}")
+def compact_task(
+    data_dir: Path, market: Market, symbol: str, target_bytes: int, options: ConvertOptions, mode: str
+) -> CompactionResult:
+    """Merge the symbol's staged archives into the lake (mode "merge") or re-pack it too ("optimize")."""
+    result = compact_symbol(data_dir, market, symbol, target_bytes, options, consolidate=mode == "optimize")
+    if result.files_written or result.files_removed:
+        get_run_logger().info(
+            "%s/%s: wrote %s (%d rows, %d bytes), removed %d files, merged %d staged archives in %.2fs",
+            market, symbol, ", ".join(result.files_written) or "nothing", result.rows_written,
+            result.bytes_written, len(result.files_removed), len(result.staged_merged), result.seconds,
+        )
+    return result
+
+
+@task(name="gap-report", task_run_name="gaps {market}/{symbol}")
+def gaps_task(
+    data_dir: Path, market: Market, symbol: str, start: date, end: date, not_published: set[date],
+    tolerance_s: float, refused_now: dict[date, dict[str, str]],
+) -> GapReport:
+    """Build and write the symbol's gap report."""
+    report = gap_report(data_dir, market, symbol, start, end, not_published, tolerance_s, refused_now)
+    write_gap_report(data_dir, report)
+    return report
+
+
+@task(name="cleanup-archives", task_run_name="cleanup {market}/{symbol}")
+def cleanup_task(data_dir: Path, market: Market, symbol: str, start: date, end: date) -> CleanupResult:
+    """Delete the symbol's downloaded archives whose rows are verified in the lake."""
+    result = cleanup_symbol(data_dir, market, symbol, start, end)
+    get_run_logger().info("%s/%s: removed %d archives, %d bytes freed; kept %d",
+                          market, symbol, len(result.removed), result.bytes_freed, len(result.kept))
+    return result

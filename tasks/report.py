@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from tasks.cleanup import CleanupResult
+from tasks.compact import CompactionResult
+from tasks.gaps import GapReport
 from tasks.plan import MissingDay
 
 Status = Literal["ingested", "cached", "downloaded", "missing", "refused", "failed"]
@@ -44,6 +47,10 @@ class PipelineReport:
     gaps: list[GapNote] = field(default_factory=list)
     validation_errors: list[str] = field(default_factory=list)
     validated_files: int = 0
+    compactions: list[CompactionResult] = field(default_factory=list)
+    gap_reports: list[GapReport] = field(default_factory=list)
+    cleanups: list[CleanupResult] = field(default_factory=list)
+    upkeep_errors: list[str] = field(default_factory=list)  # merge, optimize, gaps or cleanup refused
 
     @property
     def failures(self) -> list[ArchiveOutcome]:
@@ -51,7 +58,7 @@ class PipelineReport:
 
     @property
     def ok(self) -> bool:
-        return not self.failures and not self.validation_errors
+        return not self.failures and not self.validation_errors and not self.upkeep_errors
 
     def counts(self) -> dict[str, int]:
         """Archives per status."""
@@ -74,6 +81,25 @@ class PipelineReport:
             for o in self.outcomes
         ]
 
+    def compaction_table(self) -> list[dict[str, object]]:
+        """Rows for the lake-files artifact."""
+        return [
+            {"symbol": f"{c.market}/{c.symbol}", "written": ", ".join(c.files_written), "rows": c.rows_written,
+             "bytes": c.bytes_written, "removed": len(c.files_removed), "merged archives": len(c.staged_merged),
+             "re-published": ", ".join(c.replaced_archives), "seconds": round(c.seconds, 3)}
+            for c in self.compactions
+        ]
+
+    def gap_table(self) -> list[dict[str, object]]:
+        """Rows for the lake-gaps artifact."""
+        return [
+            {"symbol": f"{g.market}/{g.symbol}", "days": f"{g.start}..{g.end}", "in lake": g.days_in_lake,
+             "not published": len(g.not_published), "refused": len(g.refused), "not in lake": len(g.not_in_lake),
+             "no trades": len(g.no_trades), "days with id gaps": len(g.id_gaps_inside),
+             "gaps between days": len(g.id_gaps_between), "truncated?": len(g.truncated)}
+            for g in self.gap_reports
+        ]
+
     def summary(self) -> str:
         """A plain-text account for the terminal and the run's final markdown."""
         lines = []
@@ -93,8 +119,22 @@ class PipelineReport:
                              f"({g.missing_ids} missing)")
             if len(self.gaps) > 20:
                 lines.append(f"  ... and {len(self.gaps) - 20} more")
+        for c in self.compactions:
+            if c.files_written or c.files_removed:
+                lines.append(f"lake {c.market}/{c.symbol}: wrote {', '.join(c.files_written) or 'nothing'} "
+                             f"({c.rows_written:,} rows, {c.bytes_written:,} bytes), removed {len(c.files_removed)} "
+                             f"files, merged {len(c.staged_merged)} archives")
+            for a in c.replaced_archives:
+                lines.append(f"  re-published, re-ingested: {a}")
+        for gr in self.gap_reports:
+            lines.extend(gr.summary_lines())
+        for cl in self.cleanups:
+            lines.append(f"cleanup {cl.market}/{cl.symbol}: removed {len(cl.removed)} archives, "
+                         f"{cl.bytes_freed:,} bytes freed; kept {len(cl.kept)}")
         for err in self.validation_errors:
             lines.append(f"VALIDATION FAILED {err}")
+        for err in self.upkeep_errors:
+            lines.append(f"FAILED {err}")
         for f in self.failures:
             lines.append(f"{f.status.upper()} {f.archive}: {f.detail}")
         return "\n".join(lines)
@@ -108,6 +148,8 @@ class RunFailed(Exception):
         if report.failures:
             names = "; ".join(f"{f.archive} ({f.detail})" for f in report.failures)
             parts.append(f"{len(report.failures)} archive(s) not ingested: {names}")
+        if report.upkeep_errors:
+            parts.append("; ".join(report.upkeep_errors))
         if report.validation_errors:
             parts.append(f"{len(report.validation_errors)} lake file(s) failed validation: "
                          + "; ".join(report.validation_errors))

@@ -17,8 +17,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from tasks.archive_spec import Market, check_symbol
 from tasks.errors import UnsafePath
 
-Step = Literal["download", "convert", "validate"]
-STEPS: tuple[Step, ...] = ("download", "convert", "validate")
+Step = Literal["download", "convert", "merge", "optimize", "validate", "gaps", "cleanup"]
+#: Every step, in the order a run performs them.
+ALL_STEPS: tuple[Step, ...] = ("download", "convert", "merge", "optimize", "validate", "gaps", "cleanup")
+#: What a run does unless told otherwise: optimize re-packs files left under target by
+#: earlier merges (cheap when there is nothing to do); cleanup deletes downloaded archives
+#: (the lake's backup), so it only runs when asked for.
+STEPS: tuple[Step, ...] = ("download", "convert", "merge", "optimize", "validate", "gaps")
 
 DEFAULT_BASE_URL = "https://data.binance.vision"
 DEFAULT_LISTING_URL = "https://s3-ap-northeast-1.amazonaws.com/data.binance.vision"
@@ -59,6 +64,14 @@ class Settings(BaseSettings):
     csv_block_bytes: int = Field(16 << 20, ge=1 << 16)
     sort_chunk_rows: int = Field(4_000_000, ge=1_000, description="Rows held in memory when sorting.")
     zstd_level: int = Field(3, ge=1, le=22)
+    target_file_bytes: int = Field(
+        1 << 30, ge=1 << 20,
+        description="Lake files are packed up to this size (bytes); see the README for why 1 GiB.",
+    )
+    truncation_tolerance_s: float = Field(
+        3600.0, gt=0, description="A day whose first or last trade is farther than this from its bounds is flagged.",
+    )
+    lock_wait_s: float = Field(0.0, ge=0, description="How long a run waits for another run on the same data dir.")
     dask_address: str | None = Field(None, description="Existing Dask scheduler; default a local cluster.")
     dask_workers: int = Field(2, ge=1)
     dask_threads_per_worker: int = Field(1, ge=1)

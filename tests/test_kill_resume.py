@@ -83,19 +83,23 @@ def test_kill_at_several_points_then_resume_equals_clean_run(
     proc = cli(fa, ref, log, {"PREFECT_API_URL": None, "PREFECT_HOME": str(tmp_path / "home-ref")})
     assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
     expected = lake_digest(ref)
-    assert len(expected) == DAYS
+    # Merged into one target-size file; the run's gap report sits outside the lake.
+    assert list(expected) == [f"trades/market=spot/symbol=BTCUSDT/2024-01-01_2024-01-{DAYS:02d}.parquet"]
 
     data = tmp_path / "data"
     env = {"PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(tmp_path / "home")}
     lake = data / "lake" / "trades" / "market=spot" / "symbol=BTCUSDT"
+    staging = data / "staging" / "trades" / "market=spot" / "symbol=BTCUSDT"
     slow = "data/spot/daily/trades/BTCUSDT/BTCUSDT-trades-2024-01-02.zip"
     kill_points = [
         # mid-download: a half-written archive is on disk (the server stalls the body)
         ("download", lambda: bool(hidden(data, "archive"))),
-        # mid-conversion: a temporary Parquet file exists in the lake folder
-        ("convert", lambda: bool(hidden(data, "lake"))),
-        # after some archives were committed, others not
-        ("commit", lambda: lake.exists() and len(list(lake.glob("*.parquet"))) >= 3),
+        # mid-conversion: a temporary Parquet file exists in staging
+        ("convert", lambda: bool(hidden(data, "staging"))),
+        # after some archives were converted, others not
+        ("commit", lambda: staging.exists() and len(list(staging.glob("*.parquet"))) >= 3),
+        # mid-merge: the merged file is being written (or its swap journalled) in the lake folder
+        ("merge", lambda: bool(hidden(data, "lake"))),
     ]
     killed = []
     for name, condition in kill_points:
@@ -113,7 +117,8 @@ def test_kill_at_several_points_then_resume_equals_clean_run(
     proc = cli(fa, data, log, env)
     assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
     assert lake_digest(data) == expected
-    assert hidden(data, "lake") == [] and hidden(data, "archive") == []
+    assert hidden(data, "lake") == [] and hidden(data, "archive") == [] and hidden(data, "staging") == []
+    assert not list(staging.glob("*.parquet"))  # every staged archive was merged
     table = ds.dataset(data / "lake" / "trades", format="parquet", partitioning="hive").to_table(columns=["trade_id"])
     ids = table["trade_id"].to_numpy()
     assert len(ids) == DAYS * ROWS and len(set(ids.tolist())) == len(ids)

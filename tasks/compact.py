@@ -1,0 +1,506 @@
+"""Lake upkeep: merge staged archives into the lake and pack files up to a target size.
+
+Converted archives wait in `<data_dir>/staging/` (one file per archive). Per (market,
+symbol), `compact_symbol` turns the lake's files plus the staged ones into the lake's
+next set of files:
+
+- a staged archive whose days fall inside an existing file, or that re-publishes an
+  archive already in the lake (a new sha256), rewrites that file with its rows swapped
+  in (binance-public-data's `updates/` ledger, hard case 6 of the archive notes);
+- the rest are packed, in day order, with their neighbours up to `target_bytes`: the
+  daily update appends to the last file while it is under target, then starts a new one;
+- with `consolidate=True` (the optimize step) files left under target are combined too.
+
+A file's size for packing is the sum of its sources' converted sizes, recorded in the
+footer: additive and stable across rewrites, so a second run plans nothing (idempotent).
+An archive is never split across files: monthly futures files interleave id streams at
+day borders (#240), so only whole archives keep files disjoint by trade id.
+
+Every new file is streamed (one row group of each input in memory at a time), then
+checked before it replaces anything: rows per source against the source metadata, a
+content digest per day against the inputs, and the lake contract (`validate_parquet_file`).
+The swap is journalled: temporaries are fsynced, a journal naming them and the inputs
+is committed, then temporaries are renamed and inputs removed. A run killed anywhere
+either left the lake as it was (no journal) or is rolled forward by `recover_symbol`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from tasks.archive_spec import Market, lake_symbol_dir, range_file_name
+from tasks.atomic import fsync_dir, temp_path_for, write_bytes_atomic
+from tasks.errors import LakeConflict, LakeValidationError
+from tasks.lake import LakeEntry, lake_inventory, read_sources, staged_inventory
+from tasks.lake_writer import lake_writer, source_metadata_doc
+from tasks.schema import TRADES_SCHEMA
+from tasks.settings import ConvertOptions
+from tasks.sorted_merge import DuplicateTradeIds, SortedStream, merge_sorted_streams
+from tasks.validate import ExpectedFile, validate_parquet_file
+
+#: Journal of an interrupted swap, per symbol folder (dot-prefixed: readers skip it).
+JOURNAL_NAME = ".compact-journal.json"
+_DAY_US = 86_400_000_000
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One archive's rows: where they are read from and what the footer says of them."""
+
+    doc: dict[str, Any] = field(hash=False, compare=False)
+    path: Path
+    first_day: date
+    last_day: date
+    rows: int
+    bytes: int
+    staged: bool
+
+    @property
+    def archive(self) -> str:
+        return str(self.doc["archive"])
+
+    def days(self) -> set[date]:
+        n = (self.last_day - self.first_day).days + 1
+        return {self.first_day + timedelta(days=i) for i in range(n)}
+
+
+@dataclass
+class Block:
+    """An existing lake file (with any staged archives that must go into it) or a staged archive alone."""
+
+    units: list[Unit]
+    file: Path | None  # the existing lake file, None for a staged archive alone
+    dirty: bool  # its content changes: a staged archive joins or replaces part of it
+
+    @property
+    def first_day(self) -> date:
+        return min(u.first_day for u in self.units)
+
+    @property
+    def last_day(self) -> date:
+        return max(u.last_day for u in self.units)
+
+    @property
+    def bytes(self) -> int:
+        return sum(u.bytes for u in self.units)
+
+
+@dataclass
+class Group:
+    """One output file: the blocks packed into it, in day order."""
+
+    blocks: list[Block]
+
+    @property
+    def units(self) -> list[Unit]:
+        return sorted((u for b in self.blocks for u in b.units), key=lambda u: u.first_day)
+
+    @property
+    def name(self) -> str:
+        return range_file_name(min(b.first_day for b in self.blocks), max(b.last_day for b in self.blocks))
+
+    @property
+    def bytes(self) -> int:
+        return sum(b.bytes for b in self.blocks)
+
+    def needs_write(self, consolidate: bool) -> bool:
+        """True when the output differs from what is on disk."""
+        if any(b.dirty for b in self.blocks):
+            return True
+        return consolidate and len(self.blocks) > 1
+
+
+@dataclass(frozen=True)
+class CompactionPlan:
+    """What `compact_symbol` will do: the groups to write and the files they replace."""
+
+    groups: list[Group]
+    replaced_archives: list[str]  # archives in the lake superseded by a staged one (re-published)
+    consolidate: bool
+
+    @property
+    def writes(self) -> list[Group]:
+        return [g for g in self.groups if g.needs_write(self.consolidate)]
+
+
+@dataclass(frozen=True)
+class CompactionResult:
+    """What one symbol's compaction changed."""
+
+    market: str
+    symbol: str
+    files_written: tuple[str, ...]
+    files_removed: tuple[str, ...]
+    staged_merged: tuple[str, ...]
+    replaced_archives: tuple[str, ...]
+    rows_written: int
+    bytes_written: int
+    changed_days: tuple[date, ...]
+    seconds: float = 0.0
+
+
+def _units_of(entry: LakeEntry, staged: bool) -> list[Unit]:
+    if entry.problem:
+        raise LakeValidationError(str(entry.path), f"{entry.problem}; not compacted")
+    docs = (read_sources(entry.path) or {}).get("sources", [])
+    return [
+        Unit(dict(doc, bytes=ref.bytes), entry.path, ref.first_day, ref.last_day, ref.rows, ref.bytes, staged)
+        for doc, ref in zip(docs, entry.sources, strict=True)
+    ]
+
+
+def plan_compaction(
+    lake: Sequence[LakeEntry], staged: Sequence[LakeEntry], target_bytes: int, consolidate: bool
+) -> CompactionPlan:
+    """Decide the next set of lake files of one symbol (pure: reads footers only).
+
+    Raises LakeConflict when a staged archive covers only part of an archive in the lake
+    (a daily archive inside a monthly one), or two staged archives share a day: each day
+    has exactly one source (#475), and which one is not for compaction to guess.
+    """
+    blocks = [Block(_units_of(e, staged=False), e.path, dirty=False) for e in lake]
+    replaced: list[str] = []
+    new_units = sorted((u for e in staged for u in _units_of(e, staged=True)), key=lambda u: u.first_day)
+    seen_days: dict[date, Unit] = {}
+    for unit in new_units:
+        for d in unit.days():
+            if d in seen_days:
+                other = seen_days[d].archive
+                raise LakeConflict(str(unit.path), f"staged archives {other} and {unit.archive} share {d}")
+            seen_days[d] = unit
+    for unit in new_units:
+        home: Block | None = None
+        for block in blocks:
+            if block.file is None:
+                continue
+            kept = []
+            for old in block.units:
+                same_archive = old.archive == unit.archive
+                overlap = bool(old.days() & unit.days())
+                if not (same_archive or overlap):
+                    kept.append(old)
+                    continue
+                if not old.days() <= unit.days():
+                    raise LakeConflict(
+                        str(unit.path),
+                        f"{unit.archive} covers only part of {old.archive} in {block.file.name}; not merged",
+                    )
+                replaced.append(old.archive)
+            if len(kept) != len(block.units):
+                block.units, block.dirty, home = kept, True, block
+            elif block.first_day <= unit.first_day and unit.last_day <= block.last_day:
+                home = block  # a back-filled day inside the file's range: it must go into that file
+        if home is None:
+            blocks.append(Block([unit], None, dirty=True))
+        else:
+            home.units.append(unit)
+            home.dirty = True
+    blocks = [b for b in blocks if b.units or b.file is not None]
+    blocks.sort(key=lambda b: (b.first_day if b.units else date.min))
+    return CompactionPlan(_pack(blocks, target_bytes), replaced, consolidate)
+
+
+def _pack(blocks: list[Block], target_bytes: int) -> list[Group]:
+    """Greedy packing in day order: a block joins the current group while the sum stays <= target.
+
+    A block at or above target is a group of its own. Empty blocks (every archive of an
+    existing file replaced by one placed elsewhere) become groups that only delete.
+    """
+    groups: list[Group] = []
+    current: Group | None = None
+    for block in blocks:
+        if not block.units:
+            groups.append(Group([block]))
+            continue
+        if current is not None and current.bytes + block.bytes <= target_bytes and block.bytes < target_bytes:
+            current.blocks.append(block)
+            continue
+        current = Group([block])
+        groups.append(current)
+    return groups
+
+
+def _read_stream(path: Path, exclude: list[tuple[int, int]], batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """A lake file's batches in id order, without the rows whose time falls in `exclude` ranges (µs)."""
+    with pq.ParquetFile(path) as pf:
+        for batch in pf.iter_batches(batch_size=batch_rows, use_threads=False):
+            batch = pa.RecordBatch.from_arrays(batch.columns, schema=TRADES_SCHEMA)
+            if exclude:
+                t = batch.column(5).cast(pa.int64())
+                drop = None
+                for lo, hi in exclude:
+                    m = pc.and_(pc.greater_equal(t, lo), pc.less(t, hi))
+                    drop = m if drop is None else pc.or_(drop, m)
+                batch = batch.filter(pc.invert(drop))
+            if batch.num_rows:
+                yield batch
+
+
+def _day_range_us(first: date, last: date) -> tuple[int, int]:
+    start = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
+    end = datetime.combine(last + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+    return int(start.timestamp()) * 1_000_000, int(end.timestamp()) * 1_000_000
+
+
+_K1 = np.uint64(0x9E3779B97F4A7C15)
+_K2 = np.uint64(0xBF58476D1CE4E5B9)
+_K3 = np.uint64(0x94D049BB133111EB)
+
+
+def _mix(h: np.ndarray[Any, Any], v: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    # splitmix64-style finaliser: every bit of every field reaches every bit of the row hash.
+    h = (h ^ v) * _K2
+    h ^= h >> np.uint64(31)
+    return h * _K3
+
+
+def row_hashes(table: pa.Table | pa.RecordBatch) -> np.ndarray[Any, Any]:
+    """A 64-bit hash of each row's every field (nulls hash as their own value)."""
+    with np.errstate(over="ignore"):
+        h = np.asarray(table.column(0).to_numpy(), dtype=np.int64).view(np.uint64) * _K1
+        for i in (1, 2, 3, 4):
+            col = table.column(i)
+            vals = np.asarray(pc.fill_null(col, np.nan).to_numpy(zero_copy_only=False), dtype=np.float64)
+            nulls = np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=np.uint64)
+            h = _mix(h, vals.view(np.uint64) ^ (nulls << np.uint64(63)))
+        h = _mix(h, np.asarray(table.column(5).cast(pa.int64()).to_numpy(), dtype=np.int64).view(np.uint64))
+        flags = np.asarray(table.column(6).to_numpy(zero_copy_only=False), dtype=np.uint64)
+        best = table.column(7)
+        flags |= np.asarray(pc.fill_null(best, False).to_numpy(zero_copy_only=False), dtype=np.uint64) << np.uint64(1)
+        flags |= np.asarray(best.is_null().to_numpy(zero_copy_only=False), dtype=np.uint64) << np.uint64(2)
+        return _mix(h, flags)
+
+
+class DayDigest:
+    """Per UTC day: rows, and the sum and xor of row hashes (independent of order and chunking)."""
+
+    def __init__(self) -> None:
+        self.days: dict[int, tuple[int, int, int]] = {}
+
+    def add(self, table: pa.Table | pa.RecordBatch) -> None:
+        """Fold a batch of lake rows in."""
+        if not table.num_rows:
+            return
+        day = np.asarray(table.column(5).cast(pa.int64()).to_numpy(), dtype=np.int64) // _DAY_US
+        hashes = row_hashes(table)
+        for d in np.unique(day):
+            h = hashes[day == d]
+            rows, total, xor = self.days.get(int(d), (0, 0, 0))
+            with np.errstate(over="ignore"):
+                s = int(np.uint64(total) + h.sum(dtype=np.uint64))
+            self.days[int(d)] = (rows + len(h), s, xor ^ int(np.bitwise_xor.reduce(h)))
+
+    def rows_between(self, first: date, last: date) -> int:
+        lo, hi = (x // _DAY_US for x in _day_range_us(first, last))
+        return sum(v[0] for d, v in self.days.items() if lo <= d < hi)
+
+    def differences(self, other: DayDigest) -> list[str]:
+        """Days whose rows or content differ, as readable notes."""
+        notes = []
+        for d in sorted(set(self.days) | set(other.days)):
+            a, b = self.days.get(d), other.days.get(d)
+            if a != b:
+                day = date(1970, 1, 1) + timedelta(days=d)
+                notes.append(f"{day}: {a[0] if a else 0} rows in, {b[0] if b else 0} rows out"
+                             + ("" if (a and b and a[0] != b[0]) or not (a and b) else " (content differs)"))
+        return notes
+
+
+def _tap(stream: Iterator[pa.RecordBatch], digest: DayDigest) -> Iterator[pa.RecordBatch]:
+    for batch in stream:
+        digest.add(batch)
+        yield batch
+
+
+def _id_range(path: Path) -> tuple[int, int]:
+    """Smallest and largest trade id of a lake file, from its row-group statistics (footer only)."""
+    meta = pq.read_metadata(path)
+    lows, highs = [], []
+    for i in range(meta.num_row_groups):
+        stats = meta.row_group(i).column(0).statistics
+        if stats is None or not stats.has_min_max:
+            raise LakeValidationError(str(path), f"row group {i} has no trade_id statistics")
+        lows.append(int(stats.min))
+        highs.append(int(stats.max))
+    if not lows:
+        raise LakeValidationError(str(path), "the file holds no row group")
+    return min(lows), max(highs)
+
+
+def _write_group(
+    group: Group, folder: Path, plan: CompactionPlan, market: str, symbol: str, options: ConvertOptions
+) -> tuple[Path, int]:
+    """Stream a group's rows into a hidden temporary file, verify it, and return (temporary, rows)."""
+    units = group.units
+    tmp = temp_path_for(folder / group.name)
+    # Rows of archives being replaced are dropped from the files that held them, by their days.
+    by_path: dict[Path, list[Unit]] = {}
+    for u in units:
+        by_path.setdefault(u.path, []).append(u)
+    expected = DayDigest()
+    streams = []
+    for path, kept in by_path.items():
+        holder = next((b for b in group.blocks if b.file == path), None)
+        exclude = _excluded_ranges(holder, kept) if holder is not None else []
+        lo, hi = _id_range(path)
+        streams.append(SortedStream(lo, hi, _tap(_read_stream(path, exclude, options.row_group_rows), expected),
+                                    str(path)))
+    writer = lake_writer(tmp, options)
+    try:
+        try:
+            for chunk in merge_sorted_streams(streams):
+                writer.write(chunk)
+        except DuplicateTradeIds as exc:
+            raise LakeConflict(str(folder / group.name), f"{exc}; nothing merged") from None
+        writer.close(source_metadata_doc(market, symbol, [u.doc for u in units]))
+        _verify(tmp, units, expected, market, symbol, options)
+    except BaseException:
+        writer.abort()
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp, sum(u.rows for u in units)
+
+
+def _excluded_ranges(holder: Block, kept: list[Unit]) -> list[tuple[int, int]]:
+    """Time ranges (µs) of a file's rows that no kept archive accounts for: replaced archives' days."""
+    if not holder.dirty or holder.file is None:
+        return []
+    docs = (read_sources(holder.file) or {}).get("sources", [])
+    kept_archives = {u.archive for u in kept}
+    ranges = []
+    for doc in docs:
+        if doc["archive"] not in kept_archives:
+            ranges.append(_day_range_us(date.fromisoformat(doc["first_day"]), date.fromisoformat(doc["last_day"])))
+    return ranges
+
+
+def _verify(tmp: Path, units: list[Unit], expected: DayDigest, market: str, symbol: str,
+            options: ConvertOptions) -> None:
+    """The new file holds exactly the inputs' rows: per source counts, per day digests, the lake contract."""
+    first, last = min(u.first_day for u in units), max(u.last_day for u in units)
+    lo, hi = _day_range_us(first, last)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    validate_parquet_file(
+        tmp,
+        ExpectedFile(rows=sum(u.rows for u in units), start=epoch + timedelta(microseconds=lo),
+                     end=epoch + timedelta(microseconds=hi), market=market, symbol=symbol),
+    )
+    got = DayDigest()
+    with pq.ParquetFile(tmp) as pf:
+        for batch in pf.iter_batches(batch_size=options.row_group_rows, use_threads=False):
+            got.add(batch)
+    problems = expected.differences(got)
+    for u in units:
+        n = got.rows_between(u.first_day, u.last_day)
+        if n != u.rows:
+            problems.append(f"{u.archive}: {n} rows written, its metadata says {u.rows}")
+    if problems:
+        raise LakeValidationError(str(tmp), "compacted file does not match its inputs: " + "; ".join(problems[:10]))
+
+
+def recover_symbol(folder: Path) -> bool:
+    """Roll an interrupted swap forward (see the module doc); True if there was one."""
+    journal = folder / JOURNAL_NAME
+    if not journal.is_file():
+        return False
+    doc = json.loads(journal.read_text())
+    for move in doc["moves"]:
+        tmp, final = folder / move["tmp"], folder / move["final"]
+        if tmp.exists():
+            os.replace(tmp, final)
+        elif not final.exists():
+            raise LakeValidationError(str(journal), f"{move['tmp']} and {move['final']} are both gone; cannot recover")
+    for name in doc["remove"]:
+        Path(name).unlink(missing_ok=True)
+    fsync_dir(folder)
+    journal.unlink()
+    fsync_dir(folder)
+    return True
+
+
+def _swap(folder: Path, written: list[tuple[Path, Path]], remove: list[Path]) -> None:
+    for tmp, _ in written:
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+    finals = {final for _, final in written}
+    doc = {
+        "moves": [{"tmp": tmp.name, "final": final.name} for tmp, final in written],
+        "remove": sorted(str(p) for p in remove if p not in finals),
+    }
+    write_bytes_atomic(folder / JOURNAL_NAME, json.dumps(doc, indent=1).encode())
+    recover_symbol(folder)
+
+
+def compact_symbol(
+    data_dir: Path, market: Market, symbol: str, target_bytes: int, options: ConvertOptions, consolidate: bool
+) -> CompactionResult:
+    """Merge the symbol's staged archives into its lake files and pack them to `target_bytes`.
+
+    `consolidate=False` (the merge step) writes only the files whose content changes;
+    `consolidate=True` (the optimize step) also combines neighbours left under target.
+    Nothing in the lake changes unless every new file verified; see the module doc.
+    """
+    started = time.perf_counter()
+    folder = lake_symbol_dir(data_dir, market, symbol)
+    folder.mkdir(parents=True, exist_ok=True)
+    recover_symbol(folder)
+    lake = lake_inventory(data_dir, market, symbol)
+    staged = staged_inventory(data_dir, market, symbol)
+    plan = plan_compaction(lake, staged, target_bytes, consolidate)
+    written: list[tuple[Path, Path]] = []
+    remove: list[Path] = []
+    rows = 0
+    changed: set[date] = set()
+    try:
+        for group in plan.writes:
+            inputs = {u.path for u in group.units} | {b.file for b in group.blocks if b.file is not None}
+            remove.extend(sorted(inputs))
+            if not group.units:
+                continue  # every archive of this file moved elsewhere: it is only removed
+            tmp, n = _write_group(group, folder, plan, market, symbol, options)
+            written.append((tmp, folder / group.name))
+            rows += n
+            for b in group.blocks:
+                if b.dirty:
+                    changed.update(d for u in b.units if u.staged for d in u.days())
+    except BaseException:
+        for tmp, _ in written:
+            tmp.unlink(missing_ok=True)
+        raise
+    if written or remove:
+        _swap(folder, written, remove)
+    staging_folder = staged[0].path.parent if staged else None
+    if staging_folder is not None:
+        fsync_dir(staging_folder)
+    return CompactionResult(
+        market, symbol,
+        files_written=tuple(final.name for _, final in written),
+        files_removed=tuple(str(p) for p in remove if p not in {f for _, f in written}),
+        staged_merged=tuple(u.archive for g in plan.writes for u in g.units if u.staged),
+        replaced_archives=tuple(plan.replaced_archives),
+        rows_written=rows,
+        bytes_written=sum(final.stat().st_size for _, final in written),
+        changed_days=tuple(sorted(changed)),
+        seconds=time.perf_counter() - started,
+    )
+
+
+
+def recover_lake(data_dir: Path) -> int:
+    """Roll forward every swap a killed run left journalled; returns how many (run before removing temporaries)."""
+    root = data_dir / "lake" / "trades"
+    if not root.is_dir():
+        return 0
+    return sum(recover_symbol(j.parent) for j in sorted(root.glob(f"market=*/symbol=*/{JOURNAL_NAME}")))
