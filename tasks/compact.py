@@ -487,7 +487,8 @@ def compact_symbol(
     return CompactionResult(
         market, symbol,
         files_written=tuple(final.name for _, final in written),
-        files_removed=tuple(str(p) for p in remove if p not in {f for _, f in written}),
+        # Lake files gone (staged files merged are counted in staged_merged).
+        files_removed=tuple(p.name for p in remove if p.parent == folder and p not in {f for _, f in written}),
         staged_merged=tuple(u.archive for g in plan.writes for u in g.units if u.staged),
         replaced_archives=tuple(plan.replaced_archives),
         rows_written=rows,

@@ -189,8 +189,7 @@ def gap_report(
                 report.not_published.append(day)
             elif day not in staged:
                 report.not_in_lake.append(day)
-            prev = None
-            continue
+            continue  # `prev` stays: the id gap across missing days says how many trades they held
         report.days_in_lake += 1
         if s.id_gaps:
             report.id_gaps_inside.append({"day": str(day), "gaps": s.id_gaps, "missing_ids": s.missing_ids})

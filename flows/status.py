@@ -1,0 +1,146 @@
+"""What the lake holds: `python -m flows.status --data-dir ./data`.
+
+Per market and symbol: days covered, first and last day, rows, bytes on disk, files,
+archives waiting in staging, the last gap report's findings, and what the next daily
+update would fetch (every day after the last one in the lake, up to yesterday UTC).
+A coloured table in a terminal, plain tab-separated text when piped (or `--plain`).
+Reads file names and Parquet footers only: instant on a lake of terabytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+from tasks.gaps import report_path
+from tasks.lake import coverage, lake_inventory, staged_inventory
+
+
+@dataclass(frozen=True)
+class SymbolStatus:
+    """One (market, symbol) of the lake."""
+
+    market: str
+    symbol: str
+    files: int
+    days: int
+    first_day: date | None
+    last_day: date | None
+    rows: int
+    bytes: int
+    staged: int
+    gaps: str  # the last gap report's findings, or "no report"
+    next_update: str  # the days the next daily update would fetch
+    problems: int
+
+
+def _gap_summary(data_dir: Path, market: str, symbol: str) -> tuple[str, int]:
+    path = report_path(data_dir, market, symbol)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return "no report", 0
+    parts = []
+    for key, label in (("not_published", "unpublished"), ("refused", "refused"), ("not_in_lake", "absent"),
+                       ("id_gaps_between", "id gaps between days"), ("id_gaps_inside", "days with id gaps"),
+                       ("truncated", "truncated?")):
+        if doc.get(key):
+            parts.append(f"{len(doc[key])} {label}")
+    return (", ".join(parts) or "none") + f" ({doc.get('start')}..{doc.get('end')})", int(doc.get("problems", 0))
+
+
+def symbol_status(data_dir: Path, market: str, symbol: str, today: date) -> SymbolStatus:
+    """The status of one symbol of the lake, as of `today` (UTC)."""
+    entries = lake_inventory(data_dir, market, symbol)
+    days = coverage(entries)
+    staged = staged_inventory(data_dir, market, symbol)
+    first = min(days) if days else None
+    last = max(days) if days else None
+    yesterday = today - timedelta(days=1)
+    if last is None:
+        nxt = "nothing in the lake yet: run a back-fill"
+    elif last >= yesterday:
+        nxt = "up to date"
+    else:
+        n = (yesterday - last).days
+        nxt = f"{n} day{'s' if n > 1 else ''}: {last + timedelta(days=1)}..{yesterday}"
+    gaps, problems = _gap_summary(data_dir, market, symbol)
+    return SymbolStatus(
+        market, symbol, len(entries), len(days), first, last,
+        rows=sum(s.rows for e in entries for s in e.sources),
+        bytes=sum(e.path.stat().st_size for e in entries),
+        staged=len(staged), gaps=gaps, next_update=nxt,
+        problems=problems + sum(1 for e in entries if e.problem),
+    )
+
+
+def lake_status(data_dir: Path, today: date | None = None) -> list[SymbolStatus]:
+    """Every (market, symbol) found in the lake or in staging."""
+    today = today or datetime.now(UTC).date()
+    pairs: set[tuple[str, str]] = set()
+    for area in ("lake", "staging"):
+        root = data_dir / area / "trades"
+        for folder in root.glob("market=*/symbol=*") if root.is_dir() else []:
+            pairs.add((folder.parent.name.split("=", 1)[1], folder.name.split("=", 1)[1]))
+    return [symbol_status(data_dir, m, s, today) for m, s in sorted(pairs)]
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"
+
+
+COLUMNS = ("market", "symbol", "days", "first", "last", "rows", "size", "files", "staged", "gaps", "next update")
+
+
+def render(rows: list[SymbolStatus], colour: bool) -> str:
+    """A table: aligned with colours for a terminal, tab-separated without."""
+    cells = [
+        [r.market, r.symbol, str(r.days), str(r.first_day or "-"), str(r.last_day or "-"), f"{r.rows:,}",
+         _size(r.bytes), str(r.files), str(r.staged), r.gaps, r.next_update]
+        for r in rows
+    ]
+    if not colour:
+        return "\n".join("\t".join(line) for line in [list(COLUMNS), *cells])
+    widths = [max(len(c[i]) for c in [list(COLUMNS), *cells]) for i in range(len(COLUMNS))]
+    bold, red, green, yellow, reset = "\033[1m", "\033[31m", "\033[32m", "\033[33m", "\033[0m"
+    out = [bold + "  ".join(h.ljust(w) for h, w in zip(COLUMNS, widths, strict=True)) + reset]
+    for r, line in zip(rows, cells, strict=True):
+        parts = [c.ljust(w) for c, w in zip(line, widths, strict=True)]
+        parts[9] = (red if r.problems else green) + parts[9] + reset
+        parts[10] = (green if r.next_update == "up to date" else yellow) + parts[10] + reset
+        out.append("  ".join(parts))
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry: print the lake's status; exit 0 (2 for a data dir that does not exist)."""
+    p = argparse.ArgumentParser(prog="python -m flows.status", description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", required=True, type=Path, help="the data dir given to the pipeline")
+    p.add_argument("--plain", action="store_true", help="tab-separated text even in a terminal")
+    p.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    args = p.parse_args(argv)
+    if not args.data_dir.is_dir():
+        print(f"error: {args.data_dir}: no such data dir", file=sys.stderr)
+        return 2
+    rows = lake_status(args.data_dir.resolve())
+    if args.json:
+        print(json.dumps([r.__dict__ for r in rows], default=str, indent=1))
+    elif not rows:
+        print(f"{args.data_dir}: the lake is empty")
+    else:
+        print(render(rows, colour=sys.stdout.isatty() and not args.plain))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
