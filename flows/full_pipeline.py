@@ -66,6 +66,17 @@ def full_pipeline(settings: Settings) -> PipelineReport:
     even when others are refused; the run then ends Failed, naming each refused archive.
     One run at a time per data dir (a lock); a run killed mid-swap is rolled forward here.
     """
+    report = run_pipeline(settings)
+    if not report.ok:
+        raise RunFailed(report)
+    return report
+
+
+def run_pipeline(settings: Settings, notes: Sequence[str] = ()) -> PipelineReport:
+    """The pipeline's steps, inside the calling flow (its task runner runs the tasks).
+
+    Shared by `full_pipeline` and `flows.daily_update`; `notes` are added to the report.
+    """
     logger = get_run_logger()
     data_dir = settings.data_dir.resolve()
     with data_dir_lock(data_dir, settings.lock_wait_s, run=str(flow_run.name or "")):
@@ -75,7 +86,7 @@ def full_pipeline(settings: Settings) -> PipelineReport:
         stale = remove_stale_temporaries(data_dir)
         if stale:
             logger.warning("removed %d temporary files left by an interrupted run", stale)
-        report = PipelineReport()
+        report = PipelineReport(notes=list(notes))
         steps = settings.steps
         if "download" in steps or "convert" in steps:
             _ingest(settings, data_dir, report)
@@ -89,8 +100,6 @@ def full_pipeline(settings: Settings) -> PipelineReport:
             _cleanup(settings, data_dir, report)
         _publish_artifacts(report)
     logger.info("%s", report.summary())
-    if not report.ok:
-        raise RunFailed(report)
     return report
 
 
@@ -409,14 +418,19 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
     return Settings(**given)
 
 
+def print_validation_error(exc: ValidationError) -> None:
+    """One `error: <field>: <reason>` line per invalid argument, on stderr."""
+    for err in exc.errors():
+        where = ".".join(str(x) for x in err["loc"]) or "arguments"
+        print(f"error: {where}: {err['msg']}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry: returns the exit status (0 all good, 1 archives refused or failed, 2 bad arguments)."""
     try:
         settings = settings_from_args(argv)
     except ValidationError as exc:
-        for err in exc.errors():
-            where = ".".join(str(x) for x in err["loc"]) or "arguments"
-            print(f"error: {where}: {err['msg']}", file=sys.stderr)
+        print_validation_error(exc)
         return 2
     # Dask's INFO chatter (workers starting and stopping) would bury the run's own report.
     logging.getLogger("distributed").setLevel(logging.WARNING)

@@ -51,6 +51,7 @@ class PipelineReport:
     gap_reports: list[GapReport] = field(default_factory=list)
     cleanups: list[CleanupResult] = field(default_factory=list)
     upkeep_errors: list[str] = field(default_factory=list)  # merge, optimize, gaps or cleanup refused
+    notes: list[str] = field(default_factory=list)  # what the calling flow wants said (e.g. late days)
 
     @property
     def failures(self) -> list[ArchiveOutcome]:
@@ -81,6 +82,19 @@ class PipelineReport:
             for o in self.outcomes
         ]
 
+    def merge(self, other: PipelineReport) -> None:
+        """Add another run's findings to this report (the daily update runs one per window)."""
+        self.outcomes.extend(other.outcomes)
+        self.missing.extend(other.missing)
+        self.gaps.extend(other.gaps)
+        self.validation_errors.extend(other.validation_errors)
+        self.validated_files += other.validated_files
+        self.compactions.extend(other.compactions)
+        self.gap_reports.extend(other.gap_reports)
+        self.cleanups.extend(other.cleanups)
+        self.upkeep_errors.extend(other.upkeep_errors)
+        self.notes.extend(other.notes)
+
     def compaction_table(self) -> list[dict[str, object]]:
         """Rows for the lake-files artifact."""
         return [
@@ -106,6 +120,7 @@ class PipelineReport:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts().items())) or "no archives"
         rows = sum(o.rows or 0 for o in self.outcomes if o.status in ("ingested", "cached"))
         lines.append(f"archives: {counts}; rows in the lake for them: {rows:,}")
+        lines.extend(self.notes)
         if self.missing:
             lines.append(f"missing days (not published): {len(self.missing)}")
             for m in self.missing[:50]:

@@ -1,10 +1,14 @@
-"""prefect.yaml and the serve() deployment, checked offline against the flow's signature."""
+"""prefect.yaml and the serve() deployments, checked offline against the flows' signatures."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import asyncio
+from datetime import UTC, datetime
 
+import pytest
 import yaml
+from prefect.server.schemas.schedules import CronSchedule as ServerCronSchedule
+from prefect.client.schemas.schedules import CronSchedule
 from prefect.flows import load_flow_from_entrypoint
 from prefect.utilities.callables import parameter_schema
 
@@ -12,26 +16,51 @@ from tests.conftest import REPO
 
 ALLOWED_KEYS = {"name", "description", "entrypoint", "tags", "parameters", "work_pool", "concurrency_limit",
                 "schedules", "version", "enforce_parameter_schema"}
+SCHEDULE_KEYS = {"cron", "timezone", "active", "day_or"}
 
 
-def test_prefect_yaml_entrypoints_load_and_parameters_validate() -> None:
+def deployments() -> list[dict[str, object]]:
     config = yaml.safe_load((REPO / "prefect.yaml").read_text())
-    assert config["deployments"], "no deployments"
-    for dep in config["deployments"]:
-        assert set(dep) <= ALLOWED_KEYS, set(dep) - ALLOWED_KEYS
-        path, _, name = dep["entrypoint"].partition(":")
-        assert (REPO / path).is_file()
-        flow = load_flow_from_entrypoint(str(REPO / path) + ":" + name)
-        validated = flow.validate_parameters(dep["parameters"])
-        assert validated["settings"].symbols == tuple(dep["parameters"]["settings"]["symbols"])
-        assert dep["work_pool"]["name"] == "binance-lake" and dep["concurrency_limit"] == 1
+    assert set(config) <= {"name", "prefect-version", "build", "push", "pull", "deployments"}
+    return list(config["deployments"])
 
 
-def test_serve_deployment_builds() -> None:
+@pytest.mark.parametrize("dep", deployments(), ids=lambda d: str(d["name"]))
+def test_prefect_yaml_entrypoints_load_and_parameters_validate(dep: dict[str, object]) -> None:
+    assert set(dep) <= ALLOWED_KEYS, set(dep) - ALLOWED_KEYS
+    path, _, name = str(dep["entrypoint"]).partition(":")
+    assert (REPO / path).is_file()
+    flow = load_flow_from_entrypoint(str(REPO / path) + ":" + name)
+    params = dep["parameters"]
+    assert isinstance(params, dict)
+    validated = flow.validate_parameters(params)
+    assert set(params) <= set(validated)
+    assert dep["work_pool"] == {"name": "binance-lake", "work_queue_name": "default"}
+    assert dep["concurrency_limit"] == 1
+
+
+def test_daily_update_is_scheduled_after_publication_in_utc() -> None:
+    daily = next(d for d in deployments() if d["name"] == "daily-update")
+    [schedule] = daily["schedules"]  # type: ignore[misc]
+    assert set(schedule) <= SCHEDULE_KEYS
+    cron = CronSchedule(cron=schedule["cron"], timezone=schedule["timezone"])
+    assert cron.timezone == "UTC"
+    # The server's own schedule model computes the next run times.
+    server_cron = ServerCronSchedule(cron=cron.cron, timezone=cron.timezone)
+    [nxt] = asyncio.run(server_cron.get_dates(n=1, start=datetime(2024, 1, 1, tzinfo=UTC)))
+    assert (nxt.hour, nxt.minute) == (6, 30)
+    full = next(d for d in deployments() if d["name"] == "full-pipeline")
+    assert "schedules" not in full  # back-fills are started by hand
+
+
+def test_serve_deployments_build() -> None:
+    from deployments.serve import DAILY_CRON, build
+
+    daily, backfill = build("./data", "spot", ["BTCUSDT"])
+    assert daily.entrypoint == "flows/daily_update.py:daily_update"
+    assert backfill.entrypoint == "flows/full_pipeline.py:full_pipeline"
+    assert daily.schedules and daily.schedules[0].schedule.cron == DAILY_CRON
     from flows.full_pipeline import full_pipeline
 
-    dep = full_pipeline.to_deployment(name="full-pipeline")
-    assert dep.entrypoint == "flows/full_pipeline.py:full_pipeline"
     schema = parameter_schema(full_pipeline.fn)
     assert schema.required == ["settings"] and "Settings" in schema.definitions
-    assert Path(REPO / "deployments" / "serve.py").is_file()

@@ -1,0 +1,152 @@
+"""The scheduled daily update: from the lake's state, fetch what is new or late, then merge.
+
+For each symbol it takes every day after the last day in the lake up to yesterday (UTC),
+plus a re-probe of the last `reprobe_days` days, because Binance publishes late at times
+(#151, #411) and re-publishes corrected archives (a changed checksum is re-ingested).
+Symbols are the given ones, or every symbol of the market that the listing shows,
+filtered by include/exclude patterns (shell-style, e.g. `*USDT`). Days not published yet
+are not failures; a day still missing once it is older than the re-probe window is
+reported in the run's summary.
+
+Run it ad hoc:  python -m flows.daily_update --data-dir ./data --symbols BTCUSDT ETHUSDT
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fnmatch
+import sys
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.logging import get_run_logger
+from pydantic import ValidationError
+
+from flows.full_pipeline import print_validation_error, run_pipeline
+from flows.runtime import dask_runner, default_dask_runner, shared_api_server
+from tasks.archive_spec import Market
+from tasks.http import HttpOptions
+from tasks.lake import coverage, lake_inventory, staged_inventory
+from tasks.listing import list_symbols
+from tasks.report import PipelineReport, RunFailed
+from tasks.settings import DEFAULT_LISTING_URL, Settings
+
+
+def last_day_held(data_dir: Path, market: Market, symbol: str) -> date | None:
+    """The last day the lake (or staging) holds for a symbol, None for a symbol without history."""
+    days = coverage(lake_inventory(data_dir, market, symbol)) | coverage(staged_inventory(data_dir, market, symbol))
+    return max(days) if days else None
+
+
+def update_window(last: date | None, today: date, reprobe_days: int) -> tuple[date, date]:
+    """First and last day to fetch: after `last` (or the re-probe window, if earlier) up to yesterday."""
+    yesterday = today - timedelta(days=1)
+    reprobe_from = yesterday - timedelta(days=max(reprobe_days, 1) - 1)
+    start = reprobe_from if last is None else min(last + timedelta(days=1), reprobe_from)
+    return start, yesterday
+
+
+def select_symbols(found: Sequence[str], include: Sequence[str], exclude: Sequence[str]) -> list[str]:
+    """The listed symbols matching any include pattern (all if none) and no exclude pattern."""
+    return sorted(s for s in found if (not include or any(fnmatch.fnmatchcase(s, p) for p in include))
+                  and not any(fnmatch.fnmatchcase(s, p) for p in exclude))
+
+
+@task(name="list-symbols", retries=2, retry_delay_seconds=5)
+def list_symbols_task(listing_url: str, market: Market) -> list[str]:
+    """Every symbol folder of the market's daily trades in the listing."""
+    return asyncio.run(list_symbols(listing_url, market, "daily", HttpOptions()))
+
+
+@flow(name="daily-update", task_runner=default_dask_runner())
+def daily_update(
+    data_dir: Path,
+    market: Market = "spot",
+    symbols: list[str] | None = None,
+    include: list[str] | None = None,
+    exclude: list[str] | None = None,
+    reprobe_days: int = 3,
+    today: date | None = None,
+    base_url: str | None = None,
+    listing_url: str | None = None,
+    dask_address: str | None = None,
+) -> PipelineReport:
+    """Bring every configured symbol up to yesterday (UTC) and re-probe the last `reprobe_days` days.
+
+    `symbols` None: every symbol of the market in the listing, filtered by `include` /
+    `exclude` (shell patterns). `today` defaults to the current UTC date (set it to replay a day).
+    Other settings (concurrency, target file size, ...) come from `BINANCE_LAKE_*` variables.
+    """
+    logger = get_run_logger()
+    today = today or datetime.now(UTC).date()
+    overrides: dict[str, Any] = {k: v for k, v in (("base_url", base_url), ("listing_url", listing_url),
+                                                   ("dask_address", dask_address)) if v is not None}
+    if symbols is None:
+        found = list_symbols_task(listing_url or DEFAULT_LISTING_URL, market)
+        symbols = select_symbols(found, include or [], exclude or [])
+        logger.info("%d of %d listed %s symbols selected", len(symbols), len(found), market)
+    data_dir = data_dir.resolve()
+    windows = {s: update_window(last_day_held(data_dir, market, s), today, reprobe_days) for s in symbols}
+    notes = []
+    if not symbols:
+        notes.append("no symbol selected: nothing to do")
+        return PipelineReport(notes=notes)
+    # Symbols sharing a window (normally all: every one up to date) run together.
+    groups: dict[tuple[date, date], list[str]] = {}
+    for s in symbols:
+        groups.setdefault(windows[s], []).append(s)
+    report = PipelineReport(notes=notes)
+    for (start, end), group in sorted(groups.items()):
+        settings = Settings(data_dir=data_dir, market=market, symbols=tuple(group), start=start, end=end,
+                            granularity="daily", **overrides)
+        logger.info("daily update of %d %s symbols over %s..%s", len(group), market, start, end)
+        report.merge(run_pipeline(settings))
+    window_start = today - timedelta(days=max(reprobe_days, 1))
+    late = sorted({(m.symbol, m.day) for m in report.missing if m.day < window_start})
+    if late:
+        report.notes.append(f"missing for longer than the {reprobe_days}-day re-probe window: {len(late)} days")
+        report.notes.extend(f"  {s} {d}" for s, d in late[:50])
+    if not report.ok:
+        raise RunFailed(report)
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry: exit 0 when all went well, 1 when an archive was refused or failed, 2 for bad arguments."""
+    p = argparse.ArgumentParser(prog="python -m flows.daily_update", description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", required=True, type=Path)
+    p.add_argument("--market", default="spot", choices=["spot", "um", "cm"])
+    p.add_argument("--symbols", nargs="+", default=None, help="default: every listed symbol (see --include)")
+    p.add_argument("--include", nargs="+", default=None, help="shell patterns of listed symbols to take")
+    p.add_argument("--exclude", nargs="+", default=None, help="shell patterns of listed symbols to skip")
+    p.add_argument("--reprobe-days", type=int, default=3, help="re-check the last N days (default 3)")
+    p.add_argument("--today", type=date.fromisoformat, default=None, help="replay as of this UTC date")
+    p.add_argument("--base-url", default=None)
+    p.add_argument("--listing-url", default=None)
+    p.add_argument("--dask-address", default=None)
+    args = p.parse_args(argv)
+    kwargs = dict(vars(args))
+    try:
+        probe = Settings(data_dir=args.data_dir, market=args.market, symbols=tuple(args.symbols or ["PROBE"]),
+                         start=date(2020, 1, 1), end=date(2020, 1, 1),
+                         **{k: v for k in ("base_url", "listing_url", "dask_address") if (v := kwargs[k])})
+    except ValidationError as exc:
+        print_validation_error(exc)
+        return 2
+    with shared_api_server():
+        state = daily_update.with_options(task_runner=dask_runner(probe))(**kwargs, return_state=True)
+    result = state.result(raise_on_failure=False)
+    report = result.report if isinstance(result, RunFailed) else result
+    if isinstance(report, PipelineReport):
+        print(report.summary())
+        return 0 if state.is_completed() else 1
+    print(f"run ended {state.name}: {result}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""The scheduled daily update: window from the lake's state, symbol universe, late days."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from flows.daily_update import daily_update, main, select_symbols, update_window
+from flows.runtime import dask_runner_for
+from tasks.lake import coverage, lake_inventory
+from tasks.report import PipelineReport, RunFailed
+from tests.fake_archive import FakeArchive, publish_day
+from tests.test_flow_e2e import run
+
+
+def test_update_window_after_the_last_day_or_the_reprobe_window_whichever_is_earlier() -> None:
+    today = date(2024, 1, 10)
+    assert update_window(None, today, 3) == (date(2024, 1, 7), date(2024, 1, 9))
+    assert update_window(date(2024, 1, 9), today, 3) == (date(2024, 1, 7), date(2024, 1, 9))
+    assert update_window(date(2024, 1, 2), today, 3) == (date(2024, 1, 3), date(2024, 1, 9))
+    assert update_window(date(2024, 1, 8), today, 1) == (date(2024, 1, 9), date(2024, 1, 9))
+
+
+def test_symbol_patterns() -> None:
+    found = ["BTCUSDT", "ETHUSDT", "BTCBUSD", "XRPUSDT"]
+    assert select_symbols(found, ["*USDT"], ["XRP*"]) == ["BTCUSDT", "ETHUSDT"]
+    assert select_symbols(found, [], ["*BUSD"]) == ["BTCUSDT", "ETHUSDT", "XRPUSDT"]
+
+
+@pytest.mark.slow
+def test_daily_update_fetches_new_days_reprobes_and_reports_late_ones(
+    prefect_api: str, dask_address: str, fake_archive: FakeArchive, tmp_path: Path
+) -> None:
+    fa, data = fake_archive, tmp_path / "data"
+    n = 500
+    for i, day in enumerate([1, 2, 4, 5]):  # BTCUSDT's 2024-01-03 never appears
+        publish_day(fa, "spot", "BTCUSDT", date(2024, 1, day), n, 1 + i * n, day)
+    for day in range(1, 6):
+        publish_day(fa, "spot", "ETHUSDT", date(2024, 1, day), n, 1 + (day - 1) * n, 10 + day)
+        publish_day(fa, "spot", "BTCBUSD", date(2024, 1, day), n, 1 + (day - 1) * n, 20 + day)
+    run(fa, data, dask_address, market="spot", symbols=("BTCUSDT",), start=date(2024, 1, 1),
+        end=date(2024, 1, 2), granularity="daily")
+
+    state = daily_update.with_options(task_runner=dask_runner_for(dask_address))(
+        data_dir=data, market="spot", include=["*USDT"], reprobe_days=2, today=date(2024, 1, 6),
+        base_url=fa.base_url, listing_url=fa.listing_url, dask_address=dask_address, return_state=True,
+    )
+    assert state.is_completed(), state.message
+    report = state.result()
+    assert isinstance(report, PipelineReport)
+    held = {s: sorted(coverage(lake_inventory(data, "spot", s))) for s in ("BTCUSDT", "ETHUSDT", "BTCBUSD")}
+    assert held["BTCUSDT"] == [date(2024, 1, d) for d in (1, 2, 4, 5)]
+    assert held["ETHUSDT"] == [date(2024, 1, 4), date(2024, 1, 5)]  # no history: the re-probe window only
+    assert held["BTCBUSD"] == []  # not selected
+    assert any("re-probe window: 1 days" in note for note in report.notes)
+    assert "BTCUSDT 2024-01-03" in report.summary()
+
+    # Nothing new: everything is cached and nothing in the lake changes.
+    before = {p: p.stat().st_mtime_ns for p in (data / "lake").rglob("*.parquet")}
+    state = daily_update.with_options(task_runner=dask_runner_for(dask_address))(
+        data_dir=data, market="spot", symbols=["BTCUSDT", "ETHUSDT"], reprobe_days=2, today=date(2024, 1, 6),
+        base_url=fa.base_url, listing_url=fa.listing_url, dask_address=dask_address, return_state=True,
+    )
+    result = state.result(raise_on_failure=False)
+    assert not isinstance(result, RunFailed) and state.is_completed()
+    assert {o.status for o in result.outcomes} == {"cached"}
+    assert {p: p.stat().st_mtime_ns for p in (data / "lake").rglob("*.parquet")} == before
+
+
+def test_cli_rejects_bad_symbols(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["--data-dir", str(tmp_path), "--symbols", "../x"]) == 2
+    assert "symbols" in capsys.readouterr().err
