@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 import yaml
-from prefect.server.schemas.schedules import CronSchedule as ServerCronSchedule
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.flows import load_flow_from_entrypoint
+from prefect.server.schemas.schedules import CronSchedule as ServerCronSchedule
 from prefect.utilities.callables import parameter_schema
 
 from tests.conftest import REPO

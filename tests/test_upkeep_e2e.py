@@ -13,7 +13,8 @@ import polars as pl
 import pyarrow.dataset as ds
 import pytest
 
-from flows.status import lake_status, main as status_main, render
+from flows.status import lake_status, render
+from flows.status import main as status_main
 from tasks.archive_spec import ArchiveSpec
 from tasks.gaps import report_path
 from tasks.lake import lake_files, lake_inventory

@@ -1,0 +1,264 @@
+"""Bars from the lake, incrementally: `features/<name>/market=<m>/symbol=<S>/`.
+
+A feature is a named `BarSpec` (`tasks.bars`). Its output for a symbol is a sequence of
+part files, one per run that found new trades, each named by the days of the trades it
+consumed (`<first>_<last>.parquet`) and carrying in its footer everything the next run
+needs: the spec, the last trade id consumed, the kernel state after it (the open bar
+and the EWMA histories; `BarState.to_bytes`), and a fingerprint of the lake archives
+that fed it. A run resumes from the last part's state and reads only trades after its
+last id, so the daily update costs one day of trades; the kernels are chunk-invariant,
+so the parts equal one pass over the whole history (tested).
+
+The result is recomputed from the first trade when it cannot be extended: the spec
+changed, or an archive already consumed was re-published or a day back-filled before
+the last consumed trade (the fingerprint differs). Writes are atomic per part; a part
+is only written when it holds its state, so a killed run leaves the previous parts.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks.archive_spec import check_symbol, range_file_name
+from tasks.atomic import commit, temp_path_for
+from tasks.bars import BARS_SCHEMA, BarSpec, BarState, process_chunk
+from tasks.lake import LakeEntry, lake_inventory
+
+FEATURE_METADATA_KEY = b"binance_lake.features"
+_NAME_RE = re.compile(r"^[a-z0-9_]{1,64}$")
+_PART_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})_(\d{4}-\d{2}-\d{2})\.parquet$")
+_DAY_US = 86_400_000_000
+_EPOCH = date(1970, 1, 1)
+_READ_COLUMNS = ["trade_id", "price", "qty", "time", "is_buyer_maker"]
+
+#: The bar kinds `--features` knows by name, in production mode (side from is_buyer_maker,
+#: O(1) EWMA, guards on): E0 and the clamp suit a liquid symbol's day of 1 M trades;
+#: every field can be overridden (`name:field=value,...`).
+PRESETS: dict[str, BarSpec] = {
+    "ema_dollar_imbalance": BarSpec("imbalance", "dollar", exp_num_ticks_init=2_000.0, exp_num_ticks_min=100.0,
+                                    exp_num_ticks_max=50_000.0, min_ticks=10, max_ticks=200_000),
+    "ema_volume_imbalance": BarSpec("imbalance", "volume", exp_num_ticks_init=2_000.0, exp_num_ticks_min=100.0,
+                                    exp_num_ticks_max=50_000.0, min_ticks=10, max_ticks=200_000),
+    "ema_tick_imbalance": BarSpec("imbalance", "tick", exp_num_ticks_init=2_000.0, exp_num_ticks_min=100.0,
+                                  exp_num_ticks_max=50_000.0, min_ticks=10, max_ticks=200_000),
+    "ema_dollar_run": BarSpec("run", "dollar", exp_num_ticks_init=2_000.0, exp_num_ticks_min=100.0,
+                              exp_num_ticks_max=50_000.0, min_ticks=10, max_ticks=200_000),
+    "dollar": BarSpec("standard", "dollar", threshold=5_000_000.0),
+    "volume": BarSpec("standard", "volume", threshold=100.0),
+    "tick": BarSpec("standard", "tick", threshold=1_000.0),
+}
+
+
+@dataclass(frozen=True)
+class Feature:
+    """A named bar spec: its output lives in `features/<name>/`."""
+
+    name: str
+    spec: BarSpec
+
+    def __post_init__(self) -> None:
+        if not _NAME_RE.match(self.name):
+            raise ValueError(f"feature name {self.name!r} must match [a-z0-9_]{{1,64}}")
+
+    def folder(self, data_dir: Path, market: str, symbol: str) -> Path:
+        """`<data_dir>/features/<name>/market=<m>/symbol=<S>`."""
+        return data_dir / "features" / self.name / f"market={market}" / f"symbol={check_symbol(symbol)}"
+
+
+def parse_feature(text: str) -> Feature:
+    """`ema_dollar_imbalance` or `ema_dollar_imbalance:exp_num_ticks_init=5000,min_ticks=20[,name=my_bars]`."""
+    preset, _, rest = text.partition(":")
+    if preset not in PRESETS:
+        raise ValueError(f"unknown bar kind {preset!r}; known: {', '.join(PRESETS)}")
+    base = json.loads(PRESETS[preset].to_json())
+    name = preset
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq:
+            raise ValueError(f"{text!r}: expected field=value, got {item!r}")
+        if key == "name":
+            name = value.strip()
+            continue
+        if key not in base:
+            raise ValueError(f"{text!r}: {key!r} is not a bar parameter; known: {', '.join(sorted(base))}")
+        base[key] = _parse_value(text, key, value.strip(), base[key])
+    return Feature(name, BarSpec(**base))
+
+
+def _parse_value(text: str, key: str, value: str, current: object) -> object:
+    """`value` as the type of the field's default (None defaults are numbers: thresholds)."""
+    try:
+        if isinstance(current, bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1")
+        if isinstance(current, int):
+            return int(value)
+        if isinstance(current, str):
+            return value
+        return float(value)
+    except ValueError:
+        kind = "number" if current is None else type(current).__name__
+        raise ValueError(f"{text!r}: {key}={value!r} is not a valid {kind}") from None
+
+
+def lake_fingerprint(entries: list[LakeEntry], through: date | None) -> str:
+    """sha256 of the (archive, sha256) pairs of the lake's sources up to `through` (all when None)."""
+    pairs = sorted((s.archive, s.sha256) for e in entries for s in e.sources
+                   if through is None or s.first_day <= through)
+    return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class FeatureResult:
+    """What one feature run did for a symbol."""
+
+    feature: str
+    market: str
+    symbol: str
+    mode: str  # "up to date", "extended" or "recomputed"
+    trades: int
+    bars: int
+    parts: int
+    seconds: float
+    reason: str = ""
+
+
+def _parts(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and _PART_RE.match(p.name))
+
+
+def _part_meta(path: Path) -> dict[str, Any]:
+    raw = (pq.read_schema(path).metadata or {}).get(FEATURE_METADATA_KEY)
+    if raw is None:
+        raise ValueError(f"{path}: no feature metadata")
+    doc: dict[str, Any] = json.loads(raw)
+    return doc
+
+
+def _trades_after(entries: list[LakeEntry], last_id: int, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """The lake's trades with id > last_id, in id order, a row group at a time."""
+    for entry in entries:
+        with pq.ParquetFile(entry.path) as pf:
+            meta = pf.metadata
+            for rg in range(meta.num_row_groups):
+                stats = meta.row_group(rg).column(0).statistics
+                if stats is not None and stats.has_min_max and int(stats.max) <= last_id:
+                    continue  # consumed by an earlier run: skipped without reading
+                for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[rg], columns=_READ_COLUMNS,
+                                             use_threads=False):
+                    ids = batch.column(0).to_numpy()
+                    if ids[0] <= last_id:
+                        batch = batch.slice(int(np.searchsorted(ids, last_id, side="right")))
+                    if batch.num_rows:
+                        yield batch
+
+
+def compute_feature(data_dir: Path, market: str, symbol: str, feature: Feature, batch_rows: int = 1 << 20
+                    ) -> FeatureResult:
+    """Bring one feature of one symbol up to the lake's last trade (see the module doc)."""
+    started = time.perf_counter()
+    folder = feature.folder(data_dir, market, symbol)
+    entries = [e for e in lake_inventory(data_dir, market, symbol) if not e.problem]
+    parts = _parts(folder)
+    state, last_id, through, reason = BarState.initial(feature.spec), 0, None, "no earlier result"
+    if parts:
+        try:
+            meta = _part_meta(parts[-1])
+            if meta["spec"] != feature.spec.to_json():
+                reason = "parameters changed"
+            else:
+                through = date.fromisoformat(meta["through"])
+                if meta["lake_fingerprint"] != lake_fingerprint(entries, through):
+                    reason = "lake data already consumed changed (re-published or back-filled archives)"
+                    through = None
+                else:
+                    state = BarState.from_bytes(base64.b64decode(meta["state"]))
+                    last_id, reason = int(meta["last_trade_id"]), ""
+        except (ValueError, KeyError, OSError) as exc:
+            reason, through = f"unreadable earlier result: {exc}", None
+    recompute = bool(reason)
+    pieces: list[pa.Table] = []
+    trades = 0
+    first_time = last_time = None
+    new_last = last_id
+    for batch in _trades_after(entries, last_id, batch_rows):
+        ids = batch.column(0).to_numpy()
+        times = batch.column(3).cast(pa.int64()).to_numpy()
+        bars, state = process_chunk(
+            feature.spec, state, times, batch.column(1).to_numpy(), batch.column(2).to_numpy(),
+            batch.column(4).to_numpy(zero_copy_only=False), ids,
+        )
+        if bars.num_rows:
+            pieces.append(bars)
+        trades += batch.num_rows
+        new_last = int(ids[-1])
+        first_time = int(times.min()) if first_time is None else min(first_time, int(times.min()))
+        last_time = int(times.max()) if last_time is None else max(last_time, int(times.max()))
+    if trades == 0:
+        if recompute:  # nothing left in the lake to build from: the old result goes
+            for old in parts:
+                old.unlink(missing_ok=True)
+        return FeatureResult(feature.name, market, symbol, "recomputed" if recompute else "up to date", 0, 0,
+                             len(_parts(folder)), time.perf_counter() - started, reason)
+    table = pa.concat_tables(pieces) if pieces else BARS_SCHEMA.empty_table()
+    assert first_time is not None and last_time is not None
+    first_day, last_day = _day(first_time), _day(last_time)
+    last_lake_day = max((e.last_day for e in entries), default=last_day)
+    doc = {
+        "feature": feature.name, "spec": feature.spec.to_json(), "market": market, "symbol": symbol,
+        "last_trade_id": new_last, "through": last_lake_day.isoformat(),
+        "lake_fingerprint": lake_fingerprint(entries, last_lake_day),
+        "state": base64.b64encode(state.to_bytes()).decode(), "trades": trades, "bars": table.num_rows,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / range_file_name(first_day, last_day)
+    if not recompute and out.exists():
+        # New trades start after the last lake day consumed, so a part's name is always new.
+        raise ValueError(f"{out}: a part for these days exists already; delete {folder} to recompute")
+    _write_part(out, table, doc)
+    if recompute:
+        for old in parts:
+            if old != out:
+                old.unlink(missing_ok=True)
+    return FeatureResult(feature.name, market, symbol, "recomputed" if recompute else "extended", trades,
+                         table.num_rows, len(_parts(folder)), time.perf_counter() - started, reason)
+
+
+def _day(us: int) -> date:
+    return _EPOCH + timedelta(days=us // _DAY_US)
+
+
+def _write_part(out: Path, table: pa.Table, doc: dict[str, Any]) -> None:
+    tmp = temp_path_for(out)
+    schema = BARS_SCHEMA.with_metadata({FEATURE_METADATA_KEY: json.dumps(doc).encode()})
+    try:
+        pq.write_table(table.cast(schema), tmp, compression="zstd", write_statistics=True)
+        commit(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_feature(data_dir: Path, market: str, symbol: str, feature: Feature) -> pa.Table:
+    """Every bar of a feature for a symbol, in order."""
+    parts = _parts(feature.folder(data_dir, market, symbol))
+    if not parts:
+        return BARS_SCHEMA.empty_table()
+    return pa.concat_tables(pq.read_table(p).cast(BARS_SCHEMA) for p in parts)
