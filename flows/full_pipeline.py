@@ -32,6 +32,7 @@ from tasks.cleanup import CleanupResult
 from tasks.compact import CompactionResult, recover_lake
 from tasks.download import Published, local_archive_matches, local_archives, stored_checksum
 from tasks.errors import NotPublished, PipelineError, TransientNetworkError, describe
+from tasks.features import FeatureResult, parse_feature
 from tasks.gaps import GapReport
 from tasks.http import HttpOptions
 from tasks.ingest import IngestResult, SymbolValidation
@@ -45,6 +46,7 @@ from tasks.prefect_tasks import (
     compact_task,
     discover_task,
     download_task,
+    features_task,
     gaps_task,
     ingest_task,
     validate_symbol_task,
@@ -96,6 +98,8 @@ def run_pipeline(settings: Settings, notes: Sequence[str] = ()) -> PipelineRepor
             _validate(settings, data_dir, report)
         if "gaps" in steps:
             _gaps(settings, data_dir, report)
+        if "features" in steps:
+            _features(settings, data_dir, report)
         if "cleanup" in steps:
             _cleanup(settings, data_dir, report)
         _publish_artifacts(report)
@@ -348,6 +352,25 @@ def _gaps(settings: Settings, data_dir: Path, report: PipelineReport) -> None:
         report.gap_reports.append(result)
 
 
+def _features(settings: Settings, data_dir: Path, report: PipelineReport) -> None:
+    cache = cache_storage(data_dir)
+    futures = []
+    for text in settings.features:
+        feature = parse_feature(text)
+        for symbol in settings.symbols:
+            has_output = any(feature.folder(data_dir, settings.market, symbol).glob("*.parquet"))
+            futures.append((feature, symbol, features_task.with_options(
+                refresh_cache=not has_output, result_storage=cache,
+            ).submit(data_dir, settings.market, symbol, feature)))
+    for feature, symbol, fut in futures:
+        result = fut.result(raise_on_failure=False)
+        if isinstance(result, BaseException):
+            report.upkeep_errors.append(f"features {feature.name} {settings.market}/{symbol}: {describe(result)}")
+            continue
+        assert isinstance(result, FeatureResult)
+        report.features.append(result)
+
+
 def _cleanup(settings: Settings, data_dir: Path, report: PipelineReport) -> None:
     for symbol in settings.symbols:
         fut = cleanup_task.submit(data_dir, settings.market, symbol, settings.start, settings.end)
@@ -367,6 +390,13 @@ def _publish_artifacts(report: PipelineReport) -> None:
     if report.compactions:
         create_table_artifact(key="lake-files", table=report.compaction_table(),
                               description="Per symbol: lake files written and removed by merge/optimize.")
+    if report.features:
+        create_table_artifact(
+            key="features", description="Per feature and symbol: mode (extended/recomputed), trades read, bars.",
+            table=[{"feature": f.feature, "symbol": f"{f.market}/{f.symbol}", "mode": f.mode, "trades": f.trades,
+                    "bars": f.bars, "parts": f.parts, "seconds": round(f.seconds, 3), "why": f.reason}
+                   for f in report.features],
+        )
     if report.gap_reports:
         create_table_artifact(key="lake-gaps", table=report.gap_table(),
                               description="Per symbol: days not published, refused, id gaps, truncated days.")
@@ -398,6 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated subset of {','.join(ALL_STEPS)} (default {','.join(STEPS)}). Without "
                    "download, archives already downloaded are converted; cleanup deletes downloaded archives "
                    "whose rows are verified in the lake")
+    p.add_argument("--features", nargs="+", default=None, metavar="KIND[:FIELD=VALUE,...]",
+                   help="bar kinds to compute from the lake (default ema_dollar_imbalance), e.g. "
+                   "ema_dollar_imbalance:exp_num_ticks_init=5000,min_ticks=20 dollar:threshold=1e7,name=dollar_10m; "
+                   "kinds: ema_dollar_imbalance, ema_volume_imbalance, ema_tick_imbalance, ema_dollar_run, dollar, "
+                   "volume, tick")
     p.add_argument("--target-file-bytes", type=int, default=None,
                    help="lake files are packed up to this size (default 1073741824, 1 GiB)")
     p.add_argument("--dask-address", default=None, help="an existing Dask scheduler (default: a local cluster)")
@@ -411,10 +446,11 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
         "data_dir": args.data_dir, "market": args.market, "symbols": tuple(args.symbols), "start": args.start,
         "end": args.end, "granularity": args.granularity,
     }
-    for name in ("base_url", "listing_url", "concurrency", "steps", "dask_address", "target_file_bytes"):
+    for name in ("base_url", "listing_url", "concurrency", "steps", "dask_address", "target_file_bytes",
+                 "features"):
         value = getattr(args, name)
         if value is not None:
-            given[name] = value
+            given[name] = tuple(value) if isinstance(value, list) else value
     return Settings(**given)
 
 

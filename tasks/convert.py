@@ -31,21 +31,26 @@ import base64
 import json
 import queue
 import re
+import struct
 import threading
 import zipfile
 import zlib
+from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, Literal, TypeVar
+from typing import IO, Any, Literal, TypeVar, cast
 
+import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+from isal import igzip_lib, isal_zlib
 
 from tasks.archive_spec import ArchiveSpec
 from tasks.atomic import commit, temp_path_for
@@ -95,8 +100,23 @@ _SPILL_ROW_GROUP_ROWS = 65_536
 _MIN_MERGE_BATCH_ROWS = 1024
 _RUN_READ_BUFFER_BYTES = 1 << 16
 _MAX_MERGE_FAN_IN = 32
+#: Threads parsing and checking CSV pieces (pyarrow's read_csv releases the GIL).
+_PARSE_THREADS = 2
 #: Exceptions of zipfile / zlib that mean the archive bytes are bad (CRC, truncation, garbling).
 _ZIP_ERRORS: tuple[type[BaseException], ...] = (zipfile.BadZipFile, zlib.error, EOFError)
+_NEWLINE = ord("\n")
+#: Slice of a piece whose line ends are counted at once (bounds numpy's temporary mask).
+_COUNT_SLICE_BYTES = 1 << 20
+#: Compressed bytes read from the archive at a time (a few MB once inflated).
+_ZIP_READ_BYTES = 1 << 20
+#: A ZIP local file header: the general-purpose flags, then the name and extra-field lengths.
+_LOCAL_HEADER = struct.Struct("<6xH18xHH")
+_LOCAL_HEADER_MAGIC = b"PK\x03\x04"
+_UTF8_NAME_FLAG = 0x800
+#: Compressed patched data (bit 5) and strong encryption (bit 6): zipfile refuses them too.
+_UNSUPPORTED_FLAGS = 0x60
+#: What ISA-L raises on a broken DEFLATE stream (its stub types it as an instance).
+_INFLATE_ERROR = cast("type[BaseException]", igzip_lib.IsalError)
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _ARROW_ROW = re.compile(r"Row #(\d+)")
 # Times are stored as 64-bit µs, ids as int64; both are monotonic after sorting, so delta
@@ -188,14 +208,79 @@ def open_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, source: str) -> IO[b
         raise CorruptArchive(source, f"{info.filename}: unsupported ZIP: {exc}") from exc
 
 
-def check_member_crc(zf: zipfile.ZipFile, info: zipfile.ZipInfo, source: str) -> None:
-    """Read the whole member (streaming) and raise CorruptArchive if it does not inflate or its CRC fails."""
-    try:
-        with open_member(zf, info, source) as member:
-            while member.read(1 << 20):
-                pass
-    except _ZIP_ERRORS as exc:
-        raise CorruptArchive(source, f"{info.filename}: {type(exc).__name__}: {exc}") from exc
+def inflate_member(
+    zip_path: Path, info: zipfile.ZipInfo, chunk_bytes: int, source: str
+) -> Generator[bytes, None, None]:
+    """Yield the bytes of member `info` of `zip_path`, in chunks of at most `chunk_bytes`.
+
+    The compressed bytes are read straight from the file (the local header's offset comes
+    from the central directory) and inflated with ISA-L (python-isal), about twice as fast
+    as zlib here: raw DEFLATE or STORED only. Once the stream has ended, its size and
+    CRC-32 are checked against the central directory. Bad bytes (CRC, truncation, a broken
+    DEFLATE stream, a local header that does not match) and unsupported methods raise
+    CorruptArchive naming the archive and the member.
+    """
+    name = info.filename
+    method = info.compress_type
+    if method not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or info.flag_bits & _UNSUPPORTED_FLAGS:
+        raise CorruptArchive(source, f"{name}: unsupported ZIP: compression method {method} is not supported")
+    with open(zip_path, "rb") as fh:
+        fh.seek(info.header_offset)
+        header = fh.read(_LOCAL_HEADER.size)
+        if len(header) < _LOCAL_HEADER.size or not header.startswith(_LOCAL_HEADER_MAGIC):
+            raise CorruptArchive(source, f"{name}: BadZipFile: bad magic number for the member's local header")
+        flags, name_bytes, extra_bytes = _LOCAL_HEADER.unpack(header)
+        raw_name = fh.read(name_bytes)
+        local_name = raw_name.decode("utf-8" if flags & _UTF8_NAME_FLAG else "cp437", "replace")
+        if local_name != info.orig_filename:
+            raise CorruptArchive(
+                source, f"{name}: BadZipFile: file name in directory {name!r} and header {local_name!r} differ"
+            )
+        fh.seek(extra_bytes, 1)
+        left = info.compress_size
+        crc = size = 0
+
+        def read(limit: int) -> bytes:
+            nonlocal left
+            want = min(limit, left)
+            data = fh.read(want)
+            if len(data) < want:
+                raise CorruptArchive(source, f"{name}: EOFError: the compressed data is truncated")
+            left -= want
+            return data
+
+        if method == zipfile.ZIP_STORED:
+            while left:
+                data = read(chunk_bytes)
+                crc, size = isal_zlib.crc32(data, crc), size + len(data)
+                yield data
+        else:
+            inflater = igzip_lib.IgzipDecompressor(flag=igzip_lib.DECOMP_DEFLATE)
+            while not inflater.eof:
+                if inflater.needs_input and not left:
+                    raise CorruptArchive(
+                        source, f"{name}: EOFError: the compressed data ended before the end-of-stream marker"
+                    )
+                data = read(_ZIP_READ_BYTES) if inflater.needs_input else b""
+                try:
+                    out = inflater.decompress(data, chunk_bytes)
+                except _INFLATE_ERROR as exc:
+                    raise CorruptArchive(source, f"{name}: {type(exc).__name__}: {exc}") from exc
+                if out:
+                    crc, size = isal_zlib.crc32(out, crc), size + len(out)
+                    if size > info.file_size:
+                        break  # reported below: more bytes than the central directory says
+                    yield out
+    if size != info.file_size:
+        raise CorruptArchive(source, f"{name}: BadZipFile: inflated to {size} bytes, the ZIP says {info.file_size}")
+    if crc != info.CRC:
+        raise CorruptArchive(source, f"{name}: BadZipFile: Bad CRC-32 for file {name!r}")
+
+
+def check_member_crc(zip_path: Path, info: zipfile.ZipInfo, source: str) -> None:
+    """Inflate the whole member (streaming) and raise CorruptArchive if it does not inflate or its CRC fails."""
+    for _ in inflate_member(zip_path, info, 1 << 20, source):
+        pass
 
 
 def sniff_dialect(first_line: bytes, second_line: bytes, market: str, source: str, csv_name: str) -> CsvDialect:
@@ -245,40 +330,50 @@ def _read_first_lines(member: IO[bytes]) -> tuple[bytes, bytes]:
     return first, second
 
 
-def iter_csv_pieces(
-    member: IO[bytes], block_bytes: int, skip_header: bool, source: str, csv_name: str
-) -> Generator[tuple[int, bytes | memoryview], None, None]:
-    """Cut the CSV stream into pieces of about `block_bytes`, each ending at a line end.
+class _LineTooLong(Exception):
+    """Raised by `iter_csv_pieces` for a line over `_MAX_LINE_BYTES`: the consumer, which counts lines, names it."""
 
-    Yields `(number of the piece's first line, piece)`, the header line (if any) left
-    out. Cutting here rather than handing the stream to `pyarrow.csv.open_csv` bounds
-    memory: the streaming reader reads up to 32 blocks ahead in a background thread
-    (measured +340 MB RSS with 16 MB blocks on an 8 M-row file, growing with how far
-    the Parquet writer lags behind). And since each piece starts at a known line, parse
-    errors name the exact line of the file.
+
+def iter_csv_pieces(chunks: Iterable[bytes], skip_header: bool) -> Generator[bytes | memoryview, None, None]:
+    """Cut the inflated chunks of the CSV into pieces that each end at a line end.
+
+    Yields the pieces in order, the header line (if any) left out. A chunk's whole lines
+    are yielded as a view of the chunk, never copied; the line a chunk boundary cuts
+    through is yielded on its own (the tail of one chunk joined to the head of the next:
+    one short line). Lines are not counted here: the parsers count them, and the consumer
+    numbers them in file order. Cutting here rather than handing the stream to
+    `pyarrow.csv.open_csv` bounds memory: the streaming reader reads up to 32 blocks
+    ahead in a background thread (measured +340 MB RSS with 16 MB blocks on an 8 M-row
+    file, growing with how far the Parquet writer lags behind). Raises `_LineTooLong`
+    (after the pieces before it) for a line longer than `_MAX_LINE_BYTES`.
     """
     carry = b""
-    line = 1
     header_pending = skip_header
-    while True:
-        block = member.read(block_bytes)
-        if not block:
-            break
-        data = carry + block if carry else block
-        if header_pending:
-            end = data.find(b"\n")
-            if end >= 0:
-                data, line, header_pending = data[end + 1 :], 2, False
-        cut = 0 if header_pending else data.rfind(b"\n") + 1
-        if cut:
-            yield line, memoryview(data)[:cut]
-            line += data.count(b"\n", 0, cut)
-        carry = data[cut:]
+    for chunk in chunks:
+        last = chunk.rfind(b"\n")
+        if last < 0:
+            carry += chunk
+        else:
+            start = chunk.find(b"\n") + 1 if carry or header_pending else 0
+            if header_pending:
+                header_pending = False  # carry + chunk[:start] is the header: dropped
+            elif start:
+                yield carry + chunk[:start]  # the line cut by the chunk boundary
+            if last + 1 > start:
+                yield memoryview(chunk)[start : last + 1]
+            carry = chunk[last + 1 :]
         if len(carry) > _MAX_LINE_BYTES:
             # Not a trade line (those are under 100 bytes): refuse rather than buffer without bound.
-            raise InvalidData(source, f"{csv_name}: line {line} is longer than {_MAX_LINE_BYTES} bytes")
+            raise _LineTooLong
     if carry and not header_pending:
-        yield line, carry  # the last line had no final newline
+        yield carry  # the last line had no final newline
+
+
+def _count_newlines(data: bytes | memoryview) -> int:
+    """Line ends in `data`, counted in slices (numpy's count is ~2x bytes.count's speed)."""
+    array = np.frombuffer(data, dtype=np.uint8)
+    step = _COUNT_SLICE_BYTES
+    return sum(int(np.count_nonzero(array[i : i + step] == _NEWLINE)) for i in range(0, len(array), step))
 
 
 def csv_options(dialect: CsvDialect, options: ConvertOptions) -> tuple[Any, Any]:
@@ -303,6 +398,128 @@ def csv_options(dialect: CsvDialect, options: ConvertOptions) -> tuple[Any, Any]
         quoted_strings_can_be_null=False,
     )
     return read_options, convert_options
+
+
+def _simple_rows(
+    buf: np.ndarray[Any, Any], kinds: np.ndarray[Any, Any], n_ints: int, n_floats: int, n_bools: int
+) -> tuple[int, np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:  # pragma: no cover - numba
+    """Parse the lines of `buf` into row-major blocks of ints, floats and bools; rows -1 if not simple.
+
+    `kinds` gives each column's kind in order (`_INT`, `_FLOAT`, `_BOOL`). Simple means
+    every line has exactly these columns and ends with `\\n`, `\\r\\n` or the end of
+    `buf`, integers are 1-18 plain digits, decimals are `digits[.digits]` with at most 17
+    digits and a value of at most 2**53 units of the last digit, booleans are spelt
+    `True`/`true`/`False`/`false`. Such a decimal is m / 10**k with m and 10**k exact
+    doubles, so the one IEEE division gives the correctly rounded double, the same as
+    pyarrow's parser. Anything else (signs, exponents, empty fields, empty lines) gives
+    -1 and pyarrow parses the piece instead. Compiled by numba as `_simple_rows_jit`.
+    """
+    n = buf.shape[0]
+    capacity = 1
+    for i in range(n):
+        if buf[i] == 10:
+            capacity += 1
+    ints = np.empty((n_ints, capacity), dtype=np.int64)
+    floats = np.empty((n_floats, capacity), dtype=np.float64)
+    bools = np.empty((n_bools, capacity), dtype=np.bool_)
+    ncols = kinds.shape[0]
+    pos = 0
+    row = 0
+    while pos < n:
+        i_col = 0
+        f_col = 0
+        b_col = 0
+        for col in range(ncols):
+            kind = kinds[col]
+            if kind == 0:
+                value = 0
+                start = pos
+                while pos < n and 48 <= buf[pos] <= 57:
+                    value = value * 10 + (buf[pos] - 48)
+                    pos += 1
+                if pos == start or pos - start > 18:
+                    return -1, ints, floats, bools
+                ints[i_col, row] = value
+                i_col += 1
+            elif kind == 1:
+                units = 0
+                start = pos
+                while pos < n and 48 <= buf[pos] <= 57:
+                    units = units * 10 + (buf[pos] - 48)
+                    pos += 1
+                digits = pos - start
+                decimals = 0
+                if pos < n and buf[pos] == 46:
+                    pos += 1
+                    start = pos
+                    while pos < n and 48 <= buf[pos] <= 57:
+                        units = units * 10 + (buf[pos] - 48)
+                        pos += 1
+                    decimals = pos - start
+                    if decimals == 0:
+                        return -1, ints, floats, bools
+                if digits == 0 or digits + decimals > 17 or units > 9007199254740992:
+                    return -1, ints, floats, bools
+                floats[f_col, row] = units / 10.0**decimals
+                f_col += 1
+            else:
+                if pos + 4 <= n and (buf[pos] == 84 or buf[pos] == 116) and buf[pos + 1] == 114:
+                    if buf[pos + 2] != 117 or buf[pos + 3] != 101:
+                        return -1, ints, floats, bools
+                    bools[b_col, row] = True
+                    pos += 4
+                elif pos + 5 <= n and (buf[pos] == 70 or buf[pos] == 102) and buf[pos + 1] == 97:
+                    if buf[pos + 2] != 108 or buf[pos + 3] != 115 or buf[pos + 4] != 101:
+                        return -1, ints, floats, bools
+                    bools[b_col, row] = False
+                    pos += 5
+                else:
+                    return -1, ints, floats, bools
+                b_col += 1
+            if col < ncols - 1:
+                if pos >= n or buf[pos] != 44:
+                    return -1, ints, floats, bools
+                pos += 1
+        if pos < n and buf[pos] == 13:
+            pos += 1
+            if pos >= n:
+                return -1, ints, floats, bools  # a lone carriage return at the end
+        if pos < n:
+            if buf[pos] != 10:
+                return -1, ints, floats, bools
+            pos += 1
+        row += 1
+    return row, ints, floats, bools
+
+
+#: The kernel compiled (numba, cached on disk; nogil, so the parse threads run it side by side).
+_simple_rows_jit = cast(
+    Callable[..., tuple[int, Any, Any, Any]], numba.njit(cache=True, nogil=True, boundscheck=False)(_simple_rows)
+)
+_INT, _FLOAT, _BOOL = 0, 1, 2
+_KINDS: dict[pa.DataType, int] = {pa.int64(): _INT, pa.float64(): _FLOAT, pa.bool_(): _BOOL}
+
+
+def parse_simple_piece(piece: bytes | memoryview, dialect: CsvDialect) -> pa.Table | None:
+    """Parse a piece of plain trade lines in one pass of a compiled kernel; None if it is not plain.
+
+    Gives exactly the table `parse_csv_piece` gives (same names, types and values; there
+    are no nulls), one row per line, about 2.5x as fast. It covers the lines Binance
+    writes; whatever it does not cover (see `_simple_rows`) it leaves to pyarrow, which
+    also words the errors.
+    """
+    types = [_CSV_TYPES[name] for name in dialect.columns]
+    kinds = np.array([_KINDS[t] for t in types], dtype=np.int8)
+    counts = [int(np.count_nonzero(kinds == kind)) for kind in (_INT, _FLOAT, _BOOL)]
+    rows, *blocks = _simple_rows_jit(np.frombuffer(piece, dtype=np.uint8), kinds, *counts)
+    if rows < 0:
+        return None
+    taken = [0, 0, 0]
+    arrays = []
+    for kind, data_type in zip(kinds.tolist(), types, strict=True):
+        arrays.append(pa.array(blocks[kind][taken[kind], :rows], type=data_type))
+        taken[kind] += 1
+    return pa.Table.from_arrays(arrays, names=list(dialect.columns))
 
 
 def parse_csv_piece(
@@ -776,7 +993,7 @@ class _SortedOutput:
 
 
 def _stream_csv(
-    zf: zipfile.ZipFile,
+    zip_path: Path,
     info: zipfile.ZipInfo,
     dialect: CsvDialect,
     spec: ArchiveSpec,
@@ -784,26 +1001,81 @@ def _stream_csv(
     output: _SortedOutput,
     source: str,
 ) -> int:
-    """Feed every checked piece of the member to `output`; return the number of CSV data lines."""
+    """Feed every checked piece of the member to `output`; return the number of CSV data lines.
+
+    Three stages overlap, each in C++ or ISA-L code that releases the GIL: a read-ahead
+    thread inflates the member and cuts it into pieces; `_PARSE_THREADS` threads parse
+    and check pieces; this thread takes the parsed pieces in file order and feeds
+    `output`, which encodes and compresses the row groups. At most `_PARSE_THREADS + 1`
+    pieces are being parsed and two more wait in the read-ahead, so memory stays bounded
+    by a few pieces whatever the file size.
+    """
     factor = 1000 if dialect.time_unit == "ms" else 1
     lo, hi = datetime_to_micros(spec.start) // factor, datetime_to_micros(spec.end) // factor
     parse_options = csv_options(dialect, options)
+    name = info.filename
+
+    def parse_checked(piece: bytes | memoryview, first_line: int, table: pa.Table | None = None) -> pa.Table:
+        if table is None:
+            table = parse_csv_piece(piece, first_line, parse_options, source, name)
+        check_values(table, lo, hi, dialect.time_unit, first_line, source, name)
+        return table
+
+    def parse(piece: bytes | memoryview) -> tuple[int, int, pa.Table | None]:
+        """(lines, rows, lake table) of a piece; the table is None when the piece has a problem.
+
+        A piece's first line is only known once the pieces before it are counted, so a
+        problem is not reported here: the piece is parsed again in order, naming its lines.
+        """
+        table = parse_simple_piece(piece, dialect)  # None for anything unusual: pyarrow parses it
+        lines = table.num_rows if table is not None else _count_newlines(piece)  # simple: one row a line
+        try:
+            table = parse_checked(piece, 1, table)
+        except InvalidData:
+            return lines, 0, None
+        return lines, table.num_rows, to_lake_table(table, dialect)
+
     csv_rows = 0
-    with open_member(zf, info, source) as member:
-        pieces = iter_csv_pieces(member, options.csv_block_bytes, dialect.header, source, info.filename)
-        # Inflating the next piece (zlib releases the GIL) overlaps parsing and writing this one.
-        # closing(): the thread is stopped before the member is closed, also on errors.
-        with closing(pieces), closing(read_ahead(pieces.__next__, depth=1)) as ahead:
-            for first_line, piece in ahead:
-                table = parse_csv_piece(piece, first_line, parse_options, source, info.filename)
-                check_values(table, lo, hi, dialect.time_unit, first_line, source, info.filename)
-                csv_rows += table.num_rows
-                output.push(to_lake_table(table, dialect))
-        # The member was read to its end, where zipfile checks the CRC: make sure of it.
-        if member.read(1):
-            raise CorruptArchive(source, f"{info.filename}: data after the end of the CSV")
+    line = 2 if dialect.header else 1  # the number of the next piece's first line
+    in_flight: deque[tuple[bytes | memoryview, Future[tuple[int, int, pa.Table | None]]]] = deque()
+
+    def take_first() -> None:
+        nonlocal csv_rows, line
+        piece, future = in_flight.popleft()
+        lines, rows, table = future.result()
+        if table is None:
+            checked = parse_checked(piece, line)  # raises the problem, naming its line
+            rows, table = checked.num_rows, to_lake_table(checked, dialect)
+        csv_rows += rows
+        line += lines
+        output.push(table)
+
+    chunks = inflate_member(zip_path, info, options.csv_block_bytes, source)
+    pieces = iter_csv_pieces(chunks, dialect.header)
+    # Exit order: the read-ahead thread stops, the parse threads finish, then the file closes.
+    with (
+        closing(chunks),
+        closing(pieces),
+        ThreadPoolExecutor(_PARSE_THREADS, thread_name_prefix="csv-parse") as pool,
+        closing(read_ahead(pieces.__next__, depth=1)) as ahead,
+    ):
+        try:
+            try:
+                for piece in ahead:
+                    in_flight.append((piece, pool.submit(parse, piece)))
+                    if len(in_flight) > _PARSE_THREADS:
+                        take_first()
+            except _LineTooLong:
+                while in_flight:
+                    take_first()
+                raise InvalidData(source, f"{name}: line {line} is longer than {_MAX_LINE_BYTES} bytes") from None
+            while in_flight:
+                take_first()
+        finally:
+            for _, future in in_flight:
+                future.cancel()
     if csv_rows == 0:
-        raise InvalidData(source, f"{info.filename}: no trades (the CSV has no data line)")
+        raise InvalidData(source, f"{name}: no trades (the CSV has no data line)")
     return csv_rows
 
 
@@ -860,13 +1132,13 @@ def convert_archive(
                     first, second = _read_first_lines(member)
                 dialect = sniff_dialect(first, second, spec.market, source, info.filename)
                 output = _SortedOutput(out_path, options, source)
-                csv_rows = _stream_csv(zf, info, dialect, spec, options, output, source)
+                csv_rows = _stream_csv(zip_path, info, dialect, spec, options, output, source)
             except _ZIP_ERRORS as exc:
                 raise CorruptArchive(source, f"{info.filename}: {type(exc).__name__}: {exc}") from exc
             except InvalidData:
                 # Garbled deflate data can decode into text that breaks the CSV rules before the
                 # CRC is checked at the member's end: tell a corrupt archive from bad data.
-                check_member_crc(zf, info, source)
+                check_member_crc(zip_path, info, source)
                 raise
         output.finish()
         output.close(_source_metadata(spec, sha256, info.filename, dialect, csv_rows, output))

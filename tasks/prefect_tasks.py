@@ -23,9 +23,11 @@ from tasks.cleanup import CleanupResult, cleanup_symbol
 from tasks.compact import CompactionResult, compact_symbol
 from tasks.download import DownloadResult, Published, download_archive, fetch_checksums
 from tasks.errors import TransientNetworkError
+from tasks.features import Feature, FeatureResult, compute_feature, lake_fingerprint
 from tasks.gaps import GapReport, gap_report, write_gap_report
 from tasks.http import HttpOptions
 from tasks.ingest import IngestResult, SymbolValidation, ingest_archive, validate_symbol
+from tasks.lake import lake_inventory
 from tasks.listing import Discovery, discover
 from tasks.settings import ConvertOptions
 
@@ -143,4 +145,24 @@ def cleanup_task(data_dir: Path, market: Market, symbol: str, start: date, end: 
     result = cleanup_symbol(data_dir, market, symbol, start, end)
     get_run_logger().info("%s/%s: removed %d archives, %d bytes freed; kept %d",
                           market, symbol, len(result.removed), result.bytes_freed, len(result.kept))
+    return result
+
+
+def _feature_cache_key(context: TaskRunContext, inputs: dict[str, Any]) -> str | None:
+    feature: Feature = inputs["feature"]
+    data_dir = Path(inputs["data_dir"]).resolve()
+    entries = lake_inventory(data_dir, inputs["market"], inputs["symbol"])
+    # Parameters and the lake's exact sources: a new day, a re-published archive or another
+    # parameter all miss the cache; the flow refreshes it when the output is gone.
+    return hash_objects("binance-lake", "features", CACHE_VERSION, feature.name, feature.spec.to_json(),
+                        inputs["market"], inputs["symbol"], str(data_dir), lake_fingerprint(entries, None))
+
+
+@task(name="features", task_run_name="{feature.name} {market}/{symbol}", cache_key_fn=_feature_cache_key)
+def features_task(data_dir: Path, market: Market, symbol: str, feature: Feature) -> FeatureResult:
+    """Bring one feature of one symbol up to the lake's last trade (incremental, see tasks.features)."""
+    result = compute_feature(data_dir, market, symbol, feature)
+    get_run_logger().info("%s %s/%s: %s, %d trades -> %d bars in %.2fs%s", feature.name, market, symbol,
+                          result.mode, result.trades, result.bars, result.seconds,
+                          f" ({result.reason})" if result.reason else "")
     return result

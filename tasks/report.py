@@ -7,6 +7,7 @@ from typing import Literal
 
 from tasks.cleanup import CleanupResult
 from tasks.compact import CompactionResult
+from tasks.features import FeatureResult
 from tasks.gaps import GapReport
 from tasks.plan import MissingDay
 
@@ -50,6 +51,7 @@ class PipelineReport:
     compactions: list[CompactionResult] = field(default_factory=list)
     gap_reports: list[GapReport] = field(default_factory=list)
     cleanups: list[CleanupResult] = field(default_factory=list)
+    features: list[FeatureResult] = field(default_factory=list)
     upkeep_errors: list[str] = field(default_factory=list)  # merge, optimize, gaps or cleanup refused
     notes: list[str] = field(default_factory=list)  # what the calling flow wants said (e.g. late days)
 
@@ -92,6 +94,7 @@ class PipelineReport:
         self.compactions.extend(other.compactions)
         self.gap_reports.extend(other.gap_reports)
         self.cleanups.extend(other.cleanups)
+        self.features.extend(other.features)
         self.upkeep_errors.extend(other.upkeep_errors)
         self.notes.extend(other.notes)
 
@@ -143,6 +146,10 @@ class PipelineReport:
                 lines.append(f"  re-published, re-ingested: {a}")
         for gr in self.gap_reports:
             lines.extend(gr.summary_lines())
+        for fr in self.features:
+            why = f" ({fr.reason})" if fr.reason else ""
+            lines.append(f"features {fr.feature} {fr.market}/{fr.symbol}: {fr.mode}, {fr.trades:,} trades -> "
+                         f"{fr.bars:,} bars ({fr.parts} parts){why}")
         for cl in self.cleanups:
             lines.append(f"cleanup {cl.market}/{cl.symbol}: removed {len(cl.removed)} archives, "
                          f"{cl.bytes_freed:,} bytes freed; kept {len(cl.kept)}")

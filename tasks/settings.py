@@ -17,13 +17,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from tasks.archive_spec import Market, check_symbol
 from tasks.errors import UnsafePath
 
-Step = Literal["download", "convert", "merge", "optimize", "validate", "gaps", "cleanup"]
+Step = Literal["download", "convert", "merge", "optimize", "validate", "gaps", "features", "cleanup"]
 #: Every step, in the order a run performs them.
-ALL_STEPS: tuple[Step, ...] = ("download", "convert", "merge", "optimize", "validate", "gaps", "cleanup")
+ALL_STEPS: tuple[Step, ...] = ("download", "convert", "merge", "optimize", "validate", "gaps", "features", "cleanup")
 #: What a run does unless told otherwise: optimize re-packs files left under target by
 #: earlier merges (cheap when there is nothing to do); cleanup deletes downloaded archives
 #: (the lake's backup), so it only runs when asked for.
-STEPS: tuple[Step, ...] = ("download", "convert", "merge", "optimize", "validate", "gaps")
+STEPS: tuple[Step, ...] = ("download", "convert", "merge", "optimize", "validate", "gaps", "features")
 
 DEFAULT_BASE_URL = "https://data.binance.vision"
 DEFAULT_LISTING_URL = "https://s3-ap-northeast-1.amazonaws.com/data.binance.vision"
@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     truncation_tolerance_s: float = Field(
         3600.0, gt=0, description="A day whose first or last trade is farther than this from its bounds is flagged.",
     )
+    features: tuple[str, ...] = Field(
+        ("ema_dollar_imbalance",),
+        description="Bar kinds to compute, each `kind[:field=value,...]` (see tasks/features.py PRESETS).",
+    )
     lock_wait_s: float = Field(0.0, ge=0, description="How long a run waits for another run on the same data dir.")
     dask_address: str | None = Field(None, description="Existing Dask scheduler; default a local cluster.")
     dask_workers: int = Field(2, ge=1)
@@ -92,6 +96,23 @@ class Settings(BaseSettings):
             return tuple(dict.fromkeys(check_symbol(s) for s in value))
         except UnsafePath as exc:
             raise ValueError(str(exc)) from None
+
+    @field_validator("features", mode="before")
+    @classmethod
+    def _split_features(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(s for s in value.split() if s)
+        return value
+
+    @field_validator("features")
+    @classmethod
+    def _check_features(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from tasks.features import parse_feature  # numba compiles lazily: importing is cheap
+
+        names = [parse_feature(v).name for v in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"two features share a name: {names}; give one `name=...`")
+        return value
 
     @field_validator("steps", mode="before")
     @classmethod

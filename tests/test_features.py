@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
+from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
 
 from tasks.bars import BarSpec, BarState, process_chunk
 from tasks.features import Feature, compute_feature, parse_feature, read_feature
+from tests.conftest import REPO
+from tests.fake_archive import FakeArchive, publish_day
 from tests.test_compact import compact, lake_table, stage_day
+from tests.test_flow_e2e import run
 
 SPEC = BarSpec("imbalance", "dollar", exp_num_ticks_init=100.0, exp_num_ticks_min=10.0, exp_num_ticks_max=300.0,
                min_ticks=5, max_ticks=5000, expected_imbalance_window=500)
@@ -85,3 +92,40 @@ def test_parse_feature() -> None:
         parse_feature("ema_tick_imbalance:min_ticks=many")
     with pytest.raises(ValueError, match="must match"):
         parse_feature("dollar:name=../x")
+
+
+@pytest.mark.slow
+def test_flow_computes_features_then_extends_them_with_the_next_day(
+    prefect_api: str, dask_address: str, fake_archive: FakeArchive, tmp_path: Path
+) -> None:
+    fa, data = fake_archive, tmp_path / "data"
+    n = 4000
+    for d in (1, 2, 3):
+        publish_day(fa, "spot", "BTCUSDT", date(2024, 1, d), n, 1 + (d - 1) * n, d)
+    text = ("ema_dollar_imbalance:exp_num_ticks_init=100,exp_num_ticks_min=10,exp_num_ticks_max=300,"
+            "expected_imbalance_window=500,min_ticks=5")
+    feature = parse_feature(text)
+    common: dict[str, Any] = {"market": "spot", "symbols": ("BTCUSDT",), "granularity": "daily",
+                              "features": (text,), "start": date(2024, 1, 1)}
+    state, report = run(fa, data, dask_address, end=date(2024, 1, 2), **common)
+    assert state.is_completed(), state.message
+    assert [(f.mode, f.trades) for f in report.features] == [("recomputed", 2 * n)]
+    state, report = run(fa, data, dask_address, end=date(2024, 1, 3), **common)
+    assert state.is_completed(), state.message
+    assert [(f.mode, f.trades) for f in report.features] == [("extended", n)]
+    bars = read_feature(data, "spot", "BTCUSDT", feature)
+    assert bars.num_rows > 50 and bars.equals(one_pass(data, feature.spec))
+    assert bars.equals(fresh(data, feature))
+    # Another parameter: recomputed (the cache key and the stored spec hold the parameters).
+    state, report = run(fa, data, dask_address, end=date(2024, 1, 3), **{**common, "features": (text + "0",)})
+    assert [(f.mode, f.reason) for f in report.features] == [("recomputed", "parameters changed")]
+    feature = parse_feature(text + "0")
+    # The example plots the lake and the bars.
+    out = tmp_path / "plots"
+    done = subprocess.run([sys.executable, str(REPO / "examples" / "plot_bars.py"), "--data-dir", str(data),
+                           "--feature", feature.name, "--day", "2024-01-02", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    pngs = sorted(out.glob("*.png"))
+    assert [p.name for p in pngs] == ["BTCUSDT-2024-01-02-bars.png", "BTCUSDT-bar-sizes.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 20_000 for p in pngs)
