@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from prefect import serve
-from prefect.deployments.runner import RunnerDeployment
+from prefect.deployments.runner import EntrypointType, RunnerDeployment
 
 from flows.daily_update import daily_update
 from flows.full_pipeline import full_pipeline
@@ -23,13 +23,17 @@ DAILY_CRON = "30 6 * * *"
 
 
 def build(data_dir: str, market: str, symbols: Sequence[str]) -> list[RunnerDeployment]:
-    """The daily-update deployment (scheduled) and the back-fill one (manual, from the UI)."""
+    """The daily-update deployment (scheduled) and the back-fill one (manual, from the UI).
+
+    Module-path entrypoints, as in prefect.yaml: the Dask workers must import the flow's module.
+    """
     # `to_deployment` returns a coroutine only when called from async code.
     daily: RunnerDeployment = cast(Any, daily_update.to_deployment)(
         name="daily-update",
         description="Fetch new and late days up to yesterday (UTC), merge, validate, report gaps.",
         tags=["binance-lake", "daily"],
         cron=DAILY_CRON,
+        entrypoint_type=EntrypointType.MODULE_PATH,
         parameters={"data_dir": data_dir, "market": market, "symbols": list(symbols), "reprobe_days": 3},
         concurrency_limit=1,
     )
@@ -38,6 +42,7 @@ def build(data_dir: str, market: str, symbols: Sequence[str]) -> list[RunnerDepl
         description="Back-fill Binance trade archives into the lake (manual runs from the UI).",
         tags=["binance-lake", "backfill"],
         concurrency_limit=1,
+        entrypoint_type=EntrypointType.MODULE_PATH,
     )
     return [daily, backfill]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import UTC, datetime
 
 import pytest
@@ -28,9 +29,10 @@ def deployments() -> list[dict[str, object]]:
 @pytest.mark.parametrize("dep", deployments(), ids=lambda d: str(d["name"]))
 def test_prefect_yaml_entrypoints_load_and_parameters_validate(dep: dict[str, object]) -> None:
     assert set(dep) <= ALLOWED_KEYS, set(dep) - ALLOWED_KEYS
-    path, _, name = str(dep["entrypoint"]).partition(":")
-    assert (REPO / path).is_file()
-    flow = load_flow_from_entrypoint(str(REPO / path) + ":" + name)
+    # A module path, importable by the Dask workers (a file path is loaded as a top-level module).
+    module = str(dep["entrypoint"]).partition(":")[0]
+    assert re.fullmatch(r"flows\.\w+", module) and (REPO / (module.replace(".", "/") + ".py")).is_file()
+    flow = load_flow_from_entrypoint(str(dep["entrypoint"]))
     params = dep["parameters"]
     assert isinstance(params, dict)
     validated = flow.validate_parameters(params)
@@ -57,8 +59,8 @@ def test_serve_deployments_build() -> None:
     from deployments.serve import DAILY_CRON, build
 
     daily, backfill = build("./data", "spot", ["BTCUSDT"])
-    assert daily.entrypoint == "flows/daily_update.py:daily_update"
-    assert backfill.entrypoint == "flows/full_pipeline.py:full_pipeline"
+    assert daily.entrypoint == "flows.daily_update.daily_update"  # the runner's module-path form
+    assert backfill.entrypoint == "flows.full_pipeline.full_pipeline"
     assert daily.schedules and daily.schedules[0].schedule.cron == DAILY_CRON
     from flows.full_pipeline import full_pipeline
 

@@ -1,0 +1,259 @@
+"""End-to-end figures of the whole pipeline, served from the fake archive on loopback.
+
+    python -m benchmarks.bench_pipeline                  # every case
+    python -m benchmarks.bench_pipeline --cases orchestration,download --no-check
+
+Cases, each printed side by side with its baseline measured in the same run:
+- orchestration: 730 small archives (2 symbols, a year of days). The flow's wall time
+  minus the same stages run as plain function calls in one process (no Prefect, no Dask),
+  per archive, after subtracting the fixed start-up cost measured on a 2-archive run.
+  Target: at most 30 ms per archive.
+- e2e: 7 days of 1,114,623 trades (a real BTCUSDT day) from an empty data dir to the lake
+  plus EMA dollar imbalance bars, against just downloading the same archives and
+  inflating them (the physical floor here). Target: at most 2x.
+- download: our download stage (aiohttp, streamed to disk, SHA-256 verified, atomic
+  commit) against a plain aiohttp fetch of the same files into memory, same concurrency.
+  Target: at least 0.8x its throughput.
+- scaling: wall time of 1, 4 and 16 weeks of smaller days (linear is the target).
+
+The flow runs as the CLI runs it: one local Prefect API server, a local Dask cluster of
+two single-threaded worker processes. Archives are generated once into `bench-out/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from flows.full_pipeline import full_pipeline  # noqa: E402
+from flows.runtime import dask_runner, shared_api_server  # noqa: E402
+from tasks.archive_spec import ArchiveSpec  # noqa: E402
+from tasks.compact import compact_symbol  # noqa: E402
+from tasks.download import download_archive, fetch_checksums  # noqa: E402
+from tasks.features import compute_feature, parse_feature  # noqa: E402
+from tasks.http import HttpOptions  # noqa: E402
+from tasks.ingest import ingest_archive  # noqa: E402
+from tasks.report import PipelineReport, RunFailed  # noqa: E402
+from tasks.settings import Settings  # noqa: E402
+from tests.fake_archive import FakeArchive, publish_day  # noqa: E402
+
+DAY_ROWS = 1_114_623
+START = date(2024, 1, 1)
+
+
+@contextmanager
+def archive(days: dict[str, int], rows: int) -> Iterator[FakeArchive]:
+    """A fake archive serving `days[symbol]` consecutive daily archives of `rows` trades each."""
+    with FakeArchive() as fa:
+        for s, (symbol, n) in enumerate(days.items()):
+            for i in range(n):
+                publish_day(fa, "spot", symbol, START + timedelta(days=i), rows, 1 + i * rows, 1000 * s + i)
+        yield fa
+
+
+def run_flow(fa: FakeArchive, data: Path, symbols: tuple[str, ...], n_days: int, **kw: Any) -> tuple[float, Any]:
+    settings = Settings(data_dir=data, market="spot", symbols=symbols, start=START,
+                        end=START + timedelta(days=n_days - 1), granularity="daily", base_url=fa.base_url,
+                        listing_url=fa.listing_url, **kw)
+    t0 = time.perf_counter()
+    state = full_pipeline.with_options(task_runner=dask_runner(settings))(settings=settings, return_state=True)
+    wall = time.perf_counter() - t0
+    result = state.result(raise_on_failure=False)
+    report = result.report if isinstance(result, RunFailed) else result
+    assert isinstance(report, PipelineReport) and state.is_completed(), state.message
+    return wall, report
+
+
+def run_plain(fa: FakeArchive, data: Path, symbols: tuple[str, ...], n_days: int, features: tuple[str, ...],
+              concurrency: int = 8) -> float:
+    """The same stages as plain function calls in this process: download, convert, merge, features."""
+    specs = [ArchiveSpec("spot", s, "daily", START + timedelta(days=i)) for s in symbols for i in range(n_days)]
+    settings = Settings(data_dir=data, symbols=symbols, start=START, end=START)
+    http = HttpOptions()
+    t0 = time.perf_counter()
+
+    async def fetch_all() -> None:
+        pubs = await fetch_checksums(specs, fa.base_url, http, concurrency)
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(spec: ArchiveSpec, sha: str) -> None:
+            async with sem:
+                await download_archive(spec, sha, fa.base_url, data, http)
+
+        await asyncio.gather(*(one(p.spec, p.sha256) for p in pubs if p.sha256))
+        for p in pubs:
+            assert p.sha256 is not None
+            ingest_archive(p.spec, p.sha256, data, settings.convert_options)
+
+    asyncio.run(fetch_all())
+    for s in symbols:
+        compact_symbol(data, "spot", s, settings.target_file_bytes, settings.convert_options, consolidate=True)
+        for f in features:
+            compute_feature(data, "spot", s, parse_feature(f))
+    return time.perf_counter() - t0
+
+
+def case_orchestration(work: Path, n_days: int) -> tuple[str, bool]:
+    symbols = ("BTCUSDT", "ETHUSDT")
+    steps = ("download", "convert", "merge")
+    out = []
+    per: dict[int, tuple[float, float]] = {}
+    for days in (1, n_days):
+        with archive(dict.fromkeys(symbols, days), 60) as fa:
+            flow_wall, report = run_flow(fa, work / f"orch-flow-{days}", symbols, days, steps=steps,
+                                         features=())
+            assert sum(o.status == "ingested" for o in report.outcomes) == 2 * days
+            plain = run_plain(fa, work / f"orch-plain-{days}", symbols, days, ())
+            per[days] = (flow_wall, plain)
+            out.append(f"  {2 * days:4d} archives: flow {flow_wall:7.2f} s, plain functions {plain:6.2f} s")
+    (f1, p1), (fn, pn) = per[1], per[n_days]
+    overhead_ms = ((fn - pn) - (f1 - p1)) / (2 * n_days - 2) * 1000
+    ok = overhead_ms <= 30
+    out.append(f"{'PASS' if ok else 'FAIL'}  orchestration: {overhead_ms:.1f} ms per archive beyond the stages' "
+               f"own work (fixed start-up {f1 - p1:.2f} s excluded) (<= 30 ms)")
+    return "\n".join(out), ok
+
+
+def case_download(work: Path, n: int, rows: int) -> tuple[str, bool]:
+    concurrency = 8
+    with archive({"BTCUSDT": n}, rows) as fa:
+        specs = [ArchiveSpec("spot", "BTCUSDT", "daily", START + timedelta(days=i)) for i in range(n)]
+        http = HttpOptions()
+
+        async def ours(data: Path) -> int:
+            pubs = await fetch_checksums(specs, fa.base_url, http, concurrency)
+            sem = asyncio.Semaphore(concurrency)
+
+            async def one(spec: ArchiveSpec, sha: str) -> int:
+                async with sem:
+                    return (await download_archive(spec, sha, fa.base_url, data, http)).bytes
+
+            return sum(await asyncio.gather(*(one(p.spec, p.sha256) for p in pubs if p.sha256)))
+
+        async def plain() -> int:
+            sem = asyncio.Semaphore(concurrency)
+            async with aiohttp.ClientSession() as session:
+                async def one(spec: ArchiveSpec) -> int:
+                    async with sem, session.get(spec.url(fa.base_url)) as r:
+                        return len(await r.read())
+
+                return sum(await asyncio.gather(*(one(s) for s in specs)))
+
+        best_ours = best_plain = float("inf")
+        size = 0
+        for i in range(3):
+            data = work / f"dl-{i}"
+            t0 = time.perf_counter()
+            size = asyncio.run(ours(data))
+            best_ours = min(best_ours, time.perf_counter() - t0)
+            shutil.rmtree(data)
+            t0 = time.perf_counter()
+            assert asyncio.run(plain()) == size
+            best_plain = min(best_plain, time.perf_counter() - t0)
+    ratio = best_plain / best_ours
+    ok = ratio >= 0.8
+    return (f"  {n} archives, {size / 1e6:.1f} MB, concurrency {concurrency}: ours {best_ours:.2f} s "
+            f"({size / best_ours / 1e6:.0f} MB/s, checksums fetched and verified), plain aiohttp {best_plain:.2f} s "
+            f"({size / best_plain / 1e6:.0f} MB/s)\n"
+            f"{'PASS' if ok else 'FAIL'}  download: {ratio:.2f}x the plain fetch's throughput (>= 0.8x)"), ok
+
+
+def inflate_floor(fa: FakeArchive, specs: list[ArchiveSpec]) -> float:
+    """Download every archive (plain aiohttp, 8 at a time) and inflate its member: the floor."""
+    async def fetch() -> list[bytes]:
+        sem = asyncio.Semaphore(8)
+        async with aiohttp.ClientSession() as session:
+            async def one(spec: ArchiveSpec) -> bytes:
+                async with sem, session.get(spec.url(fa.base_url)) as r:
+                    return await r.read()
+
+            return list(await asyncio.gather(*(one(s) for s in specs)))
+
+    t0 = time.perf_counter()
+    blobs = asyncio.run(fetch())
+    for blob in blobs:
+        import io
+
+        with zipfile.ZipFile(io.BytesIO(blob)) as zf, zf.open(zf.infolist()[0]) as member:
+            while member.read(1 << 20):
+                pass
+    return time.perf_counter() - t0
+
+
+def case_e2e(work: Path, n_days: int, rows: int) -> tuple[str, bool]:
+    with archive({"BTCUSDT": n_days}, rows) as fa:
+        specs = [ArchiveSpec("spot", "BTCUSDT", "daily", START + timedelta(days=i)) for i in range(n_days)]
+        floor = min(inflate_floor(fa, specs) for _ in range(2))
+        wall, report = run_flow(fa, work / "e2e", ("BTCUSDT",), n_days)
+        bars = sum(f.bars for f in report.features)
+    ratio = wall / floor
+    ok = ratio <= 2
+    return (f"  {n_days} days x {rows:,} trades: flow {wall:.2f} s (lake + {bars:,} bars), download + inflate "
+            f"{floor:.2f} s\n{'PASS' if ok else 'FAIL'}  e2e: {ratio:.2f}x the download+inflate floor (<= 2x)"), ok
+
+
+def case_scaling(work: Path, rows: int) -> tuple[str, bool]:
+    walls = {}
+    for weeks in (1, 4, 16):
+        with archive({"BTCUSDT": 7 * weeks}, rows) as fa:
+            walls[weeks], _ = run_flow(fa, work / f"scale-{weeks}", ("BTCUSDT",), 7 * weeks)
+    per_week = {w: walls[w] / w for w in walls}
+    growth = (walls[16] - walls[4]) / (walls[4] - walls[1]) if walls[4] > walls[1] else float("inf")
+    ok = growth <= 4 * 1.3  # 12 more weeks cost at most 1.3x four times what 3 more weeks cost
+    lines = [f"  {w:2d} weeks ({7 * w:3d} days x {rows:,} trades): {walls[w]:7.2f} s, {per_week[w]:.2f} s/week"
+             for w in walls]
+    lines.append(f"{'PASS' if ok else 'FAIL'}  scaling: 4->16 weeks added {growth:.2f}x what 1->4 weeks added "
+                 f"(linear: 4.0x, limit 5.2x)")
+    return "\n".join(lines), ok
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cases", default="orchestration,download,e2e,scaling")
+    p.add_argument("--orch-days", type=int, default=365)
+    p.add_argument("--e2e-days", type=int, default=7)
+    p.add_argument("--rows", type=int, default=DAY_ROWS)
+    p.add_argument("--scaling-rows", type=int, default=100_000)
+    p.add_argument("--no-check", action="store_true")
+    args = p.parse_args()
+    cases = args.cases.split(",")
+    print(f"machine: nproc {os.cpu_count()}, load average {os.getloadavg()[0]:.2f}; Python {sys.version.split()[0]}")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp, shared_api_server():
+        work = Path(tmp)
+        for case in cases:
+            t0 = time.perf_counter()
+            if case == "orchestration":
+                text, ok = case_orchestration(work, args.orch_days)
+            elif case == "download":
+                text, ok = case_download(work, 16, args.rows // 4)
+            elif case == "e2e":
+                text, ok = case_e2e(work, args.e2e_days, args.rows)
+            elif case == "scaling":
+                text, ok = case_scaling(work, args.scaling_rows)
+            else:
+                raise SystemExit(f"unknown case {case!r}")
+            print(f"{case} ({time.perf_counter() - t0:.0f} s):\n{text}", flush=True)
+            results.append(ok)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    return 0 if all(results) or args.no_check else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
