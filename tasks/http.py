@@ -71,9 +71,16 @@ async def fetch_bytes(session: aiohttp.ClientSession, url: str, max_bytes: int =
         async with session.get(url) as resp:
             if resp.status != 200:
                 check_status(url, resp.status, await resp.content.read(512))
-            body = await resp.content.read(max_bytes + 1)
-            if len(body) > max_bytes:
-                raise UnexpectedResponse(url, f"body larger than {max_bytes} bytes")
+            # StreamReader.read(n) returns what has arrived, up to n bytes, not the whole body:
+            # a 1,000-key listing page (~190 kB) comes in several pieces.
+            parts: list[bytes] = []
+            size = 0
+            while chunk := await resp.content.read(_CHUNK):
+                parts.append(chunk)
+                size += len(chunk)
+                if size > max_bytes:
+                    raise UnexpectedResponse(url, f"body larger than {max_bytes} bytes")
+            body = b"".join(parts)
             if resp.content_length is not None and len(body) != resp.content_length:
                 raise TransientNetworkError(url, f"body cut short: {len(body)} of {resp.content_length} bytes")
             return body

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -109,3 +109,13 @@ def test_checksums_and_listing_pagination(tmp_path: Path) -> None:
         assert [p.sha256 for p in published[:5]] == [p.sha256 for p in pubs]
         assert published[5].sha256 is None and "404" in (published[5].missing_reason or "")
         assert asyncio.run(list_symbols(fa.listing_url, "spot", "daily", FAST)) == ["BTCUSDT", "ETHUSDT"]
+
+
+def test_full_listing_pages_arrive_whole(tmp_path: Path) -> None:
+    """A page of 1,000 keys (~190 kB, as S3 answers) reaches the client in several pieces: all are read."""
+    with FakeArchive(page_size=1000) as fa:
+        for i in range(600):  # 1,200 keys: a full first page and a second one
+            fa.publish(ArchiveSpec("spot", "BTCUSDT", "daily", date(2022, 1, 1) + timedelta(days=i)), b"")
+        found = asyncio.run(discover(fa.listing_url, "spot", ["BTCUSDT"], ["daily"], FAST))
+        assert len(found[0].archives) == 600
+        assert fa.count("listing") == 2
