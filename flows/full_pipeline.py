@@ -36,7 +36,7 @@ from tasks.features import FeatureResult, parse_feature
 from tasks.gaps import GapReport
 from tasks.http import HttpOptions
 from tasks.ingest import IngestResult, SymbolValidation
-from tasks.lake import coverage, lake_holds, lake_inventory
+from tasks.lake import coverage, lake_inventory, lake_sources
 from tasks.listing import Discovery
 from tasks.lock import data_dir_lock
 from tasks.plan import MissingDay, plan_symbol
@@ -48,7 +48,7 @@ from tasks.prefect_tasks import (
     download_task,
     features_task,
     gaps_task,
-    ingest_task,
+    ingest_batch_task,
     validate_symbol_task,
 )
 from tasks.report import ArchiveOutcome, GapNote, PipelineReport, RunFailed
@@ -186,21 +186,38 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport) -> None:
         else:
             todo.append((p.spec, p.sha256))
 
-    ingests: dict[PrefectFuture[Any], ArchiveSpec] = {}
+    ingests: dict[PrefectFuture[Any], list[ArchiveSpec]] = {}
     downloads: dict[PrefectFuture[Any], ArchiveSpec] = {}
     download_results: dict[ArchiveSpec, Any] = {}
     shas = dict(todo)
+    batch: list[ArchiveSpec] = []
 
     # Cache records live with the lake they describe: delete the data dir and its cache goes
     # too, and Dask workers sharing the data dir share the cache.
     cache = cache_storage(data_dir)
 
-    def submit_ingest(spec: ArchiveSpec) -> None:
-        fresh = not lake_holds(spec, shas[spec], data_dir)
-        fut = ingest_task.with_options(refresh_cache=fresh, result_storage=cache).submit(
-            spec=spec, sha256=shas[spec], data_dir=data_dir, options=settings.convert_options
+    def submit_batch(specs: list[ArchiveSpec]) -> None:
+        label = specs[0].key.rsplit("/", 1)[-1] + (f" and {len(specs) - 1} more" if len(specs) > 1 else "")
+        fut = ingest_batch_task.submit(
+            items=[(s, shas[s]) for s in specs], data_dir=data_dir, options=settings.convert_options, label=label
         )
-        ingests[fut] = spec
+        ingests[fut] = list(specs)
+
+    def add_to_batch(spec: ArchiveSpec) -> None:
+        """Queue an archive for conversion; a batch goes to Dask once it is big enough."""
+        batch.append(spec)
+        size = sum(sizes.get(s, 0) for s in batch)
+        if size >= settings.ingest_batch_bytes or len(batch) >= settings.ingest_batch_archives:
+            submit_batch(batch)
+            batch.clear()
+
+    def flush_batches() -> None:
+        # The last archives, spread over the workers so none waits idle for one long batch.
+        parts = max(1, min(settings.dask_workers, len(batch)))
+        for i in range(parts):
+            if batch[i::parts]:
+                submit_batch(batch[i::parts])
+        batch.clear()
 
     download = download_task.with_options(
         result_storage=cache,
@@ -209,10 +226,13 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport) -> None:
         retry_jitter_factor=0.5,
     )
     io_runner: ThreadPoolTaskRunner[Any]
+    in_lake = {s: lake_sources(data_dir, settings.market, s) for s in settings.symbols} if converting else {}
     with ThreadPoolTaskRunner(max_workers=settings.concurrency) as io_runner:
         for spec, sha in todo:
-            if converting and lake_holds(spec, sha, data_dir):
-                submit_ingest(spec)  # already in the lake from this very archive: a cache hit
+            held = in_lake.get(spec.symbol, {}).get((spec.key, sha))
+            if held is not None:
+                # Already in the lake from this very archive: nothing to fetch or convert.
+                report.outcomes.append(ArchiveOutcome(spec.key, "cached", rows=held.rows, bytes=sizes.get(spec)))
             elif downloading:
                 fresh = not local_archive_matches(spec, data_dir, sha)
                 dl_future: PrefectFuture[Any] = io_runner.submit(
@@ -222,8 +242,8 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport) -> None:
                 )
                 downloads[dl_future] = spec
             elif local_archive_matches(spec, data_dir, sha):
-                submit_ingest(spec)
-        # Conversion of each archive starts as soon as its download is verified.
+                add_to_batch(spec)
+        # Conversion starts as soon as a batch of verified archives is ready.
         for done in as_completed(list(downloads)):
             spec = downloads[done]
             result = done.result(raise_on_failure=False)
@@ -239,29 +259,32 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport) -> None:
                 continue
             download_results[spec] = result
             if converting:
-                submit_ingest(spec)
+                add_to_batch(spec)
             else:
                 cached = done.state.name == "Cached"
                 report.outcomes.append(
                     ArchiveOutcome(spec.key, "cached" if cached else "downloaded", bytes=result.bytes,
                                    seconds=0.0 if cached else result.seconds)
                 )
+        flush_batches()
 
     for fut in as_completed(list(ingests)):
-        spec = ingests[fut]
-        result = fut.result(raise_on_failure=False)
-        if isinstance(result, BaseException):
-            report.outcomes.append(_failed_outcome(spec, result, sizes.get(spec)))
+        specs = ingests[fut]
+        results = fut.result(raise_on_failure=False)
+        if isinstance(results, BaseException):  # the batch itself failed (a worker died): each archive failed
+            report.outcomes.extend(_failed_outcome(s, results, sizes.get(s)) for s in specs)
             continue
-        assert isinstance(result, IngestResult)
-        # Cached: a Prefect cache hit, or the lake file was already verified from this very archive.
-        cached = fut.state.name == "Cached" or result.reused
-        dl = download_results.get(spec)
-        seconds = 0.0 if cached else result.seconds + (dl.seconds if dl is not None else 0.0)
-        report.outcomes.append(
-            ArchiveOutcome(spec.key, "cached" if cached else "ingested", rows=result.rows, bytes=sizes.get(spec),
-                           seconds=seconds, detail=_ingest_detail(result))
-        )
+        for spec, result in zip(specs, results, strict=True):
+            if isinstance(result, BaseException):
+                report.outcomes.append(_failed_outcome(spec, result, sizes.get(spec)))
+                continue
+            assert isinstance(result, IngestResult)
+            dl = download_results.get(spec)
+            seconds = 0.0 if result.reused else result.seconds + (dl.seconds if dl is not None else 0.0)
+            report.outcomes.append(
+                ArchiveOutcome(spec.key, "cached" if result.reused else "ingested", rows=result.rows,
+                               bytes=sizes.get(spec), seconds=seconds, detail=_ingest_detail(result))
+            )
     report.outcomes.sort(key=lambda o: o.archive)
 
 

@@ -1,9 +1,13 @@
 """Convert one Binance trades archive (a ZIP holding one CSV) into one lake Parquet file.
 
-The CSV is streamed out of the ZIP in pieces of `csv_block_bytes` cut at line ends, each
-parsed by pyarrow with explicit types, so memory is bounded by a few pieces, a row group
-and (when the ids are out of order) a sort chunk, never by the file: a USD-M BTCUSDT
-month is 4.7 GB of CSV (docs/binance-archive.md).
+The CSV is streamed out of the ZIP in pieces of at most `csv_block_bytes` cut at line
+ends, so memory is bounded by a few pieces, a row group and (when the ids are out of
+order) a sort chunk, never by the file: a USD-M BTCUSDT month is 4.7 GB of CSV
+(docs/binance-archive.md). Two stages overlap (`_stream_csv`): the member is inflated
+with ISA-L (`inflate_member`, which checks the CRC itself) and cut in a read-ahead
+thread, while the calling thread parses the pieces, with a compiled parser for the plain
+lines Binance writes (`parse_simple_piece`) or with pyarrow and explicit types for
+anything else, checks them and encodes the Parquet row groups.
 
 What each archive may throw at us, and where it is handled:
 
@@ -35,9 +39,7 @@ import struct
 import threading
 import zipfile
 import zlib
-from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing, suppress
 from dataclasses import dataclass
 from datetime import datetime
@@ -100,15 +102,14 @@ _SPILL_ROW_GROUP_ROWS = 65_536
 _MIN_MERGE_BATCH_ROWS = 1024
 _RUN_READ_BUFFER_BYTES = 1 << 16
 _MAX_MERGE_FAN_IN = 32
-#: Threads parsing and checking CSV pieces (pyarrow's read_csv releases the GIL).
-_PARSE_THREADS = 2
 #: Exceptions of zipfile / zlib that mean the archive bytes are bad (CRC, truncation, garbling).
 _ZIP_ERRORS: tuple[type[BaseException], ...] = (zipfile.BadZipFile, zlib.error, EOFError)
 _NEWLINE = ord("\n")
 #: Slice of a piece whose line ends are counted at once (bounds numpy's temporary mask).
 _COUNT_SLICE_BYTES = 1 << 20
-#: Compressed bytes read from the archive at a time (a few MB once inflated).
+#: Compressed bytes read from the archive at a time, at most and at least.
 _ZIP_READ_BYTES = 1 << 20
+_MIN_ZIP_READ_BYTES = 1 << 16
 #: A ZIP local file header: the general-purpose flags, then the name and extra-field lengths.
 _LOCAL_HEADER = struct.Struct("<6xH18xHH")
 _LOCAL_HEADER_MAGIC = b"PK\x03\x04"
@@ -256,12 +257,14 @@ def inflate_member(
                 yield data
         else:
             inflater = igzip_lib.IgzipDecompressor(flag=igzip_lib.DECOMP_DEFLATE)
+            # About a chunk's worth (CSV deflates 3-5x): the inflater buffers what it has not used.
+            read_bytes = max(_MIN_ZIP_READ_BYTES, min(_ZIP_READ_BYTES, chunk_bytes // 4))
             while not inflater.eof:
                 if inflater.needs_input and not left:
                     raise CorruptArchive(
                         source, f"{name}: EOFError: the compressed data ended before the end-of-stream marker"
                     )
-                data = read(_ZIP_READ_BYTES) if inflater.needs_input else b""
+                data = read(read_bytes) if inflater.needs_input else b""
                 try:
                     out = inflater.decompress(data, chunk_bytes)
                 except _INFLATE_ERROR as exc:
@@ -379,9 +382,9 @@ def _count_newlines(data: bytes | memoryview) -> int:
 def csv_options(dialect: CsvDialect, options: ConvertOptions) -> tuple[Any, Any]:
     """pyarrow read and convert options for pieces of this dialect: explicit types, nothing inferred.
 
-    Parsing is single-threaded: the ZIP's inflate (zlib, in the read-ahead thread)
-    runs beside it, this machine measured no gain from more parse threads, and pyarrow
-    then reports the row of a parse error.
+    Parsing is single-threaded, so pyarrow reports the row of a parse error; the inflate
+    runs beside it, in the read-ahead thread. pyarrow only parses the pieces the compiled
+    parser leaves to it (`parse_simple_piece`).
     """
     read_options = pacsv.ReadOptions(
         use_threads=False,
@@ -644,10 +647,10 @@ def drop_duplicate_rows(table: pa.Table, carry: pa.Table | None, source: str) ->
 def read_ahead(read_next: Callable[[], T], depth: int = 2) -> Generator[T, None, None]:
     """Call `read_next` in a background thread, keeping up to `depth` results ready.
 
-    Inflating the ZIP (zlib) and parsing/encoding/compressing (pyarrow) all release the
-    GIL, so on two cores the producer and the consumer overlap; memory stays bounded by
-    `depth` + 2 results. `read_next` ends with StopIteration; its other exceptions are
-    re-raised here, in the consumer. Closing the generator stops the thread and waits
+    Inflating the ZIP (ISA-L) and parsing/encoding/compressing (numba, pyarrow) all
+    release the GIL, so on two cores the producer and the consumer overlap; memory stays
+    bounded by `depth` + 2 results. `read_next` ends with StopIteration; its other
+    exceptions are re-raised here, in the consumer. Closing the generator stops the thread and waits
     for it, so the source may be closed right after.
     """
     results: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=depth)
@@ -1003,77 +1006,39 @@ def _stream_csv(
 ) -> int:
     """Feed every checked piece of the member to `output`; return the number of CSV data lines.
 
-    Three stages overlap, each in C++ or ISA-L code that releases the GIL: a read-ahead
-    thread inflates the member and cuts it into pieces; `_PARSE_THREADS` threads parse
-    and check pieces; this thread takes the parsed pieces in file order and feeds
-    `output`, which encodes and compresses the row groups. At most `_PARSE_THREADS + 1`
-    pieces are being parsed and two more wait in the read-ahead, so memory stays bounded
-    by a few pieces whatever the file size.
+    Two stages overlap, each mostly in compiled code that releases the GIL: a read-ahead
+    thread inflates the member (ISA-L) and cuts it into pieces, while this thread parses
+    (numba or pyarrow), checks, numbers the lines and feeds `output`, which encodes and
+    compresses the row groups (pyarrow). Two pieces wait in the read-ahead at most, so
+    memory stays bounded by a few pieces whatever the file size. (A separate parse
+    thread gained nothing measurable on 2 cores, a piece parses in about the time the
+    next one inflates, and it held 5-15 MB more: Arrow buffers allocated in one thread
+    and freed in another.)
     """
     factor = 1000 if dialect.time_unit == "ms" else 1
     lo, hi = datetime_to_micros(spec.start) // factor, datetime_to_micros(spec.end) // factor
     parse_options = csv_options(dialect, options)
     name = info.filename
-
-    def parse_checked(piece: bytes | memoryview, first_line: int, table: pa.Table | None = None) -> pa.Table:
-        if table is None:
-            table = parse_csv_piece(piece, first_line, parse_options, source, name)
-        check_values(table, lo, hi, dialect.time_unit, first_line, source, name)
-        return table
-
-    def parse(piece: bytes | memoryview) -> tuple[int, int, pa.Table | None]:
-        """(lines, rows, lake table) of a piece; the table is None when the piece has a problem.
-
-        A piece's first line is only known once the pieces before it are counted, so a
-        problem is not reported here: the piece is parsed again in order, naming its lines.
-        """
-        table = parse_simple_piece(piece, dialect)  # None for anything unusual: pyarrow parses it
-        lines = table.num_rows if table is not None else _count_newlines(piece)  # simple: one row a line
-        try:
-            table = parse_checked(piece, 1, table)
-        except InvalidData:
-            return lines, 0, None
-        return lines, table.num_rows, to_lake_table(table, dialect)
-
     csv_rows = 0
     line = 2 if dialect.header else 1  # the number of the next piece's first line
-    in_flight: deque[tuple[bytes | memoryview, Future[tuple[int, int, pa.Table | None]]]] = deque()
-
-    def take_first() -> None:
-        nonlocal csv_rows, line
-        piece, future = in_flight.popleft()
-        lines, rows, table = future.result()
-        if table is None:
-            checked = parse_checked(piece, line)  # raises the problem, naming its line
-            rows, table = checked.num_rows, to_lake_table(checked, dialect)
-        csv_rows += rows
-        line += lines
-        output.push(table)
-
     chunks = inflate_member(zip_path, info, options.csv_block_bytes, source)
     pieces = iter_csv_pieces(chunks, dialect.header)
-    # Exit order: the read-ahead thread stops, the parse threads finish, then the file closes.
-    with (
-        closing(chunks),
-        closing(pieces),
-        ThreadPoolExecutor(_PARSE_THREADS, thread_name_prefix="csv-parse") as pool,
-        closing(read_ahead(pieces.__next__, depth=1)) as ahead,
-    ):
+    # closing(): the thread is stopped before the generators (and the file) are closed, also on errors.
+    with closing(chunks), closing(pieces), closing(read_ahead(pieces.__next__, depth=1)) as ahead:
         try:
-            try:
-                for piece in ahead:
-                    in_flight.append((piece, pool.submit(parse, piece)))
-                    if len(in_flight) > _PARSE_THREADS:
-                        take_first()
-            except _LineTooLong:
-                while in_flight:
-                    take_first()
-                raise InvalidData(source, f"{name}: line {line} is longer than {_MAX_LINE_BYTES} bytes") from None
-            while in_flight:
-                take_first()
-        finally:
-            for _, future in in_flight:
-                future.cancel()
+            for piece in ahead:
+                table = parse_simple_piece(piece, dialect)
+                if table is None:  # anything unusual: pyarrow parses it, and words the errors
+                    lines = _count_newlines(piece)
+                    table = parse_csv_piece(piece, line, parse_options, source, name)
+                else:
+                    lines = table.num_rows  # the simple parser makes one row of each line
+                check_values(table, lo, hi, dialect.time_unit, line, source, name)
+                csv_rows += table.num_rows
+                line += lines
+                output.push(to_lake_table(table, dialect))
+        except _LineTooLong:
+            raise InvalidData(source, f"{name}: line {line} is longer than {_MAX_LINE_BYTES} bytes") from None
     if csv_rows == 0:
         raise InvalidData(source, f"{name}: no trades (the CSV has no data line)")
     return csv_rows

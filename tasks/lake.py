@@ -135,6 +135,11 @@ def lake_source(spec: ArchiveSpec, sha256: str, data_dir: Path) -> tuple[Path, d
     return None
 
 
+def lake_sources(data_dir: Path, market: str, symbol: str) -> dict[tuple[str, str], SourceRef]:
+    """Every (archive, sha256) the symbol's lake files hold, read once from their footers."""
+    return {(s.archive, s.sha256): s for e in lake_inventory(data_dir, market, symbol) for s in e.sources}
+
+
 def lake_holds(spec: ArchiveSpec, sha256: str, data_dir: Path) -> bool:
     """True when a lake file holds this archive's rows, converted from exactly this sha256."""
     return lake_source(spec, sha256, data_dir) is not None

@@ -22,7 +22,7 @@ from tasks.archive_spec import ArchiveSpec, Granularity, Market
 from tasks.cleanup import CleanupResult, cleanup_symbol
 from tasks.compact import CompactionResult, compact_symbol
 from tasks.download import DownloadResult, Published, download_archive, fetch_checksums
-from tasks.errors import TransientNetworkError
+from tasks.errors import PipelineError, TransientNetworkError, describe
 from tasks.features import Feature, FeatureResult, compute_feature, lake_fingerprint
 from tasks.gaps import GapReport, gap_report, write_gap_report
 from tasks.http import HttpOptions
@@ -92,19 +92,33 @@ def download_task(spec: ArchiveSpec, sha256: str, data_dir: Path, base_url: str,
     return result
 
 
-@task(
-    name="ingest-archive",
-    task_run_name="ingest {spec.key}",
-    cache_key_fn=archive_cache_key("ingest"),
-)
-def ingest_task(spec: ArchiveSpec, sha256: str, data_dir: Path, options: ConvertOptions) -> IngestResult:
-    """Convert one verified archive into its lake file, validated before it lands."""
-    result = ingest_archive(spec, sha256, data_dir, options)
-    get_run_logger().info(
-        "%s: %d rows (%d duplicates dropped, %d id gaps) -> %s in %.2fs",
-        spec.key, result.rows, result.duplicates_dropped, result.id_gaps, result.lake_path.name, result.seconds,
-    )
-    return result
+@task(name="ingest-archives", task_run_name="ingest {label}", persist_result=False)
+def ingest_batch_task(
+    items: list[tuple[ArchiveSpec, str]], data_dir: Path, options: ConvertOptions, label: str = ""
+) -> list[IngestResult | PipelineError]:
+    """Convert a batch of verified archives into staging, each validated before it lands.
+
+    Small archives go in batches because submitting a task to Dask costs about 0.1 s, more
+    than converting a small day. Each archive succeeds or fails alone: a refused one is
+    returned as its error, the others still land. Re-runs skip an archive whose rows are
+    already in the lake or in staging from the same sha256 (the content is the cache).
+    """
+    logger = get_run_logger()
+    out: list[IngestResult | PipelineError] = []
+    for spec, sha256 in items:
+        try:
+            result = ingest_archive(spec, sha256, data_dir, options)
+        except PipelineError as exc:
+            logger.error("%s: %s", spec.key, describe(exc))
+            out.append(exc)
+            continue
+        logger.info(
+            "%s: %d rows (%d duplicates dropped, %d id gaps) -> %s in %.2fs%s",
+            spec.key, result.rows, result.duplicates_dropped, result.id_gaps, result.lake_path.name,
+            result.seconds, " (already converted)" if result.reused else "",
+        )
+        out.append(result)
+    return out
 
 
 @task(name="validate-symbol", task_run_name="validate {market}/{symbol}")

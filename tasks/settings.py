@@ -75,6 +75,10 @@ class Settings(BaseSettings):
         ("ema_dollar_imbalance",),
         description="Bar kinds to compute, each `kind[:field=value,...]` (see tasks/features.py PRESETS).",
     )
+    ingest_batch_bytes: int = Field(
+        64 << 20, ge=0, description="Archives are converted in batches of about this many bytes (one Dask task each).",
+    )
+    ingest_batch_archives: int = Field(128, ge=1, description="At most this many archives per conversion task.")
     lock_wait_s: float = Field(0.0, ge=0, description="How long a run waits for another run on the same data dir.")
     dask_address: str | None = Field(None, description="Existing Dask scheduler; default a local cluster.")
     dask_workers: int = Field(2, ge=1)
