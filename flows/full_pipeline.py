@@ -25,7 +25,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 from pydantic import ValidationError
 
-from flows.runtime import dask_runner, default_dask_runner, shared_api_server
+from flows.runtime import check_workers_share, dask_runner, default_dask_runner, shared_api_server
 from tasks.archive_spec import ArchiveSpec, Granularity, parse_archive_name
 from tasks.atomic import remove_stale_temporaries
 from tasks.cleanup import CleanupResult
@@ -81,6 +81,9 @@ def run_pipeline(settings: Settings, notes: Sequence[str] = ()) -> PipelineRepor
     """
     logger = get_run_logger()
     data_dir = settings.data_dir.resolve()
+    if settings.dask_address:
+        workers = check_workers_share(data_dir, settings.dask_address)
+        logger.info("all %d Dask workers at %s see %s", workers, settings.dask_address, data_dir)
     with data_dir_lock(data_dir, settings.lock_wait_s, run=str(flow_run.name or "")):
         recovered = recover_lake(data_dir)
         if recovered:

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from tasks.errors import DataDirNotShared
 from tasks.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -89,6 +92,47 @@ def dask_runner_for(address: str | None, workers: int = 2, threads_per_worker: i
             "dashboard_address": None,
         }
     )
+
+
+def _read_token(path: str) -> str:
+    """Run on each Dask worker: what it sees at `path` (the check below)."""
+    try:
+        with open(path) as fh:
+            return fh.read()
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror or exc}"
+
+
+def check_workers_share(data_dir: Path, address: str, timeout: float = 30.0) -> int:
+    """Raise DataDirNotShared unless every worker of the scheduler at `address` sees `data_dir`.
+
+    Dask workers read and write the lake directly, so the data dir must be the same path on
+    every worker (one machine, or a shared volume mounted at the same path). A token file
+    written here must read back identically on each worker. Returns the number of workers.
+    """
+    import distributed
+
+    client_cls: Any = distributed.Client  # untyped in distributed
+    token = secrets.token_hex(16)
+    probe = data_dir / f".worker-check-{token}"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    probe.write_text(token)
+    try:
+        with client_cls(address, timeout=timeout) as client:
+            seen = client.run(_read_token, str(probe))
+    finally:
+        probe.unlink(missing_ok=True)
+    if not seen:
+        raise DataDirNotShared(address, "the Dask scheduler has no workers")
+    bad = {worker: got for worker, got in seen.items() if got != token}
+    if bad:
+        details = "; ".join(f"{w}: {'another file' if len(g) == 32 else g}" for w, g in sorted(bad.items()))
+        raise DataDirNotShared(
+            str(data_dir),
+            f"not the same on every Dask worker of {address} ({details}); mount it at the same path on "
+            "every worker (see infra/README.md)",
+        )
+    return len(seen)
 
 
 def dask_runner(settings: Settings) -> Any:

@@ -82,6 +82,12 @@ class LakeLocked(PipelineError):
     kind = "data directory locked"
 
 
+class DataDirNotShared(PipelineError):
+    """A Dask worker does not see the run's data dir (it must be the same path everywhere)."""
+
+    kind = "data dir not shared with the Dask workers"
+
+
 def describe(exc: BaseException) -> str:
     """Return a one-line, human-readable account of an exception for reports."""
     if isinstance(exc, PipelineError):
