@@ -25,7 +25,13 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 from pydantic import ValidationError
 
-from flows.runtime import check_workers_share, dask_runner, default_dask_runner, shared_api_server
+from flows.runtime import (
+    check_workers_share,
+    dask_runner,
+    default_dask_runner,
+    flush_worker_logs,
+    shared_api_server,
+)
 from tasks.archive_spec import ArchiveSpec, Granularity, parse_archive_name
 from tasks.atomic import remove_stale_temporaries
 from tasks.cleanup import CleanupResult
@@ -106,6 +112,7 @@ def run_pipeline(settings: Settings, notes: Sequence[str] = ()) -> PipelineRepor
         if "cleanup" in steps:
             _cleanup(settings, data_dir, report)
         _publish_artifacts(report)
+    flush_worker_logs()
     logger.info("%s", report.summary())
     return report
 
@@ -426,8 +433,8 @@ def _publish_artifacts(report: PipelineReport) -> None:
     if report.gap_reports:
         create_table_artifact(key="lake-gaps", table=report.gap_table(),
                               description="Per symbol: days not published, refused, id gaps, truncated days.")
-    create_markdown_artifact(key="ingest-summary", markdown="```\n" + report.summary() + "\n```",
-                             description="What this run did to the lake.")
+    create_markdown_artifact(key="run-summary", markdown="```\n" + report.summary() + "\n```",
+                             description="What this run changed in the lake: archives, files, gaps, features.")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -143,3 +143,29 @@ def dask_runner(settings: Settings) -> Any:
 def default_dask_runner() -> Any:
     """The runner a deployment uses: `BINANCE_LAKE_DASK_ADDRESS` if set, else a local cluster."""
     return dask_runner_for(os.environ.get("BINANCE_LAKE_DASK_ADDRESS") or None)
+
+
+def _drain_logs() -> bool:
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    return True
+
+
+def flush_worker_logs() -> None:
+    """Make the Dask workers send the run's buffered task logs now, before the cluster goes.
+
+    Workers batch logs to the API every couple of seconds; a local cluster closed at the
+    end of the flow could otherwise drop the last ones. Best effort: never fails a run.
+    """
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    runner = getattr(ctx, "task_runner", None) if ctx else None
+    client = getattr(runner, "_client", None)
+    if client is None:
+        return
+    try:
+        client.run(_drain_logs)
+    except Exception as exc:  # a worker gone already: its logs are lost either way
+        log.debug("could not flush worker logs: %s", exc)

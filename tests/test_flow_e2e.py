@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,21 @@ def test_spot_run_lands_good_archives_refuses_bad_and_caches_rerun(
     table = next(a for a in arts if a.key == "ingest-archives")
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert {r["archive"]: r["status"] for r in rows} == statuses(report)
+    summary = next(a for a in arts if a.key == "run-summary")
+    assert "BTCUSDT" in str(summary.data) and "wrote 2024-01-01_2024-01-03.parquet" in str(summary.data)
+    # Logs of the tasks that ran on the Dask workers reached the run's log.
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    deadline = time.monotonic() + 5  # the flow flushed the workers' logs; the API may lag a moment
+    while True:
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(log_filter=LogFilter(
+                flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])), limit=200)
+        worker_lines = [lg.message for lg in logs if lg.task_run_id is not None and "rows (" in lg.message]
+        if any(good[0].key in m for m in worker_lines) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert any(good[0].key in m for m in worker_lines), [lg.message for lg in logs][:20]
 
     # Second run: every good archive is a cache hit and the lake is byte-identical.
     before = lake_digest(data)
