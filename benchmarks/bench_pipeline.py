@@ -15,6 +15,7 @@ Cases, each printed side by side with its baseline measured in the same run:
   commit) against a plain aiohttp fetch of the same files into memory, same concurrency.
   Target: at least 0.8x its throughput.
 - scaling: wall time of 1, 4 and 16 weeks of smaller days (linear is the target).
+- memory: each stage alone in a fresh process on the e2e input: seconds and peak RSS.
 
 The flow runs as the CLI runs it: one local Prefect API server, a local Dask cluster of
 two single-threaded worker processes. Archives are generated once into `bench-out/`.
@@ -214,9 +215,68 @@ def case_scaling(work: Path, rows: int) -> tuple[str, bool]:
     return "\n".join(lines), ok
 
 
+_STAGE_PROBE = """
+import json, resource, sys, time, asyncio
+from datetime import date
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+stage, data, base_url, days = sys.argv[2], Path(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+from tasks.archive_spec import ArchiveSpec
+from tasks.settings import Settings
+from datetime import timedelta
+specs = [ArchiveSpec("spot", "BTCUSDT", "daily", date(2024, 1, 1) + timedelta(days=i)) for i in range(days)]
+s = Settings(data_dir=data, symbols=("BTCUSDT",), start=date(2024, 1, 1), end=date(2024, 1, 1))
+if stage == "download":
+    from tasks.download import download_archive, fetch_checksums
+    from tasks.http import HttpOptions
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0 = time.perf_counter()
+if stage == "download":
+    async def go():
+        for p in await fetch_checksums(specs, base_url, HttpOptions(), 8):
+            await download_archive(p.spec, p.sha256, base_url, data, HttpOptions())
+    asyncio.run(go())
+elif stage == "convert":
+    from tasks.ingest import ingest_archive, sha256_of
+    for spec in specs:
+        ingest_archive(spec, sha256_of(spec.local_zip(data)), data, s.convert_options)
+elif stage == "merge":
+    from tasks.compact import compact_symbol
+    compact_symbol(data, "spot", "BTCUSDT", s.target_file_bytes, s.convert_options, consolidate=True)
+elif stage == "validate":
+    from tasks.ingest import validate_symbol
+    validate_symbol(data, "spot", "BTCUSDT", date(2024, 1, 1), date(2024, 12, 31))
+elif stage == "gaps":
+    from tasks.gaps import gap_report
+    gap_report(data, "spot", "BTCUSDT", date(2024, 1, 1), date(2024, 1, days), set(), 3600)
+elif stage == "features":
+    from tasks.features import compute_feature, parse_feature
+    compute_feature(data, "spot", "BTCUSDT", parse_feature("ema_dollar_imbalance"))
+dt = time.perf_counter() - t0
+print(json.dumps({"seconds": dt, "net_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024,
+                  "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def case_memory(work: Path, n_days: int, rows: int) -> tuple[str, bool]:
+    """Each stage alone in a fresh process on the e2e input: seconds and peak memory (ru_maxrss)."""
+    import json
+    import subprocess
+
+    data = work / "memory"
+    lines = [f"  stage      {'seconds':>8} {'net peak MiB':>13} {'peak MiB':>9}   ({n_days} days x {rows:,} trades)"]
+    with archive({"BTCUSDT": n_days}, rows) as fa:
+        for stage in ("download", "convert", "merge", "validate", "gaps", "features"):
+            done = subprocess.run([sys.executable, "-c", _STAGE_PROBE, str(REPO), stage, str(data), fa.base_url,
+                                   str(n_days)], capture_output=True, text=True, check=True)
+            r = json.loads(done.stdout.strip().splitlines()[-1])
+            lines.append(f"  {stage:10} {r['seconds']:8.2f} {r['net_mib']:13.1f} {r['peak_mib']:9.1f}")
+    return "\n".join(lines), True
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cases", default="orchestration,download,e2e,scaling")
+    p.add_argument("--cases", default="orchestration,download,e2e,scaling,memory")
     p.add_argument("--orch-days", type=int, default=365)
     p.add_argument("--e2e-days", type=int, default=7)
     p.add_argument("--rows", type=int, default=DAY_ROWS)
@@ -236,6 +296,8 @@ def main() -> int:
                 text, ok = case_download(work, 32, args.rows)
             elif case == "e2e":
                 text, ok = case_e2e(work, args.e2e_days, args.rows)
+            elif case == "memory":
+                text, ok = case_memory(work, args.e2e_days, args.rows)
             elif case == "scaling":
                 text, ok = case_scaling(work, args.scaling_rows)
             else:

@@ -365,7 +365,7 @@ def _write_group(
         except DuplicateTradeIds as exc:
             raise LakeConflict(str(folder / group.name), f"{exc}; nothing merged") from None
         writer.close(source_metadata_doc(market, symbol, [u.doc for u in units]))
-        _verify(tmp, units, expected, market, symbol, options)
+        _verify(tmp, units, expected, market, symbol)
     except BaseException:
         writer.abort()
         tmp.unlink(missing_ok=True)
@@ -386,21 +386,18 @@ def _excluded_ranges(holder: Block, kept: list[Unit]) -> list[tuple[int, int]]:
     return ranges
 
 
-def _verify(tmp: Path, units: list[Unit], expected: DayDigest, market: str, symbol: str,
-            options: ConvertOptions) -> None:
+def _verify(tmp: Path, units: list[Unit], expected: DayDigest, market: str, symbol: str) -> None:
     """The new file holds exactly the inputs' rows: per source counts, per day digests, the lake contract."""
     first, last = min(u.first_day for u in units), max(u.last_day for u in units)
     lo, hi = _day_range_us(first, last)
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    got = DayDigest()
     validate_parquet_file(
         tmp,
         ExpectedFile(rows=sum(u.rows for u in units), start=epoch + timedelta(microseconds=lo),
                      end=epoch + timedelta(microseconds=hi), market=market, symbol=symbol),
+        visit=got.add,  # one read for both the contract and the content digest
     )
-    got = DayDigest()
-    with pq.ParquetFile(tmp) as pf:
-        for batch in pf.iter_batches(batch_size=options.row_group_rows, use_threads=False):
-            got.add(batch)
     problems = expected.differences(got)
     for u in units:
         n = got.rows_between(u.first_day, u.last_day)

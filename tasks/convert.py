@@ -403,32 +403,42 @@ def csv_options(dialect: CsvDialect, options: ConvertOptions) -> tuple[Any, Any]
     return read_options, convert_options
 
 
-def _simple_rows(
-    buf: np.ndarray[Any, Any], kinds: np.ndarray[Any, Any], n_ints: int, n_floats: int, n_bools: int
-) -> tuple[int, np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:  # pragma: no cover - numba
-    """Parse the lines of `buf` into row-major blocks of ints, floats and bools; rows -1 if not simple.
+def _line_count(buf: np.ndarray[Any, Any]) -> int:  # pragma: no cover - compiled by numba
+    """The most rows `buf` can hold: its line ends, plus one for a last line without one."""
+    count = 1
+    for i in range(buf.shape[0]):
+        if buf[i] == 10:
+            count += 1
+    return count
 
-    `kinds` gives each column's kind in order (`_INT`, `_FLOAT`, `_BOOL`). Simple means
+
+def _simple_rows(
+    buf: np.ndarray[Any, Any],
+    kinds: np.ndarray[Any, Any],
+    ints: np.ndarray[Any, Any],
+    floats: np.ndarray[Any, Any],
+    bools: np.ndarray[Any, Any],
+) -> int:  # pragma: no cover - compiled by numba
+    """Parse the lines of `buf` into the row-major blocks `ints`, `floats`, `bools`; -1 if not simple.
+
+    `kinds` gives each column's kind in order (`_INT`, `_FLOAT`, `_BOOL`); the blocks
+    have a row per column of that kind and `_line_count(buf)` columns. Simple means
     every line has exactly these columns and ends with `\\n`, `\\r\\n` or the end of
     `buf`, integers are 1-18 plain digits, decimals are `digits[.digits]` with at most 17
     digits and a value of at most 2**53 units of the last digit, booleans are spelt
     `True`/`true`/`False`/`false`. Such a decimal is m / 10**k with m and 10**k exact
     doubles, so the one IEEE division gives the correctly rounded double, the same as
     pyarrow's parser. Anything else (signs, exponents, empty fields, empty lines) gives
-    -1 and pyarrow parses the piece instead. Compiled by numba as `_simple_rows_jit`.
+    -1 and pyarrow parses the piece instead.
     """
     n = buf.shape[0]
-    capacity = 1
-    for i in range(n):
-        if buf[i] == 10:
-            capacity += 1
-    ints = np.empty((n_ints, capacity), dtype=np.int64)
-    floats = np.empty((n_floats, capacity), dtype=np.float64)
-    bools = np.empty((n_bools, capacity), dtype=np.bool_)
+    capacity = ints.shape[1]
     ncols = kinds.shape[0]
     pos = 0
     row = 0
     while pos < n:
+        if row >= capacity:
+            return -1  # cannot happen with blocks of `_line_count(buf)` rows; bounds are not checked
         i_col = 0
         f_col = 0
         b_col = 0
@@ -441,7 +451,7 @@ def _simple_rows(
                     value = value * 10 + (buf[pos] - 48)
                     pos += 1
                 if pos == start or pos - start > 18:
-                    return -1, ints, floats, bools
+                    return -1
                 ints[i_col, row] = value
                 i_col += 1
             elif kind == 1:
@@ -460,45 +470,44 @@ def _simple_rows(
                         pos += 1
                     decimals = pos - start
                     if decimals == 0:
-                        return -1, ints, floats, bools
+                        return -1
                 if digits == 0 or digits + decimals > 17 or units > 9007199254740992:
-                    return -1, ints, floats, bools
+                    return -1
                 floats[f_col, row] = units / 10.0**decimals
                 f_col += 1
             else:
                 if pos + 4 <= n and (buf[pos] == 84 or buf[pos] == 116) and buf[pos + 1] == 114:
                     if buf[pos + 2] != 117 or buf[pos + 3] != 101:
-                        return -1, ints, floats, bools
+                        return -1
                     bools[b_col, row] = True
                     pos += 4
                 elif pos + 5 <= n and (buf[pos] == 70 or buf[pos] == 102) and buf[pos + 1] == 97:
                     if buf[pos + 2] != 108 or buf[pos + 3] != 115 or buf[pos + 4] != 101:
-                        return -1, ints, floats, bools
+                        return -1
                     bools[b_col, row] = False
                     pos += 5
                 else:
-                    return -1, ints, floats, bools
+                    return -1
                 b_col += 1
             if col < ncols - 1:
                 if pos >= n or buf[pos] != 44:
-                    return -1, ints, floats, bools
+                    return -1
                 pos += 1
         if pos < n and buf[pos] == 13:
             pos += 1
             if pos >= n:
-                return -1, ints, floats, bools  # a lone carriage return at the end
+                return -1  # a lone carriage return at the end
         if pos < n:
             if buf[pos] != 10:
-                return -1, ints, floats, bools
+                return -1
             pos += 1
         row += 1
-    return row, ints, floats, bools
+    return row
 
 
-#: The kernel compiled (numba, cached on disk; nogil, so the parse threads run it side by side).
-_simple_rows_jit = cast(
-    Callable[..., tuple[int, Any, Any, Any]], numba.njit(cache=True, nogil=True, boundscheck=False)(_simple_rows)
-)
+#: The kernels compiled (numba, cached on disk; nogil, so the read-ahead thread runs beside them).
+_line_count_jit = cast(Callable[..., int], numba.njit(cache=True, nogil=True)(_line_count))
+_simple_rows_jit = cast(Callable[..., int], numba.njit(cache=True, nogil=True, boundscheck=False)(_simple_rows))
 _INT, _FLOAT, _BOOL = 0, 1, 2
 _KINDS: dict[pa.DataType, int] = {pa.int64(): _INT, pa.float64(): _FLOAT, pa.bool_(): _BOOL}
 
@@ -513,15 +522,29 @@ def parse_simple_piece(piece: bytes | memoryview, dialect: CsvDialect) -> pa.Tab
     """
     types = [_CSV_TYPES[name] for name in dialect.columns]
     kinds = np.array([_KINDS[t] for t in types], dtype=np.int8)
-    counts = [int(np.count_nonzero(kinds == kind)) for kind in (_INT, _FLOAT, _BOOL)]
-    rows, *blocks = _simple_rows_jit(np.frombuffer(piece, dtype=np.uint8), kinds, *counts)
+    n_ints, n_floats, n_bools = (int(np.count_nonzero(kinds == kind)) for kind in (_INT, _FLOAT, _BOOL))
+    buf = np.frombuffer(piece, dtype=np.uint8)
+    capacity = _line_count_jit(buf)
+    # The numbers are parsed straight into Arrow buffers (the default pool, like pyarrow's
+    # parser); the booleans into bytes, packed into Arrow bitmaps afterwards.
+    int_buffer = pa.allocate_buffer(n_ints * capacity * 8)
+    float_buffer = pa.allocate_buffer(n_floats * capacity * 8)
+    ints = np.frombuffer(int_buffer, dtype=np.int64).reshape(n_ints, capacity)
+    floats = np.frombuffer(float_buffer, dtype=np.float64).reshape(n_floats, capacity)
+    bools = np.empty((n_bools, capacity), dtype=np.bool_)
+    rows = _simple_rows_jit(buf, kinds, ints, floats, bools)
     if rows < 0:
         return None
     taken = [0, 0, 0]
     arrays = []
     for kind, data_type in zip(kinds.tolist(), types, strict=True):
-        arrays.append(pa.array(blocks[kind][taken[kind], :rows], type=data_type))
+        k = taken[kind]
         taken[kind] += 1
+        if kind == _BOOL:
+            arrays.append(pa.array(bools[k, :rows], type=data_type))
+        else:
+            block = int_buffer if kind == _INT else float_buffer
+            arrays.append(pa.Array.from_buffers(data_type, rows, [None, block.slice(k * capacity * 8, rows * 8)]))
     return pa.Table.from_arrays(arrays, names=list(dialect.columns))
 
 

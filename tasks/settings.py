@@ -76,7 +76,9 @@ class Settings(BaseSettings):
         description="Bar kinds to compute, each `kind[:field=value,...]` (see tasks/features.py PRESETS).",
     )
     ingest_batch_bytes: int = Field(
-        64 << 20, ge=0, description="Archives are converted in batches of about this many bytes (one Dask task each).",
+        8 << 20, ge=0,
+        description="Small archives are converted in batches of about this many bytes (one Dask task each); "
+        "a bigger archive (about 0.5 s of work or more) gets a task of its own.",
     )
     ingest_batch_archives: int = Field(128, ge=1, description="At most this many archives per conversion task.")
     lock_wait_s: float = Field(0.0, ge=0, description="How long a run waits for another run on the same data dir.")

@@ -13,7 +13,7 @@ Trade-id gaps are *reported*, never failures: Binance's own data has them (#363)
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -218,7 +218,9 @@ def _int_column(table: pa.Table, name: str) -> np.ndarray[Any, Any] | None:
     return np.asarray(col.to_numpy())
 
 
-def validate_parquet_file(path: Path, expected: ExpectedFile | None = None) -> FileReport:
+def validate_parquet_file(
+    path: Path, expected: ExpectedFile | None = None, visit: Callable[[pa.Table], None] | None = None
+) -> FileReport:
     """Check one Parquet file against the lake contract, streaming it by row group.
 
     Checks: readable; schema equal to `TRADES_SCHEMA` (names, types, nullability); row
@@ -229,6 +231,8 @@ def validate_parquet_file(path: Path, expected: ExpectedFile | None = None) -> F
 
     Every failure is collected, then one `LakeValidationError(str(path), "a; b; ...")`
     is raised. On success returns a `FileReport` (ids, times, id gaps, metadata).
+    `visit`, if given, is called with every row group read whole (all columns), so a
+    caller that needs the content too (compaction's digest) reads the file only once.
     """
     expected = expected or ExpectedFile()
     source = str(path)
@@ -237,10 +241,12 @@ def validate_parquet_file(path: Path, expected: ExpectedFile | None = None) -> F
     except (OSError, pa.ArrowException) as exc:
         raise LakeValidationError(source, f"unreadable Parquet file: {exc}") from exc
     with pf:
-        return _validate_open_file(pf, path, expected)
+        return _validate_open_file(pf, path, expected, visit)
 
 
-def _validate_open_file(pf: pq.ParquetFile, path: Path, expected: ExpectedFile) -> FileReport:
+def _validate_open_file(
+    pf: pq.ParquetFile, path: Path, expected: ExpectedFile, visit: Callable[[pa.Table], None] | None
+) -> FileReport:
     source = str(path)
     problems: list[str] = []
     meta = pf.metadata
@@ -312,10 +318,12 @@ def _validate_open_file(pf: pq.ParquetFile, path: Path, expected: ExpectedFile) 
                 else:
                     unread_null_columns.append(name)
         try:
-            table = pf.read_row_group(rg, columns=read_columns + unread_null_columns)
+            table = pf.read_row_group(rg, columns=None if visit else read_columns + unread_null_columns)
         except (OSError, pa.ArrowException) as exc:
             problems.append(f"row group {rg} unreadable: {exc}")
             continue
+        if visit is not None:
+            visit(table)
         for name in unread_null_columns:
             if table.column(name).null_count:
                 nulls[name].add(table.column(name).null_count, [f"row group {rg}"])
