@@ -216,7 +216,7 @@ def case_scaling(work: Path, rows: int) -> tuple[str, bool]:
 
 
 _STAGE_PROBE = """
-import json, resource, sys, time, asyncio
+import json, sys, time, asyncio
 from datetime import date
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
@@ -229,7 +229,13 @@ s = Settings(data_dir=data, symbols=("BTCUSDT",), start=date(2024, 1, 1), end=da
 if stage == "download":
     from tasks.download import download_archive, fetch_checksums
     from tasks.http import HttpOptions
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def hwm():
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across execve from the parent (the
+    # benchmark holding generated archives); VmHWM starts afresh with this process image.
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+base = hwm()
 t0 = time.perf_counter()
 if stage == "download":
     async def go():
@@ -253,8 +259,7 @@ elif stage == "features":
     from tasks.features import compute_feature, parse_feature
     compute_feature(data, "spot", "BTCUSDT", parse_feature("ema_dollar_imbalance"))
 dt = time.perf_counter() - t0
-print(json.dumps({"seconds": dt, "net_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024,
-                  "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"seconds": dt, "net_mib": (hwm() - base) / 1024, "peak_mib": hwm() / 1024}))
 """
 
 
