@@ -10,7 +10,7 @@ import argparse
 import hashlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any, cast
@@ -34,12 +34,10 @@ from flows.runtime import (
 )
 from tasks.archive_spec import ArchiveSpec, Granularity, parse_archive_name
 from tasks.atomic import remove_stale_temporaries
-from tasks.cleanup import CleanupResult
-from tasks.compact import CompactionResult, recover_lake
+from tasks.compact import recover_lake
 from tasks.download import Published, local_archive_matches, local_archives, stored_checksum
 from tasks.errors import NotPublished, PipelineError, TransientNetworkError, describe
-from tasks.features import FeatureResult, parse_feature
-from tasks.gaps import GapReport
+from tasks.features import parse_feature
 from tasks.http import HttpOptions
 from tasks.ingest import IngestResult, SymbolValidation
 from tasks.lake import coverage, lake_inventory, lake_sources
@@ -332,87 +330,76 @@ def _validate(settings: Settings, data_dir: Path, report: PipelineReport) -> Non
         )
 
 
-def _compact(settings: Settings, data_dir: Path, report: PipelineReport) -> None:
-    mode = "optimize" if "optimize" in settings.steps else "merge"
-    futures = {
-        symbol: compact_task.submit(data_dir, settings.market, symbol, settings.target_file_bytes,
-                                    settings.convert_options, mode)
-        for symbol in settings.symbols
-    }
-    for symbol, fut in futures.items():
+def _results(futures: list[tuple[str, PrefectFuture[Any]]], errors: list[str]) -> Iterator[Any]:
+    """Each future's result in order; a failed one adds `<label>: <reason>` to `errors` instead.
+
+    One symbol's failure never blocks the others (its lake files are left as they were).
+    """
+    for label, fut in futures:
         result = fut.result(raise_on_failure=False)
         if isinstance(result, BaseException):
-            # One symbol's conflict never blocks the others; its lake files are unchanged.
-            report.upkeep_errors.append(f"{mode} {settings.market}/{symbol}: {describe(result)}")
-            continue
-        assert isinstance(result, CompactionResult)
-        report.compactions.append(result)
+            errors.append(f"{label}: {describe(result)}")
+        else:
+            yield result
 
 
-def _refused_days(report: PipelineReport) -> dict[str, dict[date, dict[str, str]]]:
+def _compact(settings: Settings, data_dir: Path, report: PipelineReport) -> None:
+    mode = "optimize" if "optimize" in settings.steps else "merge"
+    futures = [
+        (f"{mode} {settings.market}/{symbol}",
+         compact_task.submit(data_dir, settings.market, symbol, settings.target_file_bytes, settings.convert_options,
+                             mode))
+        for symbol in settings.symbols
+    ]
+    report.compactions.extend(_results(futures, report.upkeep_errors))
+
+
+def _refused_days(settings: Settings, report: PipelineReport) -> dict[str, dict[date, dict[str, str]]]:
     """Days of the archives this run refused, per symbol, for the gap report."""
     out: dict[str, dict[date, dict[str, str]]] = {}
     for o in report.failures:
         parts = o.archive.split("/")
         if len(parts) < 5 or parts[-4] not in ("daily", "monthly"):
-            continue
-        granularity = cast(Granularity, parts[-4])
-        for market in ("spot", "um", "cm"):
-            spec = parse_archive_name(cast(Any, market), granularity, parts[-1])
-            if spec is not None and spec.key == o.archive:
-                for d in spec.days():
-                    out.setdefault(spec.symbol, {})[d] = {"day": str(d), "archive": o.archive, "reason": o.detail}
-                break
+            continue  # a refused listing key, not an archive
+        spec = parse_archive_name(settings.market, cast(Granularity, parts[-4]), parts[-1])
+        if spec is not None and spec.key == o.archive:
+            for d in spec.days():
+                out.setdefault(spec.symbol, {})[d] = {"day": str(d), "archive": o.archive, "reason": o.detail}
     return out
 
 
 def _gaps(settings: Settings, data_dir: Path, report: PipelineReport) -> None:
-    refused = _refused_days(report)
+    refused = _refused_days(settings, report)
     futures = [
-        gaps_task.submit(
-            data_dir, settings.market, symbol, settings.start, settings.end,
-            {m.day for m in report.missing if m.symbol == symbol}, settings.truncation_tolerance_s,
-            refused.get(symbol, {}),
-        )
+        (f"gap report {settings.market}/{symbol}",
+         gaps_task.submit(data_dir, settings.market, symbol, settings.start, settings.end,
+                          {m.day for m in report.missing if m.symbol == symbol}, settings.truncation_tolerance_s,
+                          refused.get(symbol, {})))
         for symbol in settings.symbols
     ]
-    for fut in futures:
-        result = fut.result(raise_on_failure=False)
-        if isinstance(result, BaseException):
-            report.upkeep_errors.append(f"gap report: {describe(result)}")
-            continue
-        assert isinstance(result, GapReport)
-        report.gap_reports.append(result)
+    report.gap_reports.extend(_results(futures, report.upkeep_errors))
 
 
 def _features(settings: Settings, data_dir: Path, report: PipelineReport) -> None:
     cache = cache_storage(data_dir)
     futures = []
-    for text in settings.features:
-        feature = parse_feature(text)
+    for feature in (parse_feature(text) for text in settings.features):
         for symbol in settings.symbols:
+            # A cache hit must not outlive its output: refresh when the feature's files are gone.
             has_output = any(feature.folder(data_dir, settings.market, symbol).glob("*.parquet"))
-            futures.append((feature, symbol, features_task.with_options(
-                refresh_cache=not has_output, result_storage=cache,
-            ).submit(data_dir, settings.market, symbol, feature)))
-    for feature, symbol, fut in futures:
-        result = fut.result(raise_on_failure=False)
-        if isinstance(result, BaseException):
-            report.upkeep_errors.append(f"features {feature.name} {settings.market}/{symbol}: {describe(result)}")
-            continue
-        assert isinstance(result, FeatureResult)
-        report.features.append(result)
+            task = features_task.with_options(refresh_cache=not has_output, result_storage=cache)
+            futures.append((f"features {feature.name} {settings.market}/{symbol}",
+                            task.submit(data_dir, settings.market, symbol, feature)))
+    report.features.extend(_results(futures, report.upkeep_errors))
 
 
 def _cleanup(settings: Settings, data_dir: Path, report: PipelineReport) -> None:
-    for symbol in settings.symbols:
-        fut = cleanup_task.submit(data_dir, settings.market, symbol, settings.start, settings.end)
-        result = fut.result(raise_on_failure=False)
-        if isinstance(result, BaseException):
-            report.upkeep_errors.append(f"cleanup {settings.market}/{symbol}: {describe(result)}")
-            continue
-        assert isinstance(result, CleanupResult)
-        report.cleanups.append(result)
+    futures = [
+        (f"cleanup {settings.market}/{symbol}",
+         cleanup_task.submit(data_dir, settings.market, symbol, settings.start, settings.end))
+        for symbol in settings.symbols
+    ]
+    report.cleanups.extend(_results(futures, report.upkeep_errors))
 
 
 def _publish_artifacts(report: PipelineReport) -> None:
