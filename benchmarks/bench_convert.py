@@ -2,7 +2,7 @@
 
 Run from the repo root (see benchmarks/README.md)::
 
-    /work/venv/bin/python -m benchmarks.bench_convert [--repeat 3] [--work-dir bench-out] [--no-check]
+    python -m benchmarks.bench_convert [--repeat 3] [--work-dir bench-out] [--no-check]
 
 It builds realistic spot archives with the fake-archive generator (cached in the work
 dir), then measures in one run:
@@ -65,6 +65,8 @@ SEED = 20240101
 ZIP_LEVEL = 6
 #: Read size of the inflate floor.
 INFLATE_CHUNK = 1 << 20
+#: Largest chunk of the ISA-L inflate floor (the converter inflates in pieces of `csv_block_bytes`).
+ISAL_CHUNK = 4 << 20
 
 #: Targets: ours >= 1.5x polars in rows/s; Parquet <= 0.8x the ZIP; peak memory (10 M) <= 1.5x peak (1 M).
 SPEED_TARGET = 1.5
@@ -188,6 +190,15 @@ def run_inflate(zip_path: Path) -> int:
     return total
 
 
+def run_inflate_isal(zip_path: Path) -> int:
+    """Our converter's floor: inflate the member with `tasks.convert.inflate_member` (ISA-L), discarding."""
+    from tasks.convert import inflate_member
+
+    with zipfile.ZipFile(zip_path) as zf:
+        info = zf.infolist()[0]
+    return sum(len(chunk) for chunk in inflate_member(zip_path, info, ISAL_CHUNK, str(zip_path)))
+
+
 @dataclass
 class Timing:
     """Wall and CPU (all threads of the process) seconds of one step over the timed runs."""
@@ -229,6 +240,7 @@ def measure_speed(
         "polars": Timing("polars: inflate + read_csv + write_parquet", rows),
         "polars_bytes": Timing("  polars on the inflated bytes only (context)", rows),
         "inflate": Timing("floor: inflate the member (zipfile, 1 MiB reads)", rows),
+        "inflate_isal": Timing("  inflate with ISA-L, as ours does (context)", rows),
     }
     polars_run = PolarsRun(0, 0.0, 0.0)
 
@@ -249,7 +261,16 @@ def measure_speed(
         if run_inflate(archive.path) != archive.csv_bytes:
             raise RuntimeError("the inflated member does not have the CSV's size")
 
-    steps: dict[str, Callable[[], None]] = {"ours": ours, "polars": polars, "inflate": inflate}
+    def inflate_isal() -> None:
+        if run_inflate_isal(archive.path) != archive.csv_bytes:
+            raise RuntimeError("the ISA-L-inflated member does not have the CSV's size")
+
+    steps: dict[str, Callable[[], None]] = {
+        "ours": ours,
+        "polars": polars,
+        "inflate": inflate,
+        "inflate_isal": inflate_isal,
+    }
     for round_no in range(warmup + repeat):
         for name, step in steps.items():
             wall, cpu = time.perf_counter(), time.process_time()
@@ -396,7 +417,9 @@ def machine_lines() -> list[str]:
                 memory = f"{int(line.split()[1]) / (1 << 20):.1f} GiB"
                 break
     nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    versions = ", ".join(f"{name} {importlib.metadata.version(name)}" for name in ("pyarrow", "polars", "numpy"))
+    versions = ", ".join(
+        f"{name} {importlib.metadata.version(name)}" for name in ("pyarrow", "polars", "numpy", "numba", "isal")
+    )
     convert = REPO_ROOT / "tasks" / "convert.py"
     return [
         f"machine : nproc {nproc}, {model}, {memory} RAM, {platform.system()} {platform.release()}",
@@ -521,7 +544,7 @@ def _benchmark(args: argparse.Namespace, launcher: CleanLauncher) -> int:
         f"after {args.warmup} warm-up round(s); load average {load_before} before, {load_average()} after:"
     )
     print(f"  {'step':<50} {'best s':>7} {'cpu s':>6} {'rows/s':>16} {'vs polars':>9}   all runs (s)")
-    for timing in (ours, polars, timings["polars_bytes"], floor):
+    for timing in (ours, polars, timings["polars_bytes"], floor, timings["inflate_isal"]):
         runs = " ".join(f"{r:.3f}" for r in timing.walls)
         versus = f"{timing.rows_per_s / polars.rows_per_s:8.2f}x"
         print(

@@ -588,3 +588,150 @@ def test_result_is_a_frozen_picklable_dataclass(tmp_path: Path) -> None:
     with pytest.raises(AttributeError):
         result.rows = 1  # type: ignore[misc]
     assert pickle.loads(pickle.dumps(result)) == result
+
+
+# ---------------------------------------------------------------------------------------
+# The fast path: ISA-L inflate of the raw member, the compiled parser, piece cutting
+# ---------------------------------------------------------------------------------------
+
+
+def _pyarrow_table(text: bytes, market: Market) -> pa.Table:
+    from tasks.convert import CSV_COLUMNS, CsvDialect, csv_options, parse_csv_piece
+
+    dialect = CsvDialect(CSV_COLUMNS[market], header=False, time_unit="ms")
+    return parse_csv_piece(text, 1, csv_options(dialect, ConvertOptions()), "s.zip", "s.csv")
+
+
+@pytest.mark.parametrize("market", ["spot", "um", "cm"])
+def test_simple_parser_gives_pyarrows_table(market: Market) -> None:
+    from tasks.convert import CSV_COLUMNS, CsvDialect, parse_simple_piece
+    from tests.fake_archive.generate import generate_trades, render_csv
+
+    spec = spec_for(market, symbol="BTCUSD_PERP" if market == "cm" else "BTCUSDT")
+    trades = generate_trades(20_000, spec.start, spec.end, first_id=3_300_000_000, seed=9, market=market)
+    text = render_csv(trades, market, spec, header=False)
+    fast = parse_simple_piece(text, CsvDialect(CSV_COLUMNS[market], header=False, time_unit="ms"))
+    reference = _pyarrow_table(text, market)
+    assert fast is not None
+    assert fast.schema == reference.schema
+    assert fast.equals(reference)
+
+
+def test_simple_parser_rounds_decimals_like_pyarrow() -> None:
+    """Random decimals of up to 17 digits (and 2**53 units): the same doubles, bit for bit, as pyarrow's."""
+    from tasks.convert import CSV_COLUMNS, CsvDialect, parse_simple_piece
+
+    rng = np.random.default_rng(5)
+
+    def decimal() -> str:
+        digits, decimals = int(rng.integers(1, 18)), int(rng.integers(0, 12))
+        units = str(int(rng.integers(0, min(10**digits, 2**53 + 1)))).rjust(decimals + 1, "0")
+        return f"{units[: len(units) - decimals]}.{units[len(units) - decimals :]}" if decimals else units
+
+    lines = [f"{i + 1},{decimal()},{decimal()},{decimal()},{DAY_MS + i},true,False\n" for i in range(20_000)]
+    text = "".join(lines).encode()
+    fast = parse_simple_piece(text, CsvDialect(CSV_COLUMNS["spot"], header=False, time_unit="ms"))
+    assert fast is not None
+    reference = _pyarrow_table(text, "spot")
+    for name in ("price", "qty", "quote_qty"):
+        bits = fast.column(name).to_numpy().view(np.int64)
+        assert np.array_equal(bits, reference.column(name).to_numpy().view(np.int64))
+    assert fast.equals(reference)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "7,+1.0,1.0,1.0,1704067200000,True,True\n",  # a sign
+        "7,1e3,1.0,1.0,1704067200000,True,True\n",  # an exponent
+        "7,123456789012.123456,1.0,1.0,1704067200000,True,True\n",  # 18 digits
+        "7,1.0,1.0,1.0,1704067200000,TRUE,True\n",  # a boolean pyarrow refuses
+        "\n",  # an empty line, which pyarrow skips
+        "7,1.0, 1.0,1.0,1704067200000,True,True\n",  # a space
+    ],
+)
+def test_simple_parser_leaves_anything_unusual_to_pyarrow(line: str) -> None:
+    from tasks.convert import CSV_COLUMNS, CsvDialect, parse_simple_piece
+
+    text = (spot_csv(3) + line + spot_csv(3, first_id=2000)).encode()
+    assert parse_simple_piece(text, CsvDialect(CSV_COLUMNS["spot"], header=False, time_unit="ms")) is None
+
+
+def test_unusual_pieces_among_simple_ones_convert_like_pyarrow(tmp_path: Path) -> None:
+    """Pieces the compiled parser leaves to pyarrow (CRLF, empty lines, signs) mix with simple ones."""
+    lines = spot_csv(6000).splitlines(keepends=True)
+    lines[1000] = lines[1000].replace("\n", "\r\n")
+    lines[3000] += "\n"
+    lines[4500] = lines[4500].replace(",", ",+", 1)
+    text = "".join(lines) + "\n"
+    zp = zip_csv(tmp_path / "u.zip", text)
+    out = tmp_path / "u.parquet"
+    result = convert_archive(zp, spec_for(), SHA, out, ConvertOptions(1000, 1 << 14, 1000, 3))
+    table = pq.read_table(out)
+    expected = reference_frame(text)
+    assert result.rows == result.csv_rows == len(expected) == 6000
+    assert table.column("trade_id").to_pylist() == expected["trade_id"].tolist()
+    assert table.column("price").to_pylist() == expected["price"].tolist()
+    assert table.column("quote_qty").to_pylist() == expected["quote_qty"].tolist()
+
+
+@pytest.mark.parametrize("block", [1 << 12, 1 << 16, 16 << 20])
+def test_errors_name_the_line_across_many_pieces(tmp_path: Path, block: int) -> None:
+    lines = spot_csv(5000).splitlines(keepends=True)
+    lines[2345] = "77,1.0,1.0,1.0,1704067200000,True\n"  # line 2346: a column short
+    zp = zip_csv(tmp_path / "e.zip", "".join(lines))
+    with pytest.raises(InvalidData) as info:
+        convert_archive(zp, spec_for(), SHA, tmp_path / "e.parquet", ConvertOptions(1000, block, 1000, 3))
+    assert "line 2346" in info.value.reason
+    lines = spot_csv(5000).splitlines(keepends=True)
+    lines[3999] = spot_line(77, DAY_MS - 1)
+    zp = zip_csv(tmp_path / "t.zip", "".join(lines))
+    with pytest.raises(InvalidData) as info:
+        convert_archive(zp, spec_for(), SHA, tmp_path / "t.parquet", ConvertOptions(1000, block, 1000, 3))
+    assert "id 77 (line 4000)" in info.value.reason
+
+
+def test_overlong_line_is_named(tmp_path: Path) -> None:
+    lines = spot_csv(3000).splitlines(keepends=True)
+    lines.insert(2500, "9" * (3 << 20) + "\n")
+    zp = zip_csv(tmp_path / "l.zip", "".join(lines))
+    with pytest.raises(InvalidData) as info:
+        convert_archive(zp, spec_for(), SHA, tmp_path / "l.parquet", ConvertOptions(1000, 1 << 14, 1000, 3))
+    assert "line 2501 is longer than" in info.value.reason
+
+
+def test_stored_member_converts(tmp_path: Path) -> None:
+    zp = tmp_path / "s.zip"
+    with zipfile.ZipFile(zp, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr(CSV_NAME, spot_csv(3000))
+    result = convert_archive(zp, spec_for(), SHA, tmp_path / "s.parquet", ConvertOptions(1000, 1 << 14, 1000, 3))
+    assert result.rows == 3000
+
+
+def _local_header_name_differs(path: Path) -> None:
+    zip_csv(path, spot_csv(100))
+    raw = bytearray(path.read_bytes())
+    start = raw.find(b"PK\x03\x04") + 30
+    raw[start : start + 7] = b"XTCUSDT"  # the local header's copy of the name only
+    path.write_bytes(bytes(raw))
+
+
+def _sizes_lie(path: Path) -> None:
+    zip_csv(path, spot_csv(3000))
+    size = len(spot_csv(3000))
+    path.write_bytes(_patch_zip(path.read_bytes(), 22, 24, struct.pack("<I", size - 10)))
+
+
+@pytest.mark.parametrize(
+    ("damage", "words"),
+    [(_local_header_name_differs, "differ"), (_sizes_lie, ""), (lambda p: garbled(p, 0.3), "")],
+    ids=["local-name-differs", "size-lies", "garbled"],
+)
+def test_damaged_member_is_corrupt(tmp_path: Path, damage: Callable[[Path], None], words: str) -> None:
+    zp = tmp_path / "d.zip"
+    damage(zp)
+    with pytest.raises(CorruptArchive) as info:
+        convert_archive(zp, spec_for(), SHA, tmp_path / "d.parquet", ConvertOptions(1000, 1 << 14, 1000, 3))
+    assert info.value.source == str(zp)
+    assert words in info.value.reason
+    assert files_in(tmp_path) == ["d.zip"]
