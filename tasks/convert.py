@@ -31,8 +31,6 @@ temporary and spill files and leaves a previous `out_path` untouched.
 
 from __future__ import annotations
 
-import base64
-import json
 import queue
 import re
 import struct
@@ -40,7 +38,7 @@ import threading
 import zipfile
 import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator
-from contextlib import ExitStack, closing, suppress
+from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -57,8 +55,10 @@ from isal import igzip_lib, isal_zlib
 from tasks.archive_spec import ArchiveSpec
 from tasks.atomic import commit, temp_path_for
 from tasks.errors import CorruptArchive, InvalidData, UnsafePath
-from tasks.schema import SOURCE_METADATA_KEY, TIME_TYPE, TRADES_SCHEMA
+from tasks.lake_writer import RowGroupWriter, lake_writer, source_metadata_doc
+from tasks.schema import TIME_TYPE, TRADES_SCHEMA
 from tasks.settings import ConvertOptions
+from tasks.sorted_merge import RunCursor
 from tasks.validate import ExpectedFile, IdGaps, datetime_to_micros, validate_parquet_file
 
 TimeUnit = Literal["ms", "us"]
@@ -120,14 +120,6 @@ _UNSUPPORTED_FLAGS = 0x60
 _INFLATE_ERROR = cast("type[BaseException]", igzip_lib.IsalError)
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _ARROW_ROW = re.compile(r"Row #(\d+)")
-# Times are stored as 64-bit µs, ids as int64; both are monotonic after sorting, so delta
-# encoding makes them almost free. The float columns use dictionary encoding (falling back
-# to PLAIN per column chunk when the dictionary page fills): on realistic data (a 2-decimal
-# random-walk price, sizes with few distinct values) it gave 10.2 MB against 18.8 MB for
-# BYTE_STREAM_SPLIT for a 1.1 M-row spot day at zstd 3, 15.3 MB against 29.4 MB on 2 M
-# USD-M rows (BSS pays on smooth scientific floats, not on decimal-rounded ones).
-_DELTA_COLUMNS = ("trade_id", "time")
-_DICTIONARY_COLUMNS = ("price", "qty", "quote_qty", "base_qty")
 
 
 @dataclass(frozen=True)
@@ -711,82 +703,9 @@ def read_ahead(read_next: Callable[[], T], depth: int = 2) -> Generator[T, None,
         thread.join()
 
 
-def _parquet_schema_metadata(extra: dict[bytes, bytes]) -> dict[bytes, bytes]:
-    """Footer key-value metadata, including the Arrow schema carrying `extra`.
-
-    Files are written with `store_schema=False` and the `ARROW:schema` entry (base64 IPC
-    schema, the convention pyarrow itself uses) is added at close: only then are the
-    source facts (rows, duplicates) known, and readers of the Arrow schema
-    (`pq.read_schema`, datasets) see them together with the field docs.
-    """
-    schema = TRADES_SCHEMA.with_metadata(extra) if extra else TRADES_SCHEMA
-    return {b"ARROW:schema": base64.b64encode(schema.serialize().to_pybytes()), **extra}
-
-
-class _RowGroupWriter:
-    """Writes lake-schema tables in row groups of exactly `row_group_rows` rows (last one shorter)."""
-
-    def __init__(self, path: Path, row_group_rows: int, **writer_options: Any) -> None:
-        self.path = path
-        self.rows = 0
-        self._row_group_rows = row_group_rows
-        self._pending: list[pa.Table] = []
-        self._pending_rows = 0
-        self._writer: Any = pq.ParquetWriter(
-            path,
-            TRADES_SCHEMA,
-            write_statistics=True,
-            store_schema=False,
-            sorting_columns=[pq.SortingColumn(0)],
-            **writer_options,
-        )
-
-    def write(self, table: pa.Table) -> None:
-        if not table.num_rows:
-            return
-        self._pending.append(table)
-        self._pending_rows += table.num_rows
-        self.rows += table.num_rows
-        if self._pending_rows >= self._row_group_rows:
-            self._flush(whole_groups_only=True)
-
-    def _flush(self, whole_groups_only: bool) -> None:
-        if not self._pending_rows:
-            return
-        table = pa.concat_tables(self._pending)
-        size = self._row_group_rows
-        take = (table.num_rows // size) * size if whole_groups_only else table.num_rows
-        if take:
-            self._writer.write_table(table.slice(0, take), row_group_size=size)
-        rest = table.slice(take)
-        self._pending = [rest] if rest.num_rows else []
-        self._pending_rows = rest.num_rows
-
-    def close(self, metadata: dict[bytes, bytes] | None = None) -> None:
-        self._flush(whole_groups_only=False)
-        self._writer.add_key_value_metadata(_parquet_schema_metadata(metadata or {}))
-        self._writer.close()
-
-    def abort(self) -> None:
-        # Best effort: the caller deletes the file next, whatever state it is in.
-        with suppress(Exception):
-            self._writer.close()
-
-
-def _lake_writer(path: Path, options: ConvertOptions) -> _RowGroupWriter:
-    return _RowGroupWriter(
-        path,
-        options.row_group_rows,
-        compression="zstd",
-        compression_level=options.zstd_level,
-        use_dictionary=list(_DICTIONARY_COLUMNS),
-        column_encoding=dict.fromkeys(_DELTA_COLUMNS, "DELTA_BINARY_PACKED"),
-    )
-
-
-def _spill_writer(path: Path) -> _RowGroupWriter:
+def _spill_writer(path: Path) -> RowGroupWriter:
     # Spills are read back once, soon: fast lz4 and no dictionaries beat a small file.
-    return _RowGroupWriter(
+    return RowGroupWriter(
         path, _SPILL_ROW_GROUP_ROWS, compression="lz4", use_dictionary=False, data_page_size=_RUN_READ_BUFFER_BYTES
     )
 
@@ -803,40 +722,6 @@ def _write_run(path: Path, chunks: Iterable[pa.Table]) -> None:
         raise
 
 
-class _RunCursor:
-    """The unconsumed part of the current batch of one sorted run."""
-
-    def __init__(self, batches: Iterator[pa.RecordBatch]) -> None:
-        self._batches = batches
-        self.batch: pa.RecordBatch | None = None
-        self.ids: np.ndarray[Any, Any] = np.empty(0, dtype=np.int64)
-        self._advance()
-
-    def _advance(self) -> None:
-        for batch in self._batches:
-            if batch.num_rows:
-                # Rebuilt on the lake schema so batches of every run concatenate.
-                self.batch = pa.RecordBatch.from_arrays(batch.columns, schema=TRADES_SCHEMA)
-                self.ids = np.asarray(self.batch.column(0).to_numpy())
-                return
-        self.batch = None
-        self.ids = np.empty(0, dtype=np.int64)
-
-    def take_through(self, limit: int) -> pa.RecordBatch | None:
-        """Remove and return the rows with id <= limit (all of them sit in the current batch)."""
-        assert self.batch is not None
-        k = int(np.searchsorted(self.ids, limit, side="right"))
-        if k == 0:
-            return None
-        head = self.batch.slice(0, k)
-        if k == len(self.ids):
-            self._advance()
-        else:
-            self.batch = self.batch.slice(k)
-            self.ids = self.ids[k:]
-        return head
-
-
 def merge_sorted_runs(paths: list[Path], batch_rows: int) -> Iterator[pa.Table]:
     """K-way merge of Parquet files each sorted by trade id, in vectorised rounds.
 
@@ -847,12 +732,12 @@ def merge_sorted_runs(paths: list[Path], batch_rows: int) -> Iterator[pa.Table]:
     ids stay adjacent (across rounds too), for `drop_duplicate_rows`.
     """
     with ExitStack() as stack:
-        cursors: list[_RunCursor] = []
+        cursors: list[RunCursor] = []
         for path in paths:
             # No pre-buffering: a run is read a page at a time, not a row group at a time,
             # which halved the merge's peak Arrow memory with 8 runs.
             pf = stack.enter_context(pq.ParquetFile(path, pre_buffer=False, buffer_size=_RUN_READ_BUFFER_BYTES))
-            cursors.append(_RunCursor(pf.iter_batches(batch_size=batch_rows, use_threads=False)))
+            cursors.append(RunCursor(pf.iter_batches(batch_size=batch_rows, use_threads=False)))
         active = [c for c in cursors if c.batch is not None]
         while active:
             bound = min(int(c.ids[-1]) for c in active)
@@ -879,7 +764,7 @@ class _SortedOutput:
         self._options = options
         self._source = source
         self.tmp = temp_path_for(out_path)
-        self._writer: _RowGroupWriter | None = _lake_writer(self.tmp, options)
+        self._writer: RowGroupWriter | None = lake_writer(self.tmp, options)
         self._carry: pa.Table | None = None
         self._carry_id: int | None = None
         self.duplicates = 0
@@ -985,7 +870,7 @@ class _SortedOutput:
         """Write out whatever is buffered; after this `rows` and `duplicates` are final."""
         if not self.sorting:
             return
-        self._writer = _lake_writer(self.tmp, self._options)
+        self._writer = lake_writer(self.tmp, self._options)
         if not self.runs:
             # Out of order but small enough to sort in memory: no run ever hit the disk.
             if self._buffered:
@@ -1075,26 +960,20 @@ def _stream_csv(
 def _source_metadata(
     spec: ArchiveSpec, sha256: str, member: str, dialect: CsvDialect, csv_rows: int, output: _SortedOutput
 ) -> dict[bytes, bytes]:
-    doc = {
-        "market": spec.market,
-        "symbol": spec.symbol,
-        "sources": [
-            {
-                "archive": spec.key,
-                "sha256": sha256,
-                "member": member,
-                "csv_rows": csv_rows,
-                "rows": output.rows,
-                "duplicates_dropped": output.duplicates,
-                "first_day": spec.first_day.isoformat(),
-                "last_day": spec.last_day.isoformat(),
-                "granularity": spec.granularity,
-                "time_unit": dialect.time_unit,
-                "header": dialect.header,
-            }
-        ],
+    source = {
+        "archive": spec.key,
+        "sha256": sha256,
+        "member": member,
+        "csv_rows": csv_rows,
+        "rows": output.rows,
+        "duplicates_dropped": output.duplicates,
+        "first_day": spec.first_day.isoformat(),
+        "last_day": spec.last_day.isoformat(),
+        "granularity": spec.granularity,
+        "time_unit": dialect.time_unit,
+        "header": dialect.header,
     }
-    return {SOURCE_METADATA_KEY: json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()}
+    return source_metadata_doc(spec.market, spec.symbol, [source])
 
 
 def convert_archive(

@@ -6,21 +6,103 @@ so every lake file has the same encodings, row groups and source metadata.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from tasks.convert import _lake_writer, _RowGroupWriter
-from tasks.schema import SOURCE_METADATA_KEY
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks.schema import SOURCE_METADATA_KEY, TRADES_SCHEMA
 from tasks.settings import ConvertOptions
 
-LakeWriter = _RowGroupWriter
+# Times are stored as 64-bit µs, ids as int64; both are monotonic after sorting, so delta
+# encoding makes them almost free. The float columns use dictionary encoding (falling back
+# to PLAIN per column chunk when the dictionary page fills): on realistic data (a 2-decimal
+# random-walk price, sizes with few distinct values) it gave 10.2 MB against 18.8 MB for
+# BYTE_STREAM_SPLIT for a 1.1 M-row spot day at zstd 3, 15.3 MB against 29.4 MB on 2 M
+# USD-M rows (BSS pays on smooth scientific floats, not on decimal-rounded ones).
+_DELTA_COLUMNS = ("trade_id", "time")
+_DICTIONARY_COLUMNS = ("price", "qty", "quote_qty", "base_qty")
 
 
-def lake_writer(path: Path, options: ConvertOptions) -> LakeWriter:
+def _parquet_schema_metadata(extra: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    """Footer key-value metadata, including the Arrow schema carrying `extra`.
+
+    Files are written with `store_schema=False` and the `ARROW:schema` entry (base64 IPC
+    schema, the convention pyarrow itself uses) is added at close: only then are the
+    source facts (rows, duplicates) known, and readers of the Arrow schema
+    (`pq.read_schema`, datasets) see them together with the field docs.
+    """
+    schema = TRADES_SCHEMA.with_metadata(extra) if extra else TRADES_SCHEMA
+    return {b"ARROW:schema": base64.b64encode(schema.serialize().to_pybytes()), **extra}
+
+
+class RowGroupWriter:
+    """Writes lake-schema tables in row groups of exactly `row_group_rows` rows (last one shorter)."""
+
+    def __init__(self, path: Path, row_group_rows: int, **writer_options: Any) -> None:
+        self.path = path
+        self.rows = 0
+        self._row_group_rows = row_group_rows
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._writer: Any = pq.ParquetWriter(
+            path,
+            TRADES_SCHEMA,
+            write_statistics=True,
+            store_schema=False,
+            sorting_columns=[pq.SortingColumn(0)],
+            **writer_options,
+        )
+
+    def write(self, table: pa.Table) -> None:
+        if not table.num_rows:
+            return
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        self.rows += table.num_rows
+        if self._pending_rows >= self._row_group_rows:
+            self._flush(whole_groups_only=True)
+
+    def _flush(self, whole_groups_only: bool) -> None:
+        if not self._pending_rows:
+            return
+        table = pa.concat_tables(self._pending)
+        size = self._row_group_rows
+        take = (table.num_rows // size) * size if whole_groups_only else table.num_rows
+        if take:
+            self._writer.write_table(table.slice(0, take), row_group_size=size)
+        rest = table.slice(take)
+        self._pending = [rest] if rest.num_rows else []
+        self._pending_rows = rest.num_rows
+
+    def close(self, metadata: dict[bytes, bytes] | None = None) -> None:
+        self._flush(whole_groups_only=False)
+        self._writer.add_key_value_metadata(_parquet_schema_metadata(metadata or {}))
+        self._writer.close()
+
+    def abort(self) -> None:
+        # Best effort: the caller deletes the file next, whatever state it is in.
+        with suppress(Exception):
+            self._writer.close()
+
+
+def lake_writer(path: Path, options: ConvertOptions) -> RowGroupWriter:
     """A writer of lake-schema row groups to `path` with the lake's encodings (zstd, delta ids and times)."""
-    return _lake_writer(path, options)
+    return RowGroupWriter(
+        path,
+        options.row_group_rows,
+        compression="zstd",
+        compression_level=options.zstd_level,
+        use_dictionary=list(_DICTIONARY_COLUMNS),
+        column_encoding=dict.fromkeys(_DELTA_COLUMNS, "DELTA_BINARY_PACKED"),
+    )
+
+
 
 
 def source_metadata_doc(market: str, symbol: str, sources: Sequence[dict[str, Any]]) -> dict[bytes, bytes]:

@@ -34,12 +34,12 @@ class SortedStream:
     name: str = ""
 
 
-class _Cursor:
-    """The unconsumed part of a stream's current batch."""
+class RunCursor:
+    """The unconsumed part of the current batch of one stream sorted by trade id."""
 
-    def __init__(self, stream: SortedStream) -> None:
-        self.name = stream.name
-        self._batches = iter(stream.batches)
+    def __init__(self, batches: Iterable[pa.RecordBatch], name: str = "") -> None:
+        self.name = name
+        self._batches = iter(batches)
         self.batch: pa.RecordBatch | None = None
         self.ids: np.ndarray[Any, Any] = np.empty(0, dtype=np.int64)
         self._advance()
@@ -47,8 +47,9 @@ class _Cursor:
     def _advance(self) -> None:
         for batch in self._batches:
             if batch.num_rows:
-                self.batch = batch
-                self.ids = np.asarray(batch.column(0).to_numpy(), dtype=np.int64)
+                # Rebuilt on the lake schema so batches of every stream concatenate.
+                self.batch = pa.RecordBatch.from_arrays(batch.columns, schema=TRADES_SCHEMA)
+                self.ids = np.asarray(self.batch.column(0).to_numpy(), dtype=np.int64)
                 return
         self.batch = None
         self.ids = np.empty(0, dtype=np.int64)
@@ -84,7 +85,7 @@ def _clusters(streams: list[SortedStream]) -> Iterator[list[SortedStream]]:
 
 
 def _kway(cluster: list[SortedStream]) -> Iterator[pa.Table]:
-    cursors = [c for c in (_Cursor(s) for s in cluster) if c.batch is not None]
+    cursors = [c for c in (RunCursor(s.batches, s.name) for s in cluster) if c.batch is not None]
     last: int | None = None
     while cursors:
         # No cursor can later yield an id below the smallest of the current batches' maxima.
