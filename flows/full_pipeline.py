@@ -92,7 +92,7 @@ def run_pipeline(settings: Settings, notes: Sequence[str] = ()) -> PipelineRepor
         recovered = recover_lake(data_dir)
         if recovered:
             logger.warning("finished %d lake swaps interrupted by a killed run", recovered)
-        stale = remove_stale_temporaries(data_dir)
+        stale = remove_stale_temporaries(data_dir, check_owner=False)  # the lock: no other run is writing
         if stale:
             logger.warning("removed %d temporary files left by an interrupted run", stale)
         report = PipelineReport(notes=list(notes))

@@ -56,18 +56,20 @@ def write_bytes_atomic(final: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def remove_stale_temporaries(root: Path) -> int:
+def remove_stale_temporaries(root: Path, check_owner: bool = True) -> int:
     """Delete temporary files left under `root` by killed runs; returns how many.
 
-    Only files whose writer process is gone are removed, so a concurrent run's
-    in-progress files are left alone.
+    With `check_owner`, only files whose writer process is gone are removed, so a
+    concurrent writer's in-progress files are left alone. A run holding the data dir's
+    lock passes False: no other run can be writing, and a pid in a name may have been
+    reused, or belong to a zombie that no init reaps (both seen in containers).
     """
     removed = 0
     if not root.exists():
         return 0
     for path in root.rglob(f".*{TMP_MARK}*"):
         pid_part = path.name.split(TMP_MARK, 1)[1].split("-", 1)[0]
-        if pid_part.isdigit() and _pid_alive(int(pid_part)):
+        if check_owner and pid_part.isdigit() and _pid_alive(int(pid_part)):
             continue
         path.unlink(missing_ok=True)
         removed += 1
@@ -83,4 +85,8 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a zombie (killed, never reaped) answers signals but writes nothing any more
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
