@@ -6,13 +6,18 @@ Temporary names start with a dot, which pyarrow datasets, Dask, DuckDB globs on
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tasks.errors import LakeValidationError
+
 TMP_MARK = ".tmp-"
+#: Journal of an interrupted multi-file swap, per folder (dot-prefixed: readers skip it).
+JOURNAL_NAME = ".compact-journal.json"
 
 
 def temp_path_for(final: Path) -> Path:
@@ -90,3 +95,44 @@ def _pid_alive(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def journalled_swap(folder: Path, written: list[tuple[Path, Path]], remove: list[Path]) -> None:
+    """Replace several files of `folder` as one step that a crash cannot leave half done.
+
+    `written` are (hidden temporary, final) pairs already complete; `remove` the files the
+    new ones supersede. The temporaries are fsynced, a journal naming the moves and the
+    removals is committed, then the moves and removals are carried out by `recover_swap`.
+    Killed before the journal: nothing changed (the temporaries are stale). Killed after:
+    the next `recover_swap` of the folder finishes the job.
+    """
+    for tmp, _ in written:
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+    finals = {final for _, final in written}
+    doc = {
+        "moves": [{"tmp": tmp.name, "final": final.name} for tmp, final in written],
+        "remove": sorted(str(p) for p in remove if p not in finals),
+    }
+    write_bytes_atomic(folder / JOURNAL_NAME, json.dumps(doc, indent=1).encode())
+    recover_swap(folder)
+
+
+def recover_swap(folder: Path) -> bool:
+    """Carry out the folder's journalled swap, if one is pending; True if there was one."""
+    journal = folder / JOURNAL_NAME
+    if not journal.is_file():
+        return False
+    doc = json.loads(journal.read_text())
+    for move in doc["moves"]:
+        tmp, final = folder / move["tmp"], folder / move["final"]
+        if tmp.exists():
+            os.replace(tmp, final)
+        elif not final.exists():
+            raise LakeValidationError(str(journal), f"{move['tmp']} and {move['final']} are both gone; cannot recover")
+    for name in doc["remove"]:
+        Path(name).unlink(missing_ok=True)
+    fsync_dir(folder)
+    journal.unlink()
+    fsync_dir(folder)
+    return True

@@ -21,13 +21,11 @@ checked before it replaces anything: rows per source against the source metadata
 content digest per day against the inputs, and the lake contract (`validate_parquet_file`).
 The swap is journalled: temporaries are fsynced, a journal naming them and the inputs
 is committed, then temporaries are renamed and inputs removed. A run killed anywhere
-either left the lake as it was (no journal) or is rolled forward by `recover_symbol`.
+either left the lake as it was (no journal) or is rolled forward by `recover_swap`.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +39,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tasks.archive_spec import Market, lake_symbol_dir, range_file_name
-from tasks.atomic import fsync_dir, temp_path_for, write_bytes_atomic
+from tasks.atomic import JOURNAL_NAME, fsync_dir, journalled_swap, recover_swap, temp_path_for
 from tasks.errors import LakeConflict, LakeValidationError
 from tasks.lake import LakeEntry, lake_inventory, read_sources, staged_inventory
 from tasks.lake_writer import lake_writer, source_metadata_doc
@@ -50,8 +48,6 @@ from tasks.settings import ConvertOptions
 from tasks.sorted_merge import DuplicateTradeIds, SortedStream, merge_sorted_streams
 from tasks.validate import ExpectedFile, validate_parquet_file
 
-#: Journal of an interrupted swap, per symbol folder (dot-prefixed: readers skip it).
-JOURNAL_NAME = ".compact-journal.json"
 _DAY_US = 86_400_000_000
 
 
@@ -407,39 +403,6 @@ def _verify(tmp: Path, units: list[Unit], expected: DayDigest, market: str, symb
         raise LakeValidationError(str(tmp), "compacted file does not match its inputs: " + "; ".join(problems[:10]))
 
 
-def recover_symbol(folder: Path) -> bool:
-    """Roll an interrupted swap forward (see the module doc); True if there was one."""
-    journal = folder / JOURNAL_NAME
-    if not journal.is_file():
-        return False
-    doc = json.loads(journal.read_text())
-    for move in doc["moves"]:
-        tmp, final = folder / move["tmp"], folder / move["final"]
-        if tmp.exists():
-            os.replace(tmp, final)
-        elif not final.exists():
-            raise LakeValidationError(str(journal), f"{move['tmp']} and {move['final']} are both gone; cannot recover")
-    for name in doc["remove"]:
-        Path(name).unlink(missing_ok=True)
-    fsync_dir(folder)
-    journal.unlink()
-    fsync_dir(folder)
-    return True
-
-
-def _swap(folder: Path, written: list[tuple[Path, Path]], remove: list[Path]) -> None:
-    for tmp, _ in written:
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-    finals = {final for _, final in written}
-    doc = {
-        "moves": [{"tmp": tmp.name, "final": final.name} for tmp, final in written],
-        "remove": sorted(str(p) for p in remove if p not in finals),
-    }
-    write_bytes_atomic(folder / JOURNAL_NAME, json.dumps(doc, indent=1).encode())
-    recover_symbol(folder)
-
-
 def compact_symbol(
     data_dir: Path, market: Market, symbol: str, target_bytes: int, options: ConvertOptions, consolidate: bool
 ) -> CompactionResult:
@@ -452,7 +415,7 @@ def compact_symbol(
     started = time.perf_counter()
     folder = lake_symbol_dir(data_dir, market, symbol)
     folder.mkdir(parents=True, exist_ok=True)
-    recover_symbol(folder)
+    recover_swap(folder)
     lake = lake_inventory(data_dir, market, symbol)
     staged = staged_inventory(data_dir, market, symbol)
     plan = plan_compaction(lake, staged, target_bytes, consolidate)
@@ -477,7 +440,7 @@ def compact_symbol(
             tmp.unlink(missing_ok=True)
         raise
     if written or remove:
-        _swap(folder, written, remove)
+        journalled_swap(folder, written, remove)
     staging_folder = staged[0].path.parent if staged else None
     if staging_folder is not None:
         fsync_dir(staging_folder)
@@ -501,4 +464,4 @@ def recover_lake(data_dir: Path) -> int:
     root = data_dir / "lake" / "trades"
     if not root.is_dir():
         return 0
-    return sum(recover_symbol(j.parent) for j in sorted(root.glob(f"market=*/symbol=*/{JOURNAL_NAME}")))
+    return sum(recover_swap(j.parent) for j in sorted(root.glob(f"market=*/symbol=*/{JOURNAL_NAME}")))

@@ -1,8 +1,9 @@
 """Bars from the lake, incrementally: `features/<name>/market=<m>/symbol=<S>/`.
 
 A feature is a named `BarSpec` (`tasks.bars`). Its output for a symbol is a sequence of
-part files, one per run that found new trades, each named by the days of the trades it
-consumed (`<first>_<last>.parquet`) and carrying in its footer everything the next run
+part files, one per run that found new trades (beyond `MAX_PARTS` they are consolidated
+into one), each named by the days of the trades it consumed (`<first>_<last>.parquet`)
+and carrying in its footer everything the next run
 needs: the spec, the last trade id consumed, the kernel state after it (the open bar
 and the EWMA histories; `BarState.to_bytes`), and a fingerprint of the lake archives
 that fed it. A run resumes from the last part's state and reads only trades after its
@@ -11,8 +12,10 @@ so the parts equal one pass over the whole history (tested).
 
 The result is recomputed from the first trade when it cannot be extended: the spec
 changed, or an archive already consumed was re-published or a day back-filled before
-the last consumed trade (the fingerprint differs). Writes are atomic per part; a part
-is only written when it holds its state, so a killed run leaves the previous parts.
+the last consumed trade (the fingerprint differs). A part is committed together with its
+state; replacing parts (recomputation, consolidation) is one journalled swap
+(`tasks.atomic.journalled_swap`), so readers never see old and new bars together and a
+killed run is finished by the next one.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.archive_spec import check_symbol, range_file_name
-from tasks.atomic import commit, temp_path_for
+from tasks.atomic import journalled_swap, recover_swap, temp_path_for
 from tasks.bars import BARS_SCHEMA, BarSpec, BarState, process_chunk
 from tasks.lake import LakeEntry, lake_inventory
 
@@ -43,6 +46,8 @@ _PART_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})_(\d{4}-\d{2}-\d{2})\.parquet$")
 _DAY_US = 86_400_000_000
 _EPOCH = date(1970, 1, 1)
 _READ_COLUMNS = ["trade_id", "price", "qty", "time", "is_buyer_maker"]
+#: Daily runs add a part each; beyond this many they are rewritten as one (bars are small).
+MAX_PARTS = 32
 
 #: The bar kinds `--features` knows by name, in production mode (side from is_buyer_maker,
 #: O(1) EWMA, guards on): E0 and the clamp suit a liquid symbol's day of 1 M trades;
@@ -176,6 +181,7 @@ def compute_feature(data_dir: Path, market: str, symbol: str, feature: Feature, 
     started = time.perf_counter()
     folder = feature.folder(data_dir, market, symbol)
     entries = [e for e in lake_inventory(data_dir, market, symbol) if not e.problem]
+    recover_swap(folder)
     parts = _parts(folder)
     state, last_id, through, reason = BarState.initial(feature.spec), 0, None, "no earlier result"
     if parts:
@@ -212,9 +218,8 @@ def compute_feature(data_dir: Path, market: str, symbol: str, feature: Feature, 
         first_time = int(times.min()) if first_time is None else min(first_time, int(times.min()))
         last_time = int(times.max()) if last_time is None else max(last_time, int(times.max()))
     if trades == 0:
-        if recompute:  # nothing left in the lake to build from: the old result goes
-            for old in parts:
-                old.unlink(missing_ok=True)
+        if recompute and parts:  # nothing left in the lake to build from: the old result goes
+            journalled_swap(folder, [], parts)
         return FeatureResult(feature.name, market, symbol, "recomputed" if recompute else "up to date", 0, 0,
                              len(_parts(folder)), time.perf_counter() - started, reason)
     table = pa.concat_tables(pieces) if pieces else BARS_SCHEMA.empty_table()
@@ -232,28 +237,43 @@ def compute_feature(data_dir: Path, market: str, symbol: str, feature: Feature, 
     if not recompute and out.exists():
         # New trades start after the last lake day consumed, so a part's name is always new.
         raise ValueError(f"{out}: a part for these days exists already; delete {folder} to recompute")
-    _write_part(out, table, doc)
-    if recompute:
-        for old in parts:
-            if old != out:
-                old.unlink(missing_ok=True)
+    tmp = _write_part(out, table, doc)
+    # A recomputation replaces every earlier part in one journalled step: readers never
+    # see old and new bars together, and a killed run is finished by the next one.
+    journalled_swap(folder, [(tmp, out)], parts if recompute else [])
+    if not recompute and len(parts) + 1 > MAX_PARTS:
+        _consolidate(folder)
     return FeatureResult(feature.name, market, symbol, "recomputed" if recompute else "extended", trades,
                          table.num_rows, len(_parts(folder)), time.perf_counter() - started, reason)
+
+
+def _consolidate(folder: Path) -> None:
+    """Rewrite a symbol's parts as one (bars are small), keeping the last part's resume state."""
+    parts = _parts(folder)
+    meta = _part_meta(parts[-1])
+    table = pa.concat_tables(pq.read_table(p).cast(BARS_SCHEMA) for p in parts)
+    first = _PART_RE.match(parts[0].name)
+    last = _PART_RE.match(parts[-1].name)
+    assert first is not None and last is not None
+    out = folder / range_file_name(date.fromisoformat(first[1]), date.fromisoformat(last[2]))
+    tmp = _write_part(out, table, {**meta, "bars": table.num_rows, "consolidated_parts": len(parts)})
+    journalled_swap(folder, [(tmp, out)], parts)
 
 
 def _day(us: int) -> date:
     return _EPOCH + timedelta(days=us // _DAY_US)
 
 
-def _write_part(out: Path, table: pa.Table, doc: dict[str, Any]) -> None:
+def _write_part(out: Path, table: pa.Table, doc: dict[str, Any]) -> Path:
+    """Write a part beside `out` under a hidden temporary name; returns that name (not yet committed)."""
     tmp = temp_path_for(out)
     schema = BARS_SCHEMA.with_metadata({FEATURE_METADATA_KEY: json.dumps(doc).encode()})
     try:
         pq.write_table(table.cast(schema), tmp, compression="zstd", write_statistics=True)
-        commit(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return tmp
 
 
 def read_feature(data_dir: Path, market: str, symbol: str, feature: Feature) -> pa.Table:

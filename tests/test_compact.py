@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tasks.archive_spec import ArchiveSpec
-from tasks.atomic import remove_stale_temporaries
-from tasks.compact import JOURNAL_NAME, DayDigest, compact_symbol, recover_lake
+from tasks.atomic import JOURNAL_NAME, remove_stale_temporaries
+from tasks.compact import DayDigest, compact_symbol, recover_lake
 from tasks.errors import LakeConflict
 from tasks.lake import lake_files, lake_inventory, staged_inventory
 from tasks.lake_writer import lake_writer, source_metadata_doc
@@ -232,9 +232,9 @@ def test_killed_swap_is_rolled_forward_and_killed_write_leaves_the_lake_as_it_wa
     tables.append(stage_day(tmp_path, 3))
     folder = lake_files(tmp_path, "spot", "BTCUSDT")[0].parent
     # Simulate a kill right after the journal was committed: do the work, then undo the renames.
-    import tasks.compact as compact_mod
+    import tasks.atomic as atomic_mod
 
-    real = compact_mod.recover_symbol
+    real = atomic_mod.recover_swap
     calls: list[Path] = []
 
     def crash(f: Path) -> bool:
@@ -243,12 +243,12 @@ def test_killed_swap_is_rolled_forward_and_killed_write_leaves_the_lake_as_it_wa
             raise KeyboardInterrupt  # the process dies between journal and renames
         return real(f)
 
-    compact_mod.recover_symbol = crash  # type: ignore[assignment]
+    atomic_mod.recover_swap = crash  # type: ignore[assignment]
     try:
         with pytest.raises(KeyboardInterrupt):
             compact(tmp_path)
     finally:
-        compact_mod.recover_symbol = real
+        atomic_mod.recover_swap = real
     assert (folder / JOURNAL_NAME).exists()
     # Readers see the old file only (temporaries are hidden) until the next run rolls forward.
     assert names(tmp_path) == ["2024-01-01_2024-01-02.parquet"]

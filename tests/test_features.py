@@ -129,3 +129,21 @@ def test_flow_computes_features_then_extends_them_with_the_next_day(
     pngs = sorted(out.glob("*.png"))
     assert [p.name for p in pngs] == ["BTCUSDT-2024-01-02-bars.png", "BTCUSDT-bar-sizes.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 20_000 for p in pngs)
+
+
+def test_daily_parts_are_consolidated_and_still_extend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tasks.features as features
+
+    monkeypatch.setattr(features, "MAX_PARTS", 2)
+    stage_day(tmp_path, 1)
+    compact(tmp_path)
+    compute_feature(tmp_path, "spot", "BTCUSDT", FEATURE)
+    for n in (2, 3, 4):
+        stage_day(tmp_path, n)
+        compact(tmp_path)
+        res = compute_feature(tmp_path, "spot", "BTCUSDT", FEATURE)
+        assert res.mode == "extended" and res.parts <= 2
+    bars = read_feature(tmp_path, "spot", "BTCUSDT", FEATURE)
+    assert bars.equals(one_pass(tmp_path, SPEC))
+    names = sorted(p.name for p in FEATURE.folder(tmp_path, "spot", "BTCUSDT").iterdir())
+    assert names[0].startswith("2024-01-01_") and not [n for n in names if n.startswith(".")]
