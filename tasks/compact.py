@@ -196,7 +196,7 @@ def plan_compaction(
                 replaced.append(old.archive)
             if len(kept) != len(block.units):
                 block.units, block.dirty, home = kept, True, block
-            elif block.first_day <= unit.first_day and unit.last_day <= block.last_day:
+            elif block.units and block.first_day <= unit.first_day and unit.last_day <= block.last_day:
                 home = block  # a back-filled day inside the file's range: it must go into that file
         if home is None:
             blocks.append(Block([unit], None, dirty=True))
@@ -460,8 +460,8 @@ def compact_symbol(
 
 
 def recover_lake(data_dir: Path) -> int:
-    """Roll forward every swap a killed run left journalled; returns how many (run before removing temporaries)."""
-    root = data_dir / "lake" / "trades"
-    if not root.is_dir():
-        return 0
-    return sum(recover_swap(j.parent) for j in sorted(root.glob(f"market=*/symbol=*/{JOURNAL_NAME}")))
+    """Finish every swap a killed run left journalled (lake and features); returns how many.
+
+    Run it before removing stale temporaries: a pending journal's temporaries are its data.
+    """
+    return sum(recover_swap(j.parent) for j in sorted(data_dir.glob(f"*/**/{JOURNAL_NAME}")))
