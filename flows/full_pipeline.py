@@ -221,7 +221,7 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport) -> None:
 
     def flush_batches() -> None:
         # The last archives, spread over the workers so none waits idle for one long batch.
-        parts = max(1, min(settings.dask_workers, len(batch)))
+        parts = max(1, min(settings.dask_workers * settings.dask_threads_per_worker, len(batch)))
         for i in range(parts):
             if batch[i::parts]:
                 submit_batch(batch[i::parts])

@@ -74,11 +74,22 @@ def _restore_env(name: str, value: str | None) -> None:
         os.environ[name] = value
 
 
-def dask_runner_for(address: str | None, workers: int = 2, threads_per_worker: int = 1) -> Any:
+def default_threads() -> int:
+    """Threads of the default local cluster: one per core."""
+    return os.cpu_count() or 2
+
+
+def dask_runner_for(
+    address: str | None, workers: int = 1, threads_per_worker: int | None = None, processes: bool = False
+) -> Any:
     """A DaskTaskRunner: an existing scheduler if `address` is given, else a local cluster.
 
-    Local cluster: worker processes with one thread each, so CPU-bound conversions run
-    in parallel without sharing a GIL; no dashboard (it would need bokeh and a port).
+    The default local cluster is one worker with a thread per core, in this process: the
+    heavy work (ISA-L inflate, the Numba parser, pyarrow's Parquet and Numba's bars) runs
+    without the GIL, and a cluster of worker processes costs about 3.5 s to start here
+    (each imports Prefect, pyarrow and numba), which was a third of a 7-day back-fill
+    (BENCHMARKS.md: 10.1 s with two worker processes, 6.4 s with two threads).
+    `processes=True` gives worker processes instead. No dashboard (it would need bokeh).
     """
     from prefect_dask.task_runners import DaskTaskRunner
 
@@ -87,8 +98,8 @@ def dask_runner_for(address: str | None, workers: int = 2, threads_per_worker: i
     return DaskTaskRunner(
         cluster_kwargs={
             "n_workers": workers,
-            "threads_per_worker": threads_per_worker,
-            "processes": True,
+            "threads_per_worker": threads_per_worker or default_threads(),
+            "processes": processes,
             "dashboard_address": None,
         }
     )
@@ -137,7 +148,8 @@ def check_workers_share(data_dir: Path, address: str, timeout: float = 30.0) -> 
 
 def dask_runner(settings: Settings) -> Any:
     """The flow's DaskTaskRunner for a run's settings."""
-    return dask_runner_for(settings.dask_address, settings.dask_workers, settings.dask_threads_per_worker)
+    return dask_runner_for(settings.dask_address, settings.dask_workers, settings.dask_threads_per_worker,
+                           settings.dask_processes)
 
 
 def default_dask_runner() -> Any:

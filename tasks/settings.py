@@ -6,6 +6,7 @@ explicit arguments win over the environment.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -83,8 +84,13 @@ class Settings(BaseSettings):
     ingest_batch_archives: int = Field(128, ge=1, description="At most this many archives per conversion task.")
     lock_wait_s: float = Field(0.0, ge=0, description="How long a run waits for another run on the same data dir.")
     dask_address: str | None = Field(None, description="Existing Dask scheduler; default a local cluster.")
-    dask_workers: int = Field(2, ge=1)
-    dask_threads_per_worker: int = Field(1, ge=1)
+    dask_workers: int = Field(1, ge=1, description="Workers of the local cluster.")
+    dask_threads_per_worker: int = Field(
+        default_factory=lambda: os.cpu_count() or 2, ge=1, description="Threads per worker (default: one per core)."
+    )
+    dask_processes: bool = Field(
+        False, description="Local cluster of worker processes instead of threads in the flow's process.",
+    )
 
     @field_validator("symbols", mode="before")
     @classmethod

@@ -25,7 +25,7 @@ def prefect_api() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def dask_address() -> Iterator[str]:
-    """A real local Dask cluster: two worker processes, one thread each, like the default runner."""
+    """A real Dask cluster of two worker processes, one thread each, reached by address (the scale-out path)."""
     from distributed import LocalCluster
 
     # Worker processes import the project by module path: make sure they can.
