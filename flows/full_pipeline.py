@@ -10,7 +10,7 @@ import argparse
 import hashlib
 import logging
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any, cast
@@ -101,12 +101,11 @@ def run_pipeline(settings: Settings, notes: Sequence[str] = ()) -> PipelineRepor
             _ingest(settings, data_dir, report)
         if "merge" in steps or "optimize" in steps:
             _compact(settings, data_dir, report)
-        if "validate" in steps:
-            _validate(settings, data_dir, report)
-        if "gaps" in steps:
-            _gaps(settings, data_dir, report)
-        if "features" in steps:
-            _features(settings, data_dir, report)
+        # Validation, the gap report and the features only read the merged lake: they run together.
+        readers = [step(settings, data_dir, report) for name, step in
+                   (("validate", _validate), ("gaps", _gaps), ("features", _features)) if name in steps]
+        for collect in readers:
+            collect()
         if "cleanup" in steps:
             _cleanup(settings, data_dir, report)
         _publish_artifacts(report)
@@ -311,23 +310,28 @@ def _failed_outcome(spec: ArchiveSpec, exc: BaseException, size: int | None) -> 
     return ArchiveOutcome(spec.key, "failed", bytes=size, detail=describe(exc))
 
 
-def _validate(settings: Settings, data_dir: Path, report: PipelineReport) -> None:
+def _validate(settings: Settings, data_dir: Path, report: PipelineReport) -> Callable[[], None]:
+    """Submit the validation of every symbol; returns what collects the results into `report`."""
     futures = [
         validate_symbol_task.submit(data_dir, settings.market, symbol, settings.start, settings.end)
         for symbol in settings.symbols
     ]
-    for fut in futures:
-        result = fut.result(raise_on_failure=False)
-        if isinstance(result, BaseException):
-            report.validation_errors.append(describe(result))
-            continue
-        assert isinstance(result, SymbolValidation)
-        report.validated_files += result.files
-        report.validation_errors.extend(result.errors)
-        report.gaps.extend(
-            GapNote(settings.market, result.symbol, g.where, g.after_id, g.before_id, g.missing_ids)
-            for g in result.gaps
-        )
+
+    def collect() -> None:
+        for fut in futures:
+            result = fut.result(raise_on_failure=False)
+            if isinstance(result, BaseException):
+                report.validation_errors.append(describe(result))
+                continue
+            assert isinstance(result, SymbolValidation)
+            report.validated_files += result.files
+            report.validation_errors.extend(result.errors)
+            report.gaps.extend(
+                GapNote(settings.market, result.symbol, g.where, g.after_id, g.before_id, g.missing_ids)
+                for g in result.gaps
+            )
+
+    return collect
 
 
 def _results(futures: list[tuple[str, PrefectFuture[Any]]], errors: list[str]) -> Iterator[Any]:
@@ -368,7 +372,7 @@ def _refused_days(settings: Settings, report: PipelineReport) -> dict[str, dict[
     return out
 
 
-def _gaps(settings: Settings, data_dir: Path, report: PipelineReport) -> None:
+def _gaps(settings: Settings, data_dir: Path, report: PipelineReport) -> Callable[[], None]:
     refused = _refused_days(settings, report)
     futures = [
         (f"gap report {settings.market}/{symbol}",
@@ -377,10 +381,10 @@ def _gaps(settings: Settings, data_dir: Path, report: PipelineReport) -> None:
                           refused.get(symbol, {})))
         for symbol in settings.symbols
     ]
-    report.gap_reports.extend(_results(futures, report.upkeep_errors))
+    return lambda: report.gap_reports.extend(_results(futures, report.upkeep_errors))
 
 
-def _features(settings: Settings, data_dir: Path, report: PipelineReport) -> None:
+def _features(settings: Settings, data_dir: Path, report: PipelineReport) -> Callable[[], None]:
     cache = cache_storage(data_dir)
     futures = []
     for feature in (parse_feature(text) for text in settings.features):
@@ -390,7 +394,7 @@ def _features(settings: Settings, data_dir: Path, report: PipelineReport) -> Non
             task = features_task.with_options(refresh_cache=not has_output, result_storage=cache)
             futures.append((f"features {feature.name} {settings.market}/{symbol}",
                             task.submit(data_dir, settings.market, symbol, feature)))
-    report.features.extend(_results(futures, report.upkeep_errors))
+    return lambda: report.features.extend(_results(futures, report.upkeep_errors))
 
 
 def _cleanup(settings: Settings, data_dir: Path, report: PipelineReport) -> None:
