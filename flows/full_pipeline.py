@@ -109,7 +109,8 @@ def run_pipeline(settings: Settings, notes: Sequence[str] = ()) -> PipelineRepor
         if "cleanup" in steps:
             _cleanup(settings, data_dir, report)
         _publish_artifacts(report)
-    flush_worker_logs()
+    if settings.dask_address or settings.dask_processes:
+        flush_worker_logs()  # other processes' logs; an in-process cluster's are this process's own
     logger.info("%s", report.summary())
     return report
 
