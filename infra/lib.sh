@@ -56,6 +56,30 @@ fi
 log() { printf '%s %s\n' "$(date '+%H:%M:%S')" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+# The header comment of script $1, as its usage text.
+usage_of() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$1"; }
+
+# Components asked for on the command line (filled by select_components).
+declare -A WANT=()
+
+# select_components SCRIPT SHOW_USAGE_ON_ERROR [NAME...]: fill WANT from the command line
+# (all, prefect, dask, or one component; no name means all).
+select_components() {
+    local script=$1 usage_on_error=$2 arg c
+    shift 2
+    for arg in "${@:-all}"; do
+        case "$arg" in
+            all) for c in "${COMPONENTS[@]}"; do WANT[$c]=1; done ;;
+            prefect) WANT[prefect-server]=1 WANT[prefect-worker]=1 ;;
+            dask) WANT[dask-scheduler]=1 WANT[dask-workers]=1 ;;
+            prefect-server | prefect-worker | dask-scheduler | dask-workers) WANT[$arg]=1 ;;
+            -h | --help) usage_of "$script"; exit 0 ;;
+            *) [[ "$usage_on_error" == yes ]] && usage_of "$script" >&2; die "unknown component: $arg" ;;
+        esac
+    done
+}
+wants() { [[ -n "${WANT[$1]:-}" ]]; }
+
 pid_file() { printf '%s/%s.pid' "$BINANCE_LAKE_RUN_DIR" "$1"; }
 log_file() { printf '%s/%s.log' "$BINANCE_LAKE_RUN_DIR" "$1"; }
 

@@ -33,24 +33,8 @@ set -euo pipefail
 # shellcheck source=infra/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-usage() {
-    sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
-}
-
 declare -a LAUNCHED=()
-declare -A WANT=()
-
-for arg in "${@:-all}"; do
-    case "$arg" in
-        all) for c in "${COMPONENTS[@]}"; do WANT[$c]=1; done ;;
-        prefect) WANT[prefect-server]=1 WANT[prefect-worker]=1 ;;
-        dask) WANT[dask-scheduler]=1 WANT[dask-workers]=1 ;;
-        prefect-server | prefect-worker | dask-scheduler | dask-workers) WANT[$arg]=1 ;;
-        -h | --help) usage; exit 0 ;;
-        *) usage >&2; die "unknown component: $arg" ;;
-    esac
-done
-wants() { [[ -n "${WANT[$1]:-}" ]]; }
+select_components "${BASH_SOURCE[0]}" yes "$@"
 
 # On failure, stop what this invocation launched: a half-started set-up holding ports is
 # worse than none. Each stop runs in a subshell so one failing stop does not skip the others.

@@ -23,17 +23,7 @@ set -euo pipefail
 # shellcheck source=infra/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-declare -A WANT=()
-for arg in "${@:-all}"; do
-    case "$arg" in
-        all) for c in "${COMPONENTS[@]}"; do WANT[$c]=1; done ;;
-        prefect) WANT[prefect-server]=1 WANT[prefect-worker]=1 ;;
-        dask) WANT[dask-scheduler]=1 WANT[dask-workers]=1 ;;
-        prefect-server | prefect-worker | dask-scheduler | dask-workers) WANT[$arg]=1 ;;
-        -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; exit 0 ;;
-        *) die "unknown component: $arg" ;;
-    esac
-done
+select_components "${BASH_SOURCE[0]}" no "$@"
 
 [[ -d "$BINANCE_LAKE_RUN_DIR" ]] || { log "nothing to stop: no run directory $BINANCE_LAKE_RUN_DIR"; exit 0; }
 
@@ -42,7 +32,7 @@ trap 'log "interrupted: finishing the component being stopped"' INT
 
 for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
     c="${COMPONENTS[i]}"
-    if [[ -n "${WANT[$c]:-}" ]]; then
+    if wants "$c"; then
         stop_component "$c"
     fi
 done
