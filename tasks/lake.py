@@ -140,11 +140,6 @@ def lake_sources(data_dir: Path, market: str, symbol: str) -> dict[tuple[str, st
     return {(s.archive, s.sha256): s for e in lake_inventory(data_dir, market, symbol) for s in e.sources}
 
 
-def lake_holds(spec: ArchiveSpec, sha256: str, data_dir: Path) -> bool:
-    """True when a lake file holds this archive's rows, converted from exactly this sha256."""
-    return lake_source(spec, sha256, data_dir) is not None
-
-
 def staging_holds(spec: ArchiveSpec, sha256: str, data_dir: Path) -> bool:
     """True when the archive's staged file exists and was converted from exactly this sha256."""
     path = spec.staging_file(data_dir)
