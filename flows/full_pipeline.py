@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from datetime import date
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -57,6 +58,7 @@ from tasks.prefect_tasks import (
 )
 from tasks.report import ArchiveOutcome, GapNote, PipelineReport, RunFailed
 from tasks.settings import ALL_STEPS, STEPS, Settings
+from tasks.warmup import warm_up_in_background
 
 #: Prefect's cache records for this lake, inside the data dir.
 CACHE_DIR = ".prefect-cache"
@@ -85,6 +87,10 @@ def run_pipeline(settings: Settings, notes: Sequence[str] = ()) -> PipelineRepor
     """
     logger = get_run_logger()
     data_dir = settings.data_dir.resolve()
+    in_process = not (settings.dask_address or settings.dask_processes)
+    if in_process and {"convert", "merge", "optimize"} & set(settings.steps):
+        # The in-process cluster's threads will call the kernels.
+        warm_up_in_background(settings.features if "features" in settings.steps else ())
     if settings.dask_address:
         workers = check_workers_share(data_dir, settings.dask_address)
         logger.info("all %d Dask workers at %s see %s", workers, settings.dask_address, data_dir)
@@ -97,13 +103,18 @@ def run_pipeline(settings: Settings, notes: Sequence[str] = ()) -> PipelineRepor
             logger.warning("removed %d temporary files left by an interrupted run", stale)
         report = PipelineReport(notes=list(notes))
         steps = settings.steps
+        # Saved before any task runs: a block write while tasks write their states can meet
+        # SQLite's SQLITE_BUSY_SNAPSHOT on the temporary API server, answered 503, and the
+        # Prefect client retries after 2 s (measured: 1 run in 2 of the e2e benchmark).
+        cache = cache_storage(data_dir)
         if "download" in steps or "convert" in steps:
-            _ingest(settings, data_dir, report)
+            _ingest(settings, data_dir, report, cache)
         if "merge" in steps or "optimize" in steps:
             _compact(settings, data_dir, report)
         # Validation, the gap report and the features only read the merged lake: they run together.
         readers = [step(settings, data_dir, report) for name, step in
-                   (("validate", _validate), ("gaps", _gaps), ("features", _features)) if name in steps]
+                   (("validate", _validate), ("gaps", _gaps), ("features", partial(_features, cache=cache)))
+                   if name in steps]
         for collect in readers:
             collect()
         if "cleanup" in steps:
@@ -118,10 +129,21 @@ def run_pipeline(settings: Settings, notes: Sequence[str] = ()) -> PipelineRepor
 def cache_storage(data_dir: Path) -> LocalFileSystem:
     """The storage block holding this lake's cache records, saved server-side (one per data dir).
 
-    Prefect requires a saved block for results written by Dask workers.
+    The records live with the lake they describe: delete the data dir and its cache goes
+    too, and Dask workers sharing the data dir share the cache.
+
+    Prefect requires a saved block for results written by Dask workers. An existing block
+    with the same base path is reused as it is: runs then only read it.
     """
-    storage = LocalFileSystem(basepath=str(data_dir / CACHE_DIR))
+    basepath = str(data_dir / CACHE_DIR)
     name = "binance-lake-cache-" + hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
+    try:
+        saved = LocalFileSystem.load(name)
+    except ValueError:  # no such block yet
+        saved = None
+    if isinstance(saved, LocalFileSystem) and saved.basepath == basepath:
+        return saved
+    storage = LocalFileSystem(basepath=basepath)
     storage.save(name, overwrite=True)
     return storage
 
@@ -151,7 +173,7 @@ def _local_discoveries(settings: Settings, data_dir: Path) -> list[Discovery]:
     return found
 
 
-def _ingest(settings: Settings, data_dir: Path, report: PipelineReport) -> None:
+def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: LocalFileSystem) -> None:
     logger = get_run_logger()
     http = _http(settings)
     downloading = "download" in settings.steps
@@ -199,10 +221,6 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport) -> None:
     download_results: dict[ArchiveSpec, Any] = {}
     shas = dict(todo)
     batch: list[ArchiveSpec] = []
-
-    # Cache records live with the lake they describe: delete the data dir and its cache goes
-    # too, and Dask workers sharing the data dir share the cache.
-    cache = cache_storage(data_dir)
 
     def submit_batch(specs: list[ArchiveSpec]) -> None:
         label = specs[0].key.rsplit("/", 1)[-1] + (f" and {len(specs) - 1} more" if len(specs) > 1 else "")
@@ -385,8 +403,8 @@ def _gaps(settings: Settings, data_dir: Path, report: PipelineReport) -> Callabl
     return lambda: report.gap_reports.extend(_results(futures, report.upkeep_errors))
 
 
-def _features(settings: Settings, data_dir: Path, report: PipelineReport) -> Callable[[], None]:
-    cache = cache_storage(data_dir)
+def _features(settings: Settings, data_dir: Path, report: PipelineReport,
+              cache: LocalFileSystem) -> Callable[[], None]:
     futures = []
     for feature in (parse_feature(text) for text in settings.features):
         for symbol in settings.symbols:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
 from tasks.errors import DataDirNotShared
 from tasks.settings import Settings
@@ -55,7 +55,11 @@ def shared_api_server() -> Iterator[str | None]:
     # the settings context is what this process and the Dask tasks use.
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        # No flow-run heartbeats to a server that stops with this process: nothing could act on
+        # them (they serve zombie detection on a lasting server), and the engine's heartbeat
+        # thread sleeps in 1 s steps, so joining it held up every flow's end by up to 1 s
+        # (Prefect 3.9, PrefectHQ/prefect#19641).
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             yield server.api_url
     finally:
         # Send the run's last logs while the server is still up; otherwise the log worker

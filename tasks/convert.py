@@ -31,10 +31,8 @@ temporary and spill files and leaves a previous `out_path` untouched.
 
 from __future__ import annotations
 
-import queue
 import re
 import struct
-import threading
 import zipfile
 import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -42,7 +40,7 @@ from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, Literal, TypeVar, cast
+from typing import IO, Any, Literal, cast
 
 import numba
 import numpy as np
@@ -56,13 +54,13 @@ from tasks.archive_spec import ArchiveSpec
 from tasks.atomic import commit, temp_path_for
 from tasks.errors import CorruptArchive, InvalidData, UnsafePath
 from tasks.lake_writer import RowGroupWriter, lake_writer, source_metadata_doc
+from tasks.read_ahead import read_ahead
 from tasks.schema import TIME_TYPE, TRADES_SCHEMA
 from tasks.settings import ConvertOptions
 from tasks.sorted_merge import RunCursor
 from tasks.validate import ExpectedFile, IdGaps, datetime_to_micros, validate_parquet_file
 
 TimeUnit = Literal["ms", "us"]
-T = TypeVar("T")
 
 #: CSV columns of each market, named as in the lake. COIN-M's 4th column is the size in
 #: the base asset (`qty` counts contracts), so it lands in `base_qty`, not `quote_qty`.
@@ -659,50 +657,6 @@ def drop_duplicate_rows(table: pa.Table, carry: pa.Table | None, source: str) ->
     return table.filter(pa.array(~dup)), len(positions)
 
 
-def read_ahead(read_next: Callable[[], T], depth: int = 2) -> Generator[T, None, None]:
-    """Call `read_next` in a background thread, keeping up to `depth` results ready.
-
-    Inflating the ZIP (ISA-L) and parsing/encoding/compressing (numba, pyarrow) all
-    release the GIL, so on two cores the producer and the consumer overlap; memory stays
-    bounded by `depth` + 2 results. `read_next` ends with StopIteration; its other
-    exceptions are re-raised here, in the consumer. Closing the generator stops the thread and waits
-    for it, so the source may be closed right after.
-    """
-    results: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item: tuple[bool, Any]) -> None:
-        while not stop.is_set():
-            try:
-                results.put(item, timeout=0.05)
-                return
-            except queue.Full:
-                continue
-
-    def work() -> None:
-        while not stop.is_set():
-            try:
-                item = read_next()
-            except BaseException as exc:  # StopIteration included: handed over to the consumer
-                put((False, exc))
-                return
-            put((True, item))
-
-    thread = threading.Thread(target=work, name="csv-read-ahead", daemon=True)
-    thread.start()
-    try:
-        while True:
-            ok, value = results.get()
-            if not ok:
-                if isinstance(value, StopIteration):
-                    return
-                raise value
-            yield value
-    finally:
-        stop.set()
-        thread.join()
-
-
 def _spill_writer(path: Path) -> RowGroupWriter:
     # Spills are read back once, soon: fast lz4 and no dictionaries beat a small file.
     return RowGroupWriter(
@@ -934,7 +888,8 @@ def _stream_csv(
     # closing(): the thread is stopped before the generators (and the file) are closed, also on errors.
     # Depth 2: a chunk gives two pieces (the line cut by its start, then its whole lines), so
     # this keeps about one chunk inflated ahead; with depth 1 the parser waited ~20 % of the time.
-    with closing(chunks), closing(pieces), closing(read_ahead(pieces.__next__, depth=2)) as ahead:
+    ahead_of_parser = read_ahead(pieces.__next__, depth=2, name="csv-read-ahead")
+    with closing(chunks), closing(pieces), closing(ahead_of_parser) as ahead:
         try:
             for piece in ahead:
                 # Once the ids are out of order, pyarrow parses: with the compiled parser's tables

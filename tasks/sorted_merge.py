@@ -9,7 +9,7 @@ in vectorised rounds, holding one batch of each.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,7 +105,7 @@ def _kway(cluster: list[SortedStream]) -> Iterator[pa.Table]:
         cursors = [c for c in cursors if c.batch is not None]
 
 
-def merge_sorted_streams(streams: list[SortedStream]) -> Iterator[pa.Table]:
+def merge_sorted_streams(streams: list[SortedStream]) -> Generator[pa.Table, None, None]:
     """Yield the union of `streams` as lake-schema tables in strictly ascending trade-id order.
 
     Raises DuplicateTradeIds when two streams share an id. Memory: one batch per stream

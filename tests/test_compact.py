@@ -266,13 +266,34 @@ def test_killed_swap_is_rolled_forward_and_killed_write_leaves_the_lake_as_it_wa
 
 
 def test_day_digest_ignores_chunking_and_sees_any_changed_field() -> None:
-    t = trades(1, 5000, day(1), 1)
+    t = pa.concat_tables([trades(1, 5000, day(1), 1), trades(5001, 3000, day(2), 2)])
     whole, parts = DayDigest(), DayDigest()
     whole.add(t)
-    for b in t.to_batches(max_chunksize=777):
+    for b in t.to_batches(max_chunksize=777):  # batches straddle the day border
         parts.add(b)
     assert whole.days == parts.days and whole.differences(parts) == []
-    changed = t.set_column(2, "qty", pa.array(np.r_[t["qty"].to_numpy()[:-1], 9.0]))
+    assert sorted(v[0] for v in whole.days.values()) == [3000, 5000]
+    assert whole.rows_between(day(1), day(1)) == 5000 and whole.rows_between(day(1), day(2)) == 8000
+
+    def with_last(col: int, value: object) -> DayDigest:
+        values = t.column(col).to_pylist()
+        values[-1] = value  # the last row: a day-2 trade
+        digest = DayDigest()
+        digest.add(t.set_column(col, t.schema.field(col), pa.array(values, t.schema.field(col).type)))
+        return digest
+
+    last = t.slice(t.num_rows - 1).to_pylist()[0]
+    edits = {0: last["trade_id"] + 10**9, 1: last["price"] + 0.01, 2: last["qty"] * 2, 3: None, 4: 1.5,
+             6: not last["is_buyer_maker"], 7: None}
+    for col, value in edits.items():
+        notes = whole.differences(with_last(col, value))
+        assert len(notes) == 1 and str(day(2)) in notes[0] and "content differs" in notes[0], (col, notes)
+    # A null and a NaN are different contents, as are false and null.
+    assert with_last(3, float("nan")).differences(with_last(3, None))
+    assert with_last(7, False).differences(with_last(7, None))
+    # A row moved to another day shows on both days.
+    moved = t.column(5).to_pylist()
+    moved[0] = moved[-1]
     other = DayDigest()
-    other.add(changed)
-    assert "content differs" in whole.differences(other)[0]
+    other.add(t.set_column(5, t.schema.field(5), pa.array(moved, t.schema.field(5).type)))
+    assert len(whole.differences(other)) == 2
