@@ -11,6 +11,7 @@ from the day's bounds.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -108,6 +109,19 @@ def _ranges(days: list[date]) -> str:
     return ", ".join(out[:8]) + (" ..." if len(out) > 8 else "")
 
 
+def _by_day(days: np.ndarray[Any, Any], ids: np.ndarray[Any, Any],
+            times: np.ndarray[Any, Any]) -> Iterator[tuple[int, np.ndarray[Any, Any], np.ndarray[Any, Any]]]:
+    """(day, ids, times) of each day in a batch, days ascending, rows in batch order."""
+    first, last = int(days.min()), int(days.max())
+    if first == last:  # the usual batch: one day, nothing to select (np.unique sorted 1 M rows)
+        yield first, ids, times
+        return
+    for d in (range(first, last + 1) if last - first < 8 else np.unique(days).tolist()):
+        sel = days == d
+        if sel.any():
+            yield d, ids[sel], times[sel]
+
+
 def day_stats(paths: list[Path], start: date, end: date, batch_rows: int = 1 << 20) -> dict[date, DayStats]:
     """Per-day ids and times of the lake files `paths` (sorted by id), for days in [start, end]."""
     stats: dict[date, DayStats] = {}
@@ -119,11 +133,9 @@ def day_stats(paths: list[Path], start: date, end: date, batch_rows: int = 1 << 
                 ids = np.asarray(batch.column(0).to_numpy(), dtype=np.int64)
                 times = np.asarray(batch.column(1).cast("int64").to_numpy(), dtype=np.int64)
                 days = times // _DAY_US
-                for d in np.unique(days):
+                for d, i, t in _by_day(days, ids, times):
                     if not lo <= d <= hi:
                         continue
-                    sel = days == d
-                    i, t = ids[sel], times[sel]
                     day = _EPOCH + timedelta(days=int(d))
                     s = stats.get(day)
                     if s is None:
