@@ -25,7 +25,8 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -39,6 +40,7 @@ from tasks.archive_spec import check_symbol, range_file_name
 from tasks.atomic import journalled_swap, recover_swap, temp_path_for
 from tasks.bars import BARS_SCHEMA, BarSpec, BarState, process_chunk
 from tasks.lake import LakeEntry, lake_inventory
+from tasks.read_ahead import read_ahead
 
 FEATURE_METADATA_KEY = b"binance_lake.features"
 _NAME_RE = re.compile(r"^[a-z0-9_]{1,64}$")
@@ -157,7 +159,7 @@ def _part_meta(path: Path) -> dict[str, Any]:
     return doc
 
 
-def _trades_after(entries: list[LakeEntry], last_id: int, batch_rows: int) -> Iterator[pa.RecordBatch]:
+def _trades_after(entries: list[LakeEntry], last_id: int, batch_rows: int) -> Generator[pa.RecordBatch, None, None]:
     """The lake's trades with id > last_id, in id order, a row group at a time."""
     for entry in entries:
         with pq.ParquetFile(entry.path) as pf:
@@ -204,19 +206,22 @@ def compute_feature(data_dir: Path, market: str, symbol: str, feature: Feature, 
     trades = 0
     first_time = last_time = None
     new_last = last_id
-    for batch in _trades_after(entries, last_id, batch_rows):
-        ids = batch.column(0).to_numpy()
-        times = batch.column(3).cast(pa.int64()).to_numpy()
-        bars, state = process_chunk(
-            feature.spec, state, times, batch.column(1).to_numpy(), batch.column(2).to_numpy(),
-            batch.column(4).to_numpy(zero_copy_only=False), ids,
-        )
-        if bars.num_rows:
-            pieces.append(bars)
-        trades += batch.num_rows
-        new_last = int(ids[-1])
-        first_time = int(times.min()) if first_time is None else min(first_time, int(times.min()))
-        last_time = int(times.max()) if last_time is None else max(last_time, int(times.max()))
+    # The lake is read (decoded) in a thread ahead of the kernel: both release the GIL.
+    batches = _trades_after(entries, last_id, batch_rows)
+    with closing(batches), closing(read_ahead(batches.__next__, depth=2, name="features-read-ahead")) as ahead:
+        for batch in ahead:
+            ids = batch.column(0).to_numpy()
+            times = batch.column(3).cast(pa.int64()).to_numpy()
+            bars, state = process_chunk(
+                feature.spec, state, times, batch.column(1).to_numpy(), batch.column(2).to_numpy(),
+                batch.column(4).to_numpy(zero_copy_only=False), ids,
+            )
+            if bars.num_rows:
+                pieces.append(bars)
+            trades += batch.num_rows
+            new_last = int(ids[-1])
+            first_time = int(times.min()) if first_time is None else min(first_time, int(times.min()))
+            last_time = int(times.max()) if last_time is None else max(last_time, int(times.max()))
     if trades == 0:
         if recompute and parts:  # nothing left in the lake to build from: the old result goes
             journalled_swap(folder, [], parts)
