@@ -117,7 +117,7 @@ async def download_archive(
             try:
                 got, size = await stream_to_file(session, url, tmp)
                 if got == expected:
-                    _commit_archive(tmp, final, expected)
+                    await asyncio.to_thread(_commit_archive, tmp, final, expected)  # fsyncs: off the loop
                     return DownloadResult(spec, final, got, size, time.perf_counter() - started, refetched)
                 if attempt == 1:
                     # Binance sometimes fixes the archive or its checksum: fetch both afresh once.
@@ -129,7 +129,7 @@ async def download_archive(
                     expected = fresh.sha256
                     continue
                 reason = f"sha256 {got} but the published checksum is {expected} (after one re-fetch)"
-                _quarantine(tmp, spec, data_dir, reason, got, expected)
+                await asyncio.to_thread(_quarantine, tmp, spec, data_dir, reason, got, expected)
                 raise ChecksumMismatch(url, reason)
             finally:
                 tmp.unlink(missing_ok=True)
