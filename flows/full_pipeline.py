@@ -110,15 +110,22 @@ def run_pipeline(settings: Settings, notes: Sequence[str] = ()) -> PipelineRepor
         if "download" in steps or "convert" in steps:
             _ingest(settings, data_dir, report, cache)
         if "merge" in steps or "optimize" in steps:
+            report.stage_started("merge")
             _compact(settings, data_dir, report)
+            report.stage_ended("merge")
         # Validation, the gap report and the features only read the merged lake: they run together.
-        readers = [step(settings, data_dir, report) for name, step in
-                   (("validate", _validate), ("gaps", _gaps), ("features", partial(_features, cache=cache)))
-                   if name in steps]
-        for collect in readers:
+        readers = []
+        for name, step in (("validate", _validate), ("gaps", _gaps), ("features", partial(_features, cache=cache))):
+            if name in steps:
+                report.stage_started(name)
+                readers.append((name, step(settings, data_dir, report)))
+        for name, collect in readers:
             collect()
+            report.stage_ended(name)
         if "cleanup" in steps:
+            report.stage_started("cleanup")
             _cleanup(settings, data_dir, report)
+            report.stage_ended("cleanup")
         _publish_artifacts(report)
     if settings.dask_address or settings.dask_processes:
         flush_worker_logs()  # other processes' logs; an in-process cluster's are this process's own
@@ -179,6 +186,7 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
     downloading = "download" in settings.steps
     converting = "convert" in settings.steps
     if downloading:
+        report.stage_started("download")  # discovery, checksums and the downloads themselves
         discoveries = discover_task(
             settings.listing_url, settings.market, list(settings.symbols), _granularities(settings), http,
             settings.concurrency,
@@ -223,6 +231,7 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
     batch: list[ArchiveSpec] = []
 
     def submit_batch(specs: list[ArchiveSpec]) -> None:
+        report.stage_started("convert")
         label = specs[0].key.rsplit("/", 1)[-1] + (f" and {len(specs) - 1} more" if len(specs) > 1 else "")
         fut = ingest_batch_task.submit(
             items=[(s, shas[s]) for s in specs], data_dir=data_dir, options=settings.convert_options, label=label
@@ -292,9 +301,12 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
                     ArchiveOutcome(spec.key, "cached" if cached else "downloaded", bytes=result.bytes,
                                    seconds=0.0 if cached else result.seconds)
                 )
+        if downloading:
+            report.stage_ended("download")
         flush_batches()
 
     for fut in as_completed(list(ingests)):
+        report.stage_ended("convert")
         specs = ingests[fut]
         results = fut.result(raise_on_failure=False)
         if isinstance(results, BaseException):  # the batch itself failed (a worker died): each archive failed

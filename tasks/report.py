@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -54,6 +55,33 @@ class PipelineReport:
     features: list[FeatureResult] = field(default_factory=list)
     upkeep_errors: list[str] = field(default_factory=list)  # merge, optimize, gaps or cleanup refused
     notes: list[str] = field(default_factory=list)  # what the calling flow wants said (e.g. late days)
+    #: Wall-clock span of each stage, (first start, last end) in epoch seconds. Stages overlap:
+    #: conversion starts while downloads run, and validate, gaps and features run together.
+    stages: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def stage_started(self, name: str) -> None:
+        """Mark a stage's start (the first mark counts)."""
+        now = time.time()
+        self.stages.setdefault(name, (now, now))
+
+    def stage_ended(self, name: str) -> None:
+        """Mark a stage's end (the last mark counts)."""
+        now = time.time()
+        start = self.stages.get(name, (now, now))[0]
+        self.stages[name] = (start, now)
+
+    def stage_seconds(self, name: str) -> float | None:
+        """How long a stage ran, from its first start to its last end; None if it did not run."""
+        span = self.stages.get(name)
+        return None if span is None else span[1] - span[0]
+
+    def timeline(self) -> str:
+        """`stage start-end s` for each stage, in seconds from the first stage's start."""
+        if not self.stages:
+            return ""
+        origin = min(a for a, _ in self.stages.values())
+        return ", ".join(f"{name} {a - origin:.2f}-{b - origin:.2f} s"
+                         for name, (a, b) in sorted(self.stages.items(), key=lambda kv: kv[1]))
 
     @property
     def failures(self) -> list[ArchiveOutcome]:
@@ -97,6 +125,9 @@ class PipelineReport:
         self.features.extend(other.features)
         self.upkeep_errors.extend(other.upkeep_errors)
         self.notes.extend(other.notes)
+        for name, (a, b) in other.stages.items():
+            mine = self.stages.get(name)
+            self.stages[name] = (a, b) if mine is None else (min(mine[0], a), max(mine[1], b))
 
     def compaction_table(self) -> list[dict[str, object]]:
         """Rows for the lake-files artifact."""
@@ -153,6 +184,8 @@ class PipelineReport:
         for cl in self.cleanups:
             lines.append(f"cleanup {cl.market}/{cl.symbol}: removed {len(cl.removed)} archives, "
                          f"{cl.bytes_freed:,} bytes freed; kept {len(cl.kept)}")
+        if self.stages:
+            lines.append(f"stages (wall clock, they overlap): {self.timeline()}")
         for err in self.validation_errors:
             lines.append(f"VALIDATION FAILED {err}")
         for err in self.upkeep_errors:
