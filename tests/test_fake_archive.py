@@ -289,6 +289,19 @@ def test_reset_answers_nothing(fa: FakeArchive) -> None:
     assert get(fa.url(KEY))[2] == b"data"
 
 
+def test_bytes_per_second_paces_each_response() -> None:
+    body = bytes(range(256)) * (3 * 4096)  # 3 MiB
+    with FakeArchive(bytes_per_second=6 * 2**20) as paced:
+        paced.put(KEY, body)
+        paced.put("tiny", b"x")
+        t0 = time.perf_counter()
+        assert get(paced.url(KEY))[2] == body
+        assert time.perf_counter() - t0 >= 0.45  # 3 MiB at 6 MiB/s: 0.5 s
+        t0 = time.perf_counter()
+        assert get(paced.url("tiny"))[2] == b"x"
+        assert time.perf_counter() - t0 < 0.4  # paced by its size, not by the chunk
+
+
 def test_slow_and_stall_delay_the_answer(fa: FakeArchive) -> None:
     fa.put(KEY, b"data" * 10)
     fa.inject(KEY, "slow", delay=0.3)

@@ -159,6 +159,8 @@ class FakeArchive:
     - `page_size`: most entries per listing page (S3: 1000); a `max-keys` query is capped at it.
     - `slow_delay`: default seconds of the "slow" and "stall" faults.
     - `cut_fraction`: share of the body sent before a "cut" closes the connection.
+    - `bytes_per_second`: if set, each response's body is paced to this rate (per
+      connection, as a CDN edge serves one): a real link instead of loopback's GB/s.
     """
 
     def __init__(
@@ -169,12 +171,14 @@ class FakeArchive:
         cut_fraction: float = 0.5,
         host: str = "127.0.0.1",
         port: int = 0,
+        bytes_per_second: float | None = None,
     ) -> None:
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
         self.page_size = page_size
         self.slow_delay = slow_delay
         self.cut_fraction = cut_fraction
+        self.bytes_per_second = bytes_per_second
         self._host = host
         self._port = port
         self._objects: dict[str, StoredObject] = {}
@@ -536,7 +540,13 @@ class FakeArchive:
             if not await self._fault_sleep(request, stall):
                 return resp
             body = body[half:]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         for lo in range(0, len(body), _CHUNK):
+            if self.bytes_per_second:  # a chunk leaves once the link would have carried it
+                ahead = started + min(lo + _CHUNK, len(body)) / self.bytes_per_second - loop.time()
+                if ahead > 0 and not await self._fault_sleep(request, ahead):
+                    return resp
             await resp.write(body[lo : lo + _CHUNK])
         await resp.write_eof()
         return resp
