@@ -94,7 +94,7 @@ async def stream_to_file(session: aiohttp.ClientSession, url: str, dest: Path) -
 
     Writing and hashing a chunk run in a worker thread while the event loop receives the
     next one (both release the GIL): on loopback this took the 32-archive download from
-    1.08 to 0.63 s (BENCHMARKS.md), and on a slow link it keeps the loop free for the other
+    1.08 to 0.66-0.79 s (BENCHMARKS.md), and on a slow link it keeps the loop free for the other
     downloads. A body shorter than its Content-Length is a transient fault (the connection was cut).
     """
     loop = asyncio.get_running_loop()

@@ -2,9 +2,10 @@
 
 A process's first call of a numba kernel loads it from the on-disk cache and first
 initialises numba's typing context: 0.3-0.6 s measured, paid by the first conversion
-(and again, less, by the merge's digest and the bars). The flow starts `warm_up_in_background` when it
-begins, so this overlaps listing and downloads instead of delaying the first archive. A
-conversion that starts before it is done waits on numba's own lock; nothing runs twice.
+(and again, less, by the merge's digest and the bars). The flow starts
+`warm_up_in_background` when it begins, so this overlaps listing and downloads instead of
+delaying the first archive. A conversion that starts before it is done waits on numba's
+own lock; nothing is loaded twice.
 """
 
 from __future__ import annotations
