@@ -56,7 +56,9 @@ class PipelineReport:
     upkeep_errors: list[str] = field(default_factory=list)  # merge, optimize, gaps or cleanup refused
     notes: list[str] = field(default_factory=list)  # what the calling flow wants said (e.g. late days)
     #: Wall-clock span of each stage, (first start, last end) in epoch seconds. Stages overlap:
-    #: conversion starts while downloads run, and validate, gaps and features run together.
+    #: conversion starts while downloads run, and validate, gaps and features run together
+    #: (their ends are when the flow collected them, in that order, so gaps and features
+    #: never end before validate).
     stages: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def stage_started(self, name: str) -> None:
