@@ -344,7 +344,10 @@ def _failed_outcome(spec: ArchiveSpec, exc: BaseException, size: int | None) -> 
 def _validate(settings: Settings, data_dir: Path, report: PipelineReport) -> Callable[[], None]:
     """Submit the validation of every symbol; returns what collects the results into `report`."""
     futures = [
-        validate_symbol_task.submit(data_dir, settings.market, symbol, settings.start, settings.end)
+        validate_symbol_task.submit(
+            data_dir, settings.market, symbol, settings.start, settings.end,
+            tuple(v for c in report.compactions if c.symbol == symbol for v in c.verified),
+        )
         for symbol in settings.symbols
     ]
 
@@ -356,6 +359,7 @@ def _validate(settings: Settings, data_dir: Path, report: PipelineReport) -> Cal
                 continue
             assert isinstance(result, SymbolValidation)
             report.validated_files += result.files
+            report.validated_at_write += result.verified_at_write
             report.validation_errors.extend(result.errors)
             report.gaps.extend(
                 GapNote(settings.market, result.symbol, g.where, g.after_id, g.before_id, g.missing_ids)

@@ -49,7 +49,7 @@ from tasks.read_ahead import read_ahead
 from tasks.schema import TRADES_SCHEMA
 from tasks.settings import ConvertOptions
 from tasks.sorted_merge import DuplicateTradeIds, SortedStream, merge_sorted_streams
-from tasks.validate import ExpectedFile, validate_parquet_file
+from tasks.validate import ExpectedFile, FileReport, VerifiedFile, validate_parquet_file
 
 _DAY_US = DAY_US
 _U64 = (1 << 64) - 1
@@ -149,6 +149,8 @@ class CompactionResult:
     bytes_written: int
     changed_days: tuple[date, ...]
     seconds: float = 0.0
+    #: The files written, each as validated in full before the swap (the validate step reuses these).
+    verified: tuple[VerifiedFile, ...] = ()
 
 
 def _units_of(entry: LakeEntry, staged: bool) -> list[Unit]:
@@ -342,8 +344,8 @@ def _id_range(path: Path) -> tuple[int, int]:
 
 def _write_group(
     group: Group, folder: Path, plan: CompactionPlan, market: str, symbol: str, options: ConvertOptions
-) -> tuple[Path, int]:
-    """Stream a group's rows into a hidden temporary file, verify it, and return (temporary, rows)."""
+) -> tuple[Path, int, FileReport]:
+    """Stream a group's rows into a hidden temporary file, verify it; return (temporary, rows, its report)."""
     units = group.units
     tmp = temp_path_for(folder / group.name)
     # Rows of archives being replaced are dropped from the files that held them, by their days.
@@ -372,12 +374,12 @@ def _write_group(
         except DuplicateTradeIds as exc:
             raise LakeConflict(str(folder / group.name), f"{exc}; nothing merged") from None
         writer.close(source_metadata_doc(market, symbol, [u.doc for u in units]))
-        _verify(tmp, units, expected, market, symbol)
+        report = _verify(tmp, units, expected, market, symbol)
     except BaseException:
         writer.abort()
         tmp.unlink(missing_ok=True)
         raise
-    return tmp, sum(u.rows for u in units)
+    return tmp, sum(u.rows for u in units), report
 
 
 def _excluded_ranges(holder: Block, kept: list[Unit]) -> list[tuple[int, int]]:
@@ -393,13 +395,13 @@ def _excluded_ranges(holder: Block, kept: list[Unit]) -> list[tuple[int, int]]:
     return ranges
 
 
-def _verify(tmp: Path, units: list[Unit], expected: DayDigest, market: str, symbol: str) -> None:
+def _verify(tmp: Path, units: list[Unit], expected: DayDigest, market: str, symbol: str) -> FileReport:
     """The new file holds exactly the inputs' rows: per source counts, per day digests, the lake contract."""
     first, last = min(u.first_day for u in units), max(u.last_day for u in units)
     lo, hi = _day_range_us(first, last)
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
     got = DayDigest()
-    validate_parquet_file(
+    report = validate_parquet_file(
         tmp,
         ExpectedFile(rows=sum(u.rows for u in units), start=epoch + timedelta(microseconds=lo),
                      end=epoch + timedelta(microseconds=hi), market=market, symbol=symbol),
@@ -412,6 +414,7 @@ def _verify(tmp: Path, units: list[Unit], expected: DayDigest, market: str, symb
             problems.append(f"{u.archive}: {n} rows written, its metadata says {u.rows}")
     if problems:
         raise LakeValidationError(str(tmp), "compacted file does not match its inputs: " + "; ".join(problems[:10]))
+    return report
 
 
 def compact_symbol(
@@ -431,6 +434,7 @@ def compact_symbol(
     staged = staged_inventory(data_dir, market, symbol)
     plan = plan_compaction(lake, staged, target_bytes, consolidate)
     written: list[tuple[Path, Path]] = []
+    reports: list[FileReport] = []
     remove: list[Path] = []
     rows = 0
     changed: set[date] = set()
@@ -440,8 +444,9 @@ def compact_symbol(
             remove.extend(sorted(inputs))
             if not group.units:
                 continue  # every archive of this file moved elsewhere: it is only removed
-            tmp, n = _write_group(group, folder, plan, market, symbol, options)
+            tmp, n, file_report = _write_group(group, folder, plan, market, symbol, options)
             written.append((tmp, folder / group.name))
+            reports.append(file_report)
             rows += n
             for b in group.blocks:
                 if b.dirty:
@@ -466,6 +471,7 @@ def compact_symbol(
         bytes_written=sum(final.stat().st_size for _, final in written),
         changed_days=tuple(sorted(changed)),
         seconds=time.perf_counter() - started,
+        verified=tuple(VerifiedFile.of(final, r) for (_, final), r in zip(written, reports, strict=True)),
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -16,7 +17,7 @@ from tasks.convert import convert_archive
 from tasks.errors import ChecksumMismatch, LakeValidationError, NotDownloaded, PipelineError
 from tasks.lake import LakeEntry, lake_inventory, lake_source, staging_holds
 from tasks.settings import ConvertOptions
-from tasks.validate import ExpectedFile, FileReport, continuity_gaps, validate_parquet_file
+from tasks.validate import ExpectedFile, FileReport, VerifiedFile, continuity_gaps, validate_parquet_file
 
 
 @dataclass(frozen=True)
@@ -124,15 +125,19 @@ class SymbolValidation:
     gaps: tuple[SymbolGap, ...]
     errors: tuple[str, ...]
     unlisted_gaps: int = 0
+    verified_at_write: int = 0  # files whose report came from this run's merge (not read again)
 
 
-def validate_symbol(data_dir: Path, market: Market, symbol: str, start: date, end: date) -> SymbolValidation:
+def validate_symbol(
+    data_dir: Path, market: Market, symbol: str, start: date, end: date, verified: Sequence[VerifiedFile] = ()
+) -> SymbolValidation:
     """Validate the lake files of a symbol overlapping [start, end], and their neighbours' continuity.
 
     Each file is read in full (row group by row group): schema, rows against its source
     metadata, time bounds, ids strictly increasing. Id gaps inside and between adjacent
     files are reported; they are real in Binance data (binance-public-data#363) and are
-    not errors. Files whose ranges overlap are errors.
+    not errors. Files whose ranges overlap are errors. A file in `verified` (written and
+    validated in full by this run's merge) that is unchanged since is not read again.
     """
     entries = lake_inventory(data_dir, market, symbol)
     chosen = [e for e in entries if e.last_day >= start and e.first_day <= end]
@@ -144,12 +149,15 @@ def validate_symbol(data_dir: Path, market: Market, symbol: str, start: date, en
     reports: list[FileReport] = []
     gaps: list[SymbolGap] = []
     unlisted = 0  # gaps beyond the per-file listing cap: counted, not itemised
+    reused = 0
     for entry in chosen:
         if entry.problem:
             errors.append(f"{entry.path}: {entry.problem}")
             continue
+        known = next((v for v in verified if v.still_matches(entry.path)), None)
         try:
-            rep = validate_parquet_file(entry.path, _expected_for(None, entry))
+            rep = known.report if known is not None else validate_parquet_file(entry.path, _expected_for(None, entry))
+            reused += known is not None
         except PipelineError as exc:
             errors.append(str(exc))
             continue
@@ -163,5 +171,5 @@ def validate_symbol(data_dir: Path, market: Market, symbol: str, start: date, en
         else:
             gaps.append(SymbolGap(where, g.prev_last_id, g.next_first_id, g.size))
     return SymbolValidation(
-        market, symbol, len(reports), sum(r.rows for r in reports), tuple(gaps), tuple(errors), unlisted
+        market, symbol, len(reports), sum(r.rows for r in reports), tuple(gaps), tuple(errors), unlisted, reused
     )

@@ -30,6 +30,7 @@ from tasks.ingest import IngestResult, SymbolValidation, ingest_archive, validat
 from tasks.lake import lake_inventory
 from tasks.listing import Discovery, discover
 from tasks.settings import ConvertOptions
+from tasks.validate import VerifiedFile
 
 #: Bump when the lake file format changes, so old cache records stop matching.
 CACHE_VERSION = "trades-v1"
@@ -122,9 +123,14 @@ def ingest_batch_task(
 
 
 @task(name="validate-symbol", task_run_name="validate {market}/{symbol}")
-def validate_symbol_task(data_dir: Path, market: Market, symbol: str, start: Any, end: Any) -> SymbolValidation:
-    """Validate every lake file of a symbol overlapping [start, end] and the id continuity between them."""
-    return validate_symbol(data_dir, market, symbol, start, end)
+def validate_symbol_task(
+    data_dir: Path, market: Market, symbol: str, start: Any, end: Any, verified: tuple[VerifiedFile, ...] = ()
+) -> SymbolValidation:
+    """Validate every lake file of a symbol overlapping [start, end] and the id continuity between them.
+
+    `verified`: files this run's merge wrote and validated in full; unchanged, they are not read again.
+    """
+    return validate_symbol(data_dir, market, symbol, start, end, verified)
 
 
 @task(name="merge-symbol", task_run_name="{mode} {market}/{symbol}")

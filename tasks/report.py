@@ -49,6 +49,7 @@ class PipelineReport:
     gaps: list[GapNote] = field(default_factory=list)
     validation_errors: list[str] = field(default_factory=list)
     validated_files: int = 0
+    validated_at_write: int = 0  # of those, validated in full by this run's merge as it wrote them
     compactions: list[CompactionResult] = field(default_factory=list)
     gap_reports: list[GapReport] = field(default_factory=list)
     cleanups: list[CleanupResult] = field(default_factory=list)
@@ -121,6 +122,7 @@ class PipelineReport:
         self.gaps.extend(other.gaps)
         self.validation_errors.extend(other.validation_errors)
         self.validated_files += other.validated_files
+        self.validated_at_write += other.validated_at_write
         self.compactions.extend(other.compactions)
         self.gap_reports.extend(other.gap_reports)
         self.cleanups.extend(other.cleanups)
@@ -164,7 +166,8 @@ class PipelineReport:
             if len(self.missing) > 50:
                 lines.append(f"  ... and {len(self.missing) - 50} more")
         if self.validated_files:
-            lines.append(f"validated lake files: {self.validated_files}; trade-id gaps: {len(self.gaps)}")
+            at_write = f" ({self.validated_at_write} as the merge wrote them)" if self.validated_at_write else ""
+            lines.append(f"validated lake files: {self.validated_files}{at_write}; trade-id gaps: {len(self.gaps)}")
             for g in self.gaps[:20]:
                 lines.append(f"  gap {g.market} {g.symbol} {g.where}: ids {g.after_id} -> {g.before_id} "
                              f"({g.missing_ids} missing)")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -126,6 +126,35 @@ class FileReport:
     last_time: datetime | None
     id_gaps: IdGaps
     source_metadata: dict[str, Any] | None = field(default=None, hash=False)
+
+
+@dataclass(frozen=True)
+class VerifiedFile:
+    """A lake file validated when it was written, identified by its size and mtime then.
+
+    The merge validates every file it writes, in full, before the swap; the validate step
+    of the same run reuses that report for a file still of this size and mtime instead of
+    reading it again (a daily append rewrites a file of up to `target_file_bytes`).
+    """
+
+    path: Path
+    size: int
+    mtime_ns: int
+    report: FileReport
+
+    @staticmethod
+    def of(path: Path, report: FileReport) -> VerifiedFile:
+        """The record of `path` as it is on disk now, with `report` re-pointed at it."""
+        st = path.stat()
+        return VerifiedFile(path, st.st_size, st.st_mtime_ns, replace(report, path=path))
+
+    def still_matches(self, path: Path) -> bool:
+        """True when `path` is this file, unchanged since it was verified."""
+        try:
+            st = path.stat()
+        except OSError:
+            return False
+        return path == self.path and st.st_size == self.size and st.st_mtime_ns == self.mtime_ns
 
 
 @dataclass(frozen=True)

@@ -297,3 +297,30 @@ def test_day_digest_ignores_chunking_and_sees_any_changed_field() -> None:
     other = DayDigest()
     other.add(t.set_column(5, t.schema.field(5), pa.array(moved, t.schema.field(5).type)))
     assert len(whole.differences(other)) == 2
+
+
+def test_files_the_merge_verified_are_not_read_again_by_validation_unless_changed(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from tasks.ingest import validate_symbol
+
+    tables = [stage_day(tmp_path, n) for n in (1, 2)]
+    result = compact(tmp_path)
+    (verified,) = result.verified
+    path = lake_files(tmp_path, "spot", "BTCUSDT")[0]
+    assert verified.path == path and verified.report.path == path and verified.report.rows == 2 * ROWS
+    assert verified.report.first_trade_id == 1 and verified.report.last_trade_id == 2 * ROWS
+    plain = validate_symbol(tmp_path, "spot", "BTCUSDT", day(1), day(2))
+    reused = validate_symbol(tmp_path, "spot", "BTCUSDT", day(1), day(2), result.verified)
+    assert (plain.files, plain.rows, plain.verified_at_write) == (1, 2 * ROWS, 0)
+    assert (reused.files, reused.rows, reused.verified_at_write) == (1, 2 * ROWS, 1)
+    assert reused.gaps == plain.gaps and reused.errors == plain.errors == ()
+    # The record is what is used, not a re-read: a doctored one shows through...
+    doctored = replace(verified, report=replace(verified.report, rows=7))
+    assert validate_symbol(tmp_path, "spot", "BTCUSDT", day(1), day(2), (doctored,)).rows == 7
+    # ...until the file changes (another mtime): then it is read again.
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    again = validate_symbol(tmp_path, "spot", "BTCUSDT", day(1), day(2), (doctored,))
+    assert (again.rows, again.verified_at_write) == (2 * ROWS, 0)
+    assert_exact(tmp_path, *tables)

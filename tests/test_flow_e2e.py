@@ -122,6 +122,10 @@ def test_spot_run_lands_good_archives_refuses_bad_and_caches_rerun(
     assert report.stages["download"][1] <= report.stages["merge"][0]
     assert report.stages["convert"][1] <= report.stages["merge"][0] <= report.stages["validate"][0]
     assert "stages (wall clock, they overlap): download 0.00-" in str(summary.data)
+    # The files the merge wrote (and validated in full) are not read again by the validate step.
+    written = sum(len(c.files_written) for c in report.compactions)
+    assert written and report.validated_at_write == written <= report.validated_files
+    assert f"({written} as the merge wrote them)" in str(summary.data)
     # Logs of the tasks that ran on the Dask workers reached the run's log.
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
