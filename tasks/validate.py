@@ -176,16 +176,6 @@ class Gap:
     next_first_time: datetime | None = None
 
 
-def read_source_metadata(path: Path) -> dict[str, Any] | None:
-    """Parse the sources JSON from a Parquet footer (reads the footer only); None if absent."""
-    raw = pq.read_metadata(path).metadata or {}
-    value = raw.get(SOURCE_METADATA_KEY)
-    if value is None:
-        return None
-    doc = json.loads(value)
-    return doc if isinstance(doc, dict) else {"value": doc}
-
-
 def _describe_schema_problems(schema: pa.Schema) -> list[str]:
     problems: list[str] = []
     names = schema.names

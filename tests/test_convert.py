@@ -29,9 +29,9 @@ import pytest
 from tasks.archive_spec import ArchiveSpec, Market
 from tasks.convert import ConversionResult, convert_archive
 from tasks.errors import CorruptArchive, InvalidData, PipelineError, UnsafePath
+from tasks.lake import read_sources
 from tasks.schema import SOURCE_METADATA_KEY, TRADES_SCHEMA, same_columns
 from tasks.settings import ConvertOptions
-from tasks.validate import read_source_metadata
 
 REPO = Path(__file__).resolve().parents[1]
 DAY = date(2024, 1, 1)
@@ -124,7 +124,7 @@ def test_spot_2024_ms_no_header(tmp_path: Path) -> None:
     assert not result.sorted_externally
     assert pickle.loads(pickle.dumps(result)) == result
 
-    doc = read_source_metadata(out)
+    doc = read_sources(out)
     assert doc == {
         "market": "spot",
         "symbol": "BTCUSDT",
@@ -178,7 +178,7 @@ def test_um_with_and_without_header(tmp_path: Path, header: bool) -> None:
     assert table.column("quote_qty").to_pylist() == [169.134, 169.134, 169.134]
     assert table.column("price").to_pylist() == [42283.5] * 3
     assert time_micros(table) == [(DAY_MS + 1) * 1000, (DAY_MS + 2) * 1000, (DAY_MS + 2) * 1000]
-    assert read_source_metadata(out)["sources"][0]["header"] is header  # type: ignore[index]
+    assert read_sources(out)["sources"][0]["header"] is header  # type: ignore[index]
 
 
 def test_cm_header_and_base_qty(tmp_path: Path) -> None:
@@ -193,7 +193,7 @@ def test_cm_header_and_base_qty(tmp_path: Path) -> None:
     assert table.column("quote_qty").null_count == 2
     assert table.column("qty").to_pylist() == [10.0, 3.0]
     assert table.column("is_buyer_maker").to_pylist() == [True, False]
-    assert read_source_metadata(out)["symbol"] == "BTCUSD_PERP"  # type: ignore[index]
+    assert read_sources(out)["symbol"] == "BTCUSD_PERP"  # type: ignore[index]
 
 
 def test_utf8_bom_before_first_trade_is_tolerated(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""validate_parquet_file, continuity_gaps and read_source_metadata on real Parquet files.
+"""validate_parquet_file, continuity_gaps and the footer's source document on real Parquet files.
 
 Bad files are written directly with pyarrow, each breaking one rule of the lake contract,
 and one breaking several at once (every failure must be reported together).
@@ -18,6 +18,7 @@ import pytest
 
 from tasks.archive_spec import ArchiveSpec
 from tasks.errors import LakeValidationError
+from tasks.lake import read_sources
 from tasks.schema import SOURCE_METADATA_KEY, TRADES_SCHEMA
 from tasks.validate import (
     ExpectedFile,
@@ -25,7 +26,6 @@ from tasks.validate import (
     Gap,
     IdGaps,
     continuity_gaps,
-    read_source_metadata,
     validate_parquet_file,
 )
 
@@ -79,7 +79,7 @@ def test_valid_file_report(tmp_path: Path) -> None:
     # The second gap spans a row-group boundary (rows 12..15 are the last group).
     assert report.id_gaps == IdGaps(listed=((109, 120), (124, 200)), count=2, missing_ids=10 + 75)
     assert report.source_metadata == doc
-    assert read_source_metadata(path) == doc
+    assert read_sources(path) == doc
     assert pickle.loads(pickle.dumps(report)) == report
 
 
@@ -192,7 +192,7 @@ def test_source_metadata_must_match(tmp_path: Path) -> None:
     reason = problems_of(path, ExpectedFile(market="spot", symbol="BTCUSDT"))
     assert "source metadata market is 'um', expected 'spot'" in reason
     assert "source metadata symbol is 'ETHUSDT', expected 'BTCUSDT'" in reason
-    assert read_source_metadata(write(tmp_path / "plain.parquet", lake_table([1]))) is None
+    assert read_sources(write(tmp_path / "plain.parquet", lake_table([1]))) is None
 
 
 # ---------------------------------------------------------------------------------------
