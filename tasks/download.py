@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 
 from tasks.archive_spec import ArchiveSpec
-from tasks.atomic import atomic_path, temp_path_for, write_bytes_atomic
+from tasks.atomic import atomic_path, commit, temp_path_for, write_bytes_atomic
 from tasks.errors import ChecksumMismatch, NotPublished, PipelineError, UnexpectedResponse
 from tasks.http import HttpOptions, fetch_bytes, make_session, stream_to_file, with_retries
 
@@ -143,15 +143,14 @@ def _commit_archive(tmp: Path, final: Path, sha256: str) -> None:
     """
     stored = final.with_name(final.name + ".CHECKSUM")
     stored.unlink(missing_ok=True)
-    with atomic_path(final) as dest:
-        tmp.replace(dest)
+    commit(tmp, final)  # tmp is already a temporary beside `final`: fsync, rename, fsync the folder
     write_bytes_atomic(stored, f"{sha256}  {final.name}".encode())
 
 
 def _quarantine(tmp: Path, spec: ArchiveSpec, data_dir: Path, reason: str, got: str, expected: str) -> None:
     """Keep the refused bytes for inspection, with the reason, outside the archive folder."""
     dest = spec.quarantine_zip(data_dir)
-    with atomic_path(dest) as q:
+    with atomic_path(dest) as q:  # another folder: moved in under a temporary name, then committed
         tmp.replace(q)
     note = {"archive": spec.key, "reason": reason, "sha256": got, "published_sha256": expected}
     write_bytes_atomic(dest.with_name(dest.name + ".reason.json"), json.dumps(note, indent=2).encode())
