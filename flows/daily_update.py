@@ -29,6 +29,8 @@ from pydantic import ValidationError
 from flows.full_pipeline import print_validation_error, run_pipeline
 from flows.runtime import dask_runner, default_dask_runner, shared_api_server
 from tasks.archive_spec import Market
+from tasks.datadir import check_data_dir
+from tasks.errors import DataDirRefused
 from tasks.http import HttpOptions
 from tasks.lake import coverage, lake_inventory, staged_inventory
 from tasks.listing import list_symbols
@@ -136,6 +138,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                          **{k: v for k in ("base_url", "listing_url", "dask_address") if (v := kwargs[k])})
     except ValidationError as exc:
         print_validation_error(exc)
+        return 2
+    try:
+        check_data_dir(probe.data_dir)  # before any server starts: a typo fails in a second
+    except DataDirRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     with shared_api_server():
         state = daily_update.with_options(task_runner=dask_runner(probe))(**kwargs, return_state=True)

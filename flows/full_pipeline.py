@@ -36,8 +36,9 @@ from flows.runtime import (
 from tasks.archive_spec import ArchiveSpec, Granularity, parse_archive_name
 from tasks.atomic import remove_stale_temporaries
 from tasks.compact import recover_lake
+from tasks.datadir import check_data_dir, open_data_dir
 from tasks.download import Published, local_archive_matches, local_archives, stored_checksum
-from tasks.errors import NotPublished, PipelineError, TransientNetworkError, describe
+from tasks.errors import DataDirRefused, NotPublished, PipelineError, TransientNetworkError, describe
 from tasks.features import parse_feature
 from tasks.http import HttpOptions
 from tasks.ingest import IngestResult, SymbolValidation
@@ -86,7 +87,7 @@ def run_pipeline(settings: Settings, notes: Sequence[str] = ()) -> PipelineRepor
     Shared by `full_pipeline` and `flows.daily_update`; `notes` are added to the report.
     """
     logger = get_run_logger()
-    data_dir = settings.data_dir.resolve()
+    data_dir = open_data_dir(settings.data_dir)  # refuses a folder that is neither new, empty nor a lake
     in_process = not (settings.dask_address or settings.dask_processes)
     if in_process and {"convert", "merge", "optimize"} & set(settings.steps):
         # The in-process cluster's threads will call the kernels.
@@ -95,9 +96,11 @@ def run_pipeline(settings: Settings, notes: Sequence[str] = ()) -> PipelineRepor
         workers = check_workers_share(data_dir, settings.dask_address)
         logger.info("all %d Dask workers at %s see %s", workers, settings.dask_address, data_dir)
     with data_dir_lock(data_dir, settings.lock_wait_s, run=str(flow_run.name or "")):
-        recovered = recover_lake(data_dir)
+        recovered, leftovers = recover_lake(data_dir)
         if recovered:
-            logger.warning("finished %d lake swaps interrupted by a killed run", recovered)
+            logger.warning("finished or undid %d folder swaps left by a killed run", recovered)
+        for line in leftovers:
+            logger.warning("%s", line)
         stale = remove_stale_temporaries(data_dir, check_owner=False)  # the lock: no other run is writing
         if stale:
             logger.warning("removed %d temporary files left by an interrupted run", stale)
@@ -526,6 +529,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from_args(argv)
     except ValidationError as exc:
         print_validation_error(exc)
+        return 2
+    try:
+        check_data_dir(settings.data_dir)  # before any server starts: a typo fails in a second
+    except DataDirRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     # Dask's INFO chatter (workers starting and stopping) would bury the run's own report.
     logging.getLogger("distributed").setLevel(logging.WARNING)

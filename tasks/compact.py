@@ -19,9 +19,12 @@ day borders (#240), so only whole archives keep files disjoint by trade id.
 Every new file is streamed (one row group of each input in memory at a time), then
 checked before it replaces anything: rows per source against the source metadata, a
 content digest per day against the inputs, and the lake contract (`validate_parquet_file`).
-The swap is journalled: temporaries are fsynced, a journal naming them and the inputs
-is committed, then temporaries are renamed and inputs removed. A run killed anywhere
-either left the lake as it was (no journal) or is rolled forward by `recover_swap`.
+The new set of the symbol's files replaces the old one in a single step
+(`tasks.atomic.swap_folder`: a directory exchange): readers see the old set or the new
+set, never both, even after a kill; `recover_lake` at the start of the next run finishes
+or undoes what a killed swap left. Staged archives are deleted once the lake holds them;
+a staged archive the lake already holds from the same sha256 (a kill between the swap and
+that deletion) is dropped, not merged twice.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tasks.archive_spec import Market, lake_symbol_dir, range_file_name
-from tasks.atomic import JOURNAL_NAME, fsync_dir, journalled_swap, recover_swap, temp_path_for
+from tasks.atomic import SwapOutcome, fsync_dir, recover_swaps, swap_folder, temp_path_for
 from tasks.digest_nb import DAY_US, day_runs
 from tasks.errors import LakeConflict, LakeValidationError
 from tasks.lake import LakeEntry, lake_inventory, read_sources, staged_inventory
@@ -151,6 +154,10 @@ class CompactionResult:
     seconds: float = 0.0
     #: The files written, each as validated in full before the swap (the validate step reuses these).
     verified: tuple[VerifiedFile, ...] = ()
+    #: Superseded files the swap could not delete (kept out of readers' paths), or None.
+    leftover: str | None = None
+    #: Staged archives dropped because the lake already held them from the same sha256.
+    staged_dropped: tuple[str, ...] = ()
 
 
 def _units_of(entry: LakeEntry, staged: bool) -> list[Unit]:
@@ -428,10 +435,9 @@ def compact_symbol(
     """
     started = time.perf_counter()
     folder = lake_symbol_dir(data_dir, market, symbol)
-    folder.mkdir(parents=True, exist_ok=True)
-    recover_swap(folder)
+    folder.mkdir(parents=True, exist_ok=True)  # temporaries are written beside their final name
     lake = lake_inventory(data_dir, market, symbol)
-    staged = staged_inventory(data_dir, market, symbol)
+    staged, dropped = _drop_staged_held(lake, staged_inventory(data_dir, market, symbol))
     plan = plan_compaction(lake, staged, target_bytes, consolidate)
     written: list[tuple[Path, Path]] = []
     reports: list[FileReport] = []
@@ -455,11 +461,14 @@ def compact_symbol(
         for tmp, _ in written:
             tmp.unlink(missing_ok=True)
         raise
+    outcome = SwapOutcome()
     if written or remove:
-        journalled_swap(folder, written, remove)
-    staging_folder = staged[0].path.parent if staged else None
-    if staging_folder is not None:
-        fsync_dir(staging_folder)
+        outcome = swap_folder(data_dir, folder, written, [p for p in remove if p.parent == folder])
+    merged_staged = [p for p in remove if p.parent != folder]
+    for path in merged_staged:  # the lake holds their rows now (and a re-run would drop them anyway)
+        path.unlink(missing_ok=True)
+    if merged_staged:
+        fsync_dir(merged_staged[0].parent)
     return CompactionResult(
         market, symbol,
         files_written=tuple(final.name for _, final in written),
@@ -472,13 +481,34 @@ def compact_symbol(
         changed_days=tuple(sorted(changed)),
         seconds=time.perf_counter() - started,
         verified=tuple(VerifiedFile.of(final, r) for (_, final), r in zip(written, reports, strict=True)),
+        leftover=outcome.leftover,
+        staged_dropped=tuple(dropped),
     )
 
 
+def _drop_staged_held(lake: Sequence[LakeEntry], staged: list[LakeEntry]) -> tuple[list[LakeEntry], list[str]]:
+    """Delete staged files whose every source the lake already holds from the same sha256.
 
-def recover_lake(data_dir: Path) -> int:
-    """Finish every swap a killed run left journalled (lake and features); returns how many.
-
-    Run it before removing stale temporaries: a pending journal's temporaries are its data.
+    A run killed between a swap and the deletion of the staged files it merged leaves them
+    behind; merging them again would only rewrite the same rows.
     """
-    return sum(recover_swap(j.parent) for j in sorted(data_dir.glob(f"*/**/{JOURNAL_NAME}")))
+    held = {(s.archive, s.sha256) for e in lake for s in e.sources}
+    keep: list[LakeEntry] = []
+    dropped: list[str] = []
+    for entry in staged:
+        if entry.sources and all((s.archive, s.sha256) in held for s in entry.sources):
+            entry.path.unlink(missing_ok=True)
+            dropped.extend(s.archive for s in entry.sources)
+        else:
+            keep.append(entry)
+    return keep, dropped
+
+
+
+def recover_lake(data_dir: Path) -> tuple[int, list[str]]:
+    """Finish or undo every folder swap a killed run left (lake and features); (how many, problems).
+
+    Run it under the data dir's lock, before removing stale temporaries and before any swap
+    of this run starts (it deletes every work folder under `<data_dir>/.swap/`).
+    """
+    return recover_swaps(data_dir)

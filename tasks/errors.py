@@ -29,9 +29,31 @@ class NotPublished(PipelineError):
 
 
 class TransientNetworkError(PipelineError):
-    """5xx, timeout, reset or a body cut short: worth retrying with backoff."""
+    """5xx, 429, 403 AccessDenied, timeout, reset or a body cut short: worth retrying with backoff.
+
+    `retry_after`: seconds the server asked us to wait (its `Retry-After` header), if any.
+    """
 
     kind = "transient network error"
+
+    def __init__(self, source: str, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(source, reason)
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.source, self.reason, self.retry_after))
+
+
+class OversizedResponse(PipelineError):
+    """A body longer than the listing says (plus a margin): reading stopped, the archive refused, nothing kept."""
+
+    kind = "body larger than listed"
+
+
+class RedirectRefused(PipelineError):
+    """A redirect to another host (or scheme) while the settings allow only same-host redirects."""
+
+    kind = "redirect refused"
 
 
 class ChecksumMismatch(PipelineError):
@@ -80,6 +102,12 @@ class LakeLocked(PipelineError):
     """Another run holds the data directory's lock."""
 
     kind = "data directory locked"
+
+
+class DataDirRefused(PipelineError):
+    """The data dir is not one this tool may use (a file, unwritable, or a folder that is not a lake)."""
+
+    kind = "data directory refused"
 
 
 class DataDirNotShared(PipelineError):

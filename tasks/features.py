@@ -13,9 +13,9 @@ so the parts equal one pass over the whole history (tested).
 The result is recomputed from the first trade when it cannot be extended: the spec
 changed, or an archive already consumed was re-published or a day back-filled before
 the last consumed trade (the fingerprint differs). A part is committed together with its
-state; replacing parts (recomputation, consolidation) is one journalled swap
-(`tasks.atomic.journalled_swap`), so readers never see old and new bars together and a
-killed run is finished by the next one.
+state; every change of a symbol's parts (a new part, recomputation, consolidation) is one
+folder swap (`tasks.atomic.swap_folder`), so readers never see old and new bars together,
+and what a killed run left is finished or undone by the next one.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.archive_spec import check_symbol, range_file_name
-from tasks.atomic import journalled_swap, recover_swap, temp_path_for
+from tasks.atomic import swap_folder, temp_path_for
 from tasks.bars import BARS_SCHEMA, BarSpec, BarState, process_chunk
 from tasks.lake import LakeEntry, lake_inventory
 from tasks.read_ahead import read_ahead
@@ -183,7 +183,6 @@ def compute_feature(data_dir: Path, market: str, symbol: str, feature: Feature, 
     started = time.perf_counter()
     folder = feature.folder(data_dir, market, symbol)
     entries = [e for e in lake_inventory(data_dir, market, symbol) if not e.problem]
-    recover_swap(folder)
     parts = _parts(folder)
     state, last_id, through, reason = BarState.initial(feature.spec), 0, None, "no earlier result"
     if parts:
@@ -224,7 +223,7 @@ def compute_feature(data_dir: Path, market: str, symbol: str, feature: Feature, 
             last_time = int(times.max()) if last_time is None else max(last_time, int(times.max()))
     if trades == 0:
         if recompute and parts:  # nothing left in the lake to build from: the old result goes
-            journalled_swap(folder, [], parts)
+            swap_folder(data_dir, folder, [], parts)
         return FeatureResult(feature.name, market, symbol, "recomputed" if recompute else "up to date", 0, 0,
                              len(_parts(folder)), time.perf_counter() - started, reason)
     table = pa.concat_tables(pieces) if pieces else BARS_SCHEMA.empty_table()
@@ -243,16 +242,16 @@ def compute_feature(data_dir: Path, market: str, symbol: str, feature: Feature, 
         # New trades start after the last lake day consumed, so a part's name is always new.
         raise ValueError(f"{out}: a part for these days exists already; delete {folder} to recompute")
     tmp = _write_part(out, table, doc)
-    # A recomputation replaces every earlier part in one journalled step: readers never
-    # see old and new bars together, and a killed run is finished by the next one.
-    journalled_swap(folder, [(tmp, out)], parts if recompute else [])
+    # A recomputation replaces every earlier part in one step: readers never see old and
+    # new bars together, and what a killed run left is finished or undone by the next one.
+    swap_folder(data_dir, folder, [(tmp, out)], parts if recompute else [])
     if not recompute and len(parts) + 1 > MAX_PARTS:
-        _consolidate(folder)
+        _consolidate(data_dir, folder)
     return FeatureResult(feature.name, market, symbol, "recomputed" if recompute else "extended", trades,
                          table.num_rows, len(_parts(folder)), time.perf_counter() - started, reason)
 
 
-def _consolidate(folder: Path) -> None:
+def _consolidate(data_dir: Path, folder: Path) -> None:
     """Rewrite a symbol's parts as one (bars are small), keeping the last part's resume state."""
     parts = _parts(folder)
     meta = _part_meta(parts[-1])
@@ -262,7 +261,7 @@ def _consolidate(folder: Path) -> None:
     assert first is not None and last is not None
     out = folder / range_file_name(date.fromisoformat(first[1]), date.fromisoformat(last[2]))
     tmp = _write_part(out, table, {**meta, "bars": table.num_rows, "consolidated_parts": len(parts)})
-    journalled_swap(folder, [(tmp, out)], parts)
+    swap_folder(data_dir, folder, [(tmp, out)], parts)
 
 
 def _day(us: int) -> date:

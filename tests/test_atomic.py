@@ -21,8 +21,8 @@ def test_temporary_of_a_zombie_writer_is_stale_and_a_live_one_is_kept(tmp_path: 
         assert time.monotonic() < deadline
         time.sleep(0.01)
     try:
-        dead = tmp_path / f".a.parquet{TMP_MARK}{child.pid}-beef"
-        live = tmp_path / f".b.parquet{TMP_MARK}{os.getpid()}-beef"
+        dead = tmp_path / f".a.parquet{TMP_MARK}{child.pid}-deadbeef"
+        live = tmp_path / f".b.parquet{TMP_MARK}{os.getpid()}-deadbeef"
         dead.write_bytes(b"x")
         live.write_bytes(b"x")
         assert remove_stale_temporaries(tmp_path) == 1

@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tasks.archive_spec import ArchiveSpec
-from tasks.atomic import JOURNAL_NAME, remove_stale_temporaries
-from tasks.compact import DayDigest, compact_symbol, recover_lake
+from tasks.atomic import remove_stale_temporaries
+from tasks.compact import DayDigest, compact_symbol
 from tasks.errors import LakeConflict
 from tasks.lake import lake_files, lake_inventory, staged_inventory
 from tasks.lake_writer import lake_writer, source_metadata_doc
@@ -226,43 +226,29 @@ def test_optimize_combines_files_left_under_target_and_merge_does_not(tmp_path: 
     assert_exact(tmp_path, *tables)
 
 
-def test_killed_swap_is_rolled_forward_and_killed_write_leaves_the_lake_as_it_was(tmp_path: Path) -> None:
-    tables = [stage_day(tmp_path, n) for n in (1, 2)]
+def test_a_temporary_that_never_committed_is_swept_and_the_lake_untouched(tmp_path: Path) -> None:
+    stage_day(tmp_path, 1)
     compact(tmp_path)
-    tables.append(stage_day(tmp_path, 3))
     folder = lake_files(tmp_path, "spot", "BTCUSDT")[0].parent
-    # Simulate a kill right after the journal was committed: do the work, then undo the renames.
-    import tasks.atomic as atomic_mod
-
-    real = atomic_mod.recover_swap
-    calls: list[Path] = []
-
-    def crash(f: Path) -> bool:
-        if (f / JOURNAL_NAME).exists() and not calls:
-            calls.append(f)
-            raise KeyboardInterrupt  # the process dies between journal and renames
-        return real(f)
-
-    atomic_mod.recover_swap = crash  # type: ignore[assignment]
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            compact(tmp_path)
-    finally:
-        atomic_mod.recover_swap = real
-    assert (folder / JOURNAL_NAME).exists()
-    # Readers see the old file only (temporaries are hidden) until the next run rolls forward.
-    assert names(tmp_path) == ["2024-01-01_2024-01-02.parquet"]
-    assert recover_lake(tmp_path) == 1
-    assert names(tmp_path) == ["2024-01-01_2024-01-03.parquet"]
-    assert not (folder / JOURNAL_NAME).exists()
-    assert staged_inventory(tmp_path, "spot", "BTCUSDT") == []
-    assert_exact(tmp_path, *tables)
-    # A temporary without a journal is a write that never committed: removed, lake untouched.
-    orphan = folder / f".x.parquet.tmp-{2**22 + 12345}-beef"
+    orphan = folder / f".x.parquet.tmp-{2**22 + 12345}-deadbeef"
     orphan.write_bytes(b"partial")
     before = names(tmp_path)
     assert remove_stale_temporaries(tmp_path) == 1 and names(tmp_path) == before and not orphan.exists()
     assert os.listdir(folder) == before
+
+
+def test_staged_archive_the_lake_already_holds_is_dropped_not_merged_again(tmp_path: Path) -> None:
+    # A run killed between its swap and the deletion of the staged files leaves them behind.
+    t = stage_day(tmp_path, 1)
+    kept = tmp_path / "copy.parquet"
+    kept.write_bytes(daily(1).staging_file(tmp_path).read_bytes())
+    compact(tmp_path)
+    before = digest(tmp_path)
+    daily(1).staging_file(tmp_path).write_bytes(kept.read_bytes())
+    res = compact(tmp_path)
+    assert res.files_written == () and res.staged_dropped == (daily(1).key,)
+    assert staged_inventory(tmp_path, "spot", "BTCUSDT") == [] and digest(tmp_path) == before
+    assert_exact(tmp_path, t)
 
 
 def test_day_digest_ignores_chunking_and_sees_any_changed_field() -> None:

@@ -147,30 +147,3 @@ def test_daily_parts_are_consolidated_and_still_extend(tmp_path: Path, monkeypat
     assert bars.equals(one_pass(tmp_path, SPEC))
     names = sorted(p.name for p in FEATURE.folder(tmp_path, "spot", "BTCUSDT").iterdir())
     assert names[0].startswith("2024-01-01_") and not [n for n in names if n.startswith(".")]
-
-
-def test_killed_recomputation_is_finished_before_stale_temporaries_go(tmp_path: Path) -> None:
-    import tasks.atomic as atomic_mod
-    from tasks.atomic import remove_stale_temporaries
-    from tasks.compact import recover_lake
-
-    for n in (1, 2):
-        stage_day(tmp_path, n)
-    compact(tmp_path)
-    compute_feature(tmp_path, "spot", "BTCUSDT", FEATURE)
-    other = Feature(FEATURE.name, BarSpec(**{**SPEC.__dict__, "min_ticks": 50}))
-    real = atomic_mod.recover_swap
-
-    def die(folder: Path) -> bool:
-        raise KeyboardInterrupt  # killed right after the journal was committed
-
-    atomic_mod.recover_swap = die  # type: ignore[assignment]
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            compute_feature(tmp_path, "spot", "BTCUSDT", other)
-    finally:
-        atomic_mod.recover_swap = real
-    # What the next run does first: finish journals, then drop stale temporaries.
-    assert recover_lake(tmp_path) == 1
-    assert remove_stale_temporaries(tmp_path, check_owner=False) == 0
-    assert read_feature(tmp_path, "spot", "BTCUSDT", other).equals(one_pass(tmp_path, other.spec))
