@@ -23,14 +23,18 @@ MARKETS: tuple[Market, ...] = ("spot", "um", "cm")
 #: Path segment of each market in the archive.
 MARKET_PATH: dict[str, str] = {"spot": "spot", "um": "futures/um", "cm": "futures/cm"}
 
-SYMBOL_RE = re.compile(r"^[A-Z0-9_]{1,40}$")
-_DAILY_NAME = re.compile(r"^(?P<symbol>[A-Z0-9_]+)-trades-(?P<y>\d{4})-(?P<m>\d{2})-(?P<d>\d{2})\.zip$")
-_MONTHLY_NAME = re.compile(r"^(?P<symbol>[A-Z0-9_]+)-trades-(?P<y>\d{4})-(?P<m>\d{2})\.zip$")
+# Names are matched whole with `fullmatch` (and the patterns end in `\Z`, not `$`): `$`
+# also matches before a trailing newline, which let `BTCUSDT\n` through and created
+# `symbol=BTCUSDT\n` folders. Digits are `[0-9]`, not `\d`, which matches any Unicode
+# digit (`２０２４` would parse as 2024 and name another archive than the listed one).
+SYMBOL_RE = re.compile(r"\A[A-Z0-9_]{1,40}\Z")
+_DAILY_NAME = re.compile(r"\A(?P<symbol>[A-Z0-9_]{1,40})-trades-(?P<y>[0-9]{4})-(?P<m>[0-9]{2})-(?P<d>[0-9]{2})\.zip\Z")
+_MONTHLY_NAME = re.compile(r"\A(?P<symbol>[A-Z0-9_]{1,40})-trades-(?P<y>[0-9]{4})-(?P<m>[0-9]{2})\.zip\Z")
 
 
 def check_symbol(symbol: str) -> str:
-    """Return `symbol` if it is a safe archive symbol (`[A-Z0-9_]`), else raise UnsafePath."""
-    if not SYMBOL_RE.match(symbol):
+    """Return `symbol` if it is a safe archive symbol (`[A-Z0-9_]{1,40}`, whole), else raise UnsafePath."""
+    if not isinstance(symbol, str) or not SYMBOL_RE.fullmatch(symbol):
         raise UnsafePath(repr(symbol), "a symbol must match [A-Z0-9_]{1,40}")
     return symbol
 
@@ -162,7 +166,7 @@ def range_file_name(first_day: date, last_day: date) -> str:
 def parse_archive_name(market: Market, granularity: Granularity, name: str) -> ArchiveSpec | None:
     """Parse `BTCUSDT-trades-2024-01-01.zip` (daily) or `...-2024-01.zip` (monthly); None if not one."""
     pattern = _DAILY_NAME if granularity == "daily" else _MONTHLY_NAME
-    m = pattern.match(name)
+    m = pattern.fullmatch(name)
     if not m:
         return None
     try:

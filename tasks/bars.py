@@ -87,6 +87,34 @@ REFERENCE_COLUMNS = [
 ]
 
 
+#: Bounds of BarSpec's numeric fields, far beyond any useful value but within what a run can
+#: afford: the rings of `num_prev_bars` and `expected_imbalance_window` float64 values are the
+#: bar state saved in every feature part's footer (a run bar keeps two of each), and W is the
+#: per-trade cost of the exact EWMA (num_prev_bars=100000000 ran 67 s at 14 GB RSS and wrote
+#: a 2.5 GB part for 7,500 trades). A bar of a billion trades spans months of BTCUSDT.
+_INT_BOUNDS: dict[str, tuple[int, int]] = {
+    "num_prev_bars": (1, 10_000),
+    "expected_imbalance_window": (1, 100_000),
+    "min_ticks": (0, 1_000_000_000),
+    "max_ticks": (0, 1_000_000_000),
+}
+#: Threshold: > 0 (a standard bar of 0 closes at every trade) and at most 1e15 (dollars,
+#: base units or trades); NaN and infinities are refused (a bar that can never close),
+#: except exp_num_ticks_max=inf, the default: no clamp.
+_FLOAT_BOUNDS: dict[str, tuple[float, float]] = {
+    "threshold": (0.0, 1e15),
+    "exp_num_ticks_init": (0.0, 1e9),
+    "exp_num_ticks_min": (0.0, 1e9),
+    "exp_num_ticks_max": (0.0, 1e9),
+}
+
+
+def _range(name: str, lo: float, hi: float) -> str:
+    if name == "threshold":
+        return f"> {lo:g} and <= {hi:g}"
+    return f"{lo:g}..{hi:g}" + (" or inf" if name == "exp_num_ticks_max" else "")
+
+
 @dataclass(frozen=True)
 class BarSpec:
     """What bars to build. Production defaults; `BarSpec.reference(...)` gives reference mode.
@@ -122,22 +150,37 @@ class BarSpec:
     ewma: Ewma = "running"
 
     def __post_init__(self) -> None:
-        if self.kind not in ("standard", "imbalance", "run"):
-            raise ValueError(f"kind must be standard, imbalance or run, not {self.kind!r}")
-        if self.metric not in _METRIC_CODE:
-            raise ValueError(f"metric must be tick, volume or dollar, not {self.metric!r}")
-        if self.side not in ("maker", "tick_rule"):
-            raise ValueError(f"side must be maker or tick_rule, not {self.side!r}")
-        if self.ewma not in ("running", "exact"):
-            raise ValueError(f"ewma must be running or exact, not {self.ewma!r}")
-        if self.num_prev_bars < 1 or self.expected_imbalance_window < 1:
-            raise ValueError("num_prev_bars and expected_imbalance_window must be >= 1")
+        for name, allowed in (("kind", ("standard", "imbalance", "run")), ("metric", tuple(_METRIC_CODE)),
+                              ("side", ("maker", "tick_rule")), ("ewma", ("running", "exact"))):
+            value = getattr(self, name)
+            if not isinstance(value, str) or value not in allowed:
+                raise ValueError(f"{name}={value!r} is not allowed: one of {', '.join(allowed)}")
+        if not isinstance(self.ema, bool | np.bool_):
+            raise ValueError(f"ema={self.ema!r} is not allowed: true or false")
+        object.__setattr__(self, "ema", bool(self.ema))
+        for name, (lo, hi) in _INT_BOUNDS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+                raise ValueError(f"{name}={value!r} is not an integer (allowed {lo}..{hi})")
+            if not lo <= value <= hi:
+                raise ValueError(f"{name}={value} is out of range: allowed {lo}..{hi}")
+            object.__setattr__(self, name, int(value))  # canonical: the spec's JSON is its identity
+        for name, (low, high) in _FLOAT_BOUNDS.items():
+            value = getattr(self, name)
+            if name == "threshold" and value is None:
+                continue
+            if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating):
+                raise ValueError(f"{name}={value!r} is not a number (allowed {_range(name, low, high)})")
+            number = float(value)
+            unbounded = name == "exp_num_ticks_max" and number == math.inf  # the default: no clamp
+            if not unbounded and not (low <= number <= high and (name != "threshold" or number > 0)):
+                raise ValueError(f"{name}={number!r} is out of range: allowed {_range(name, low, high)}")
+            object.__setattr__(self, name, number)
         if not self.exp_num_ticks_min <= self.exp_num_ticks_max:
-            raise ValueError("exp_num_ticks_min must not exceed exp_num_ticks_max")
-        if self.min_ticks < 0 or self.max_ticks < 0:
-            raise ValueError("min_ticks and max_ticks must be >= 0")
+            raise ValueError(f"exp_num_ticks_min={self.exp_num_ticks_min!r} exceeds "
+                             f"exp_num_ticks_max={self.exp_num_ticks_max!r}")
         if self.max_ticks and self.max_ticks < self.min_ticks:
-            raise ValueError("max_ticks must be >= min_ticks (or 0 for no cap)")
+            raise ValueError(f"max_ticks={self.max_ticks} is below min_ticks={self.min_ticks} (0 for no cap)")
 
     @classmethod
     def reference(

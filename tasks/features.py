@@ -43,8 +43,12 @@ from tasks.lake import LakeEntry, lake_inventory
 from tasks.read_ahead import read_ahead
 
 FEATURE_METADATA_KEY = b"binance_lake.features"
-_NAME_RE = re.compile(r"^[a-z0-9_]{1,64}$")
-_PART_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})_(\d{4}-\d{2}-\d{2})\.parquet$")
+# Whole-name patterns (`\Z`, not `$`, which matches before a trailing newline; `[0-9]`, not
+# `\d`, which matches any Unicode digit): see tasks/archive_spec.py.
+_NAME_RE = re.compile(r"\A[a-z0-9_]{1,64}\Z")
+_PART_RE = re.compile(r"\A([0-9]{4}-[0-9]{2}-[0-9]{2})_([0-9]{4}-[0-9]{2}-[0-9]{2})\.parquet\Z")
+#: A `--features` spec longer than this is refused (the longest useful one is about 300).
+MAX_SPEC_CHARS = 1000
 _DAY_US = 86_400_000_000
 _EPOCH = date(1970, 1, 1)
 _READ_COLUMNS = ["trade_id", "price", "qty", "time", "is_buyer_maker"]
@@ -77,7 +81,7 @@ class Feature:
     spec: BarSpec
 
     def __post_init__(self) -> None:
-        if not _NAME_RE.match(self.name):
+        if not isinstance(self.name, str) or not _NAME_RE.fullmatch(self.name):
             raise ValueError(f"feature name {self.name!r} must match [a-z0-9_]{{1,64}}")
 
     def folder(self, data_dir: Path, market: str, symbol: str) -> Path:
@@ -86,24 +90,42 @@ class Feature:
 
 
 def parse_feature(text: str) -> Feature:
-    """`ema_dollar_imbalance` or `ema_dollar_imbalance:exp_num_ticks_init=5000,min_ticks=20[,name=my_bars]`."""
+    """`ema_dollar_imbalance` or `ema_dollar_imbalance:exp_num_ticks_init=5000,min_ticks=20[,name=my_bars]`.
+
+    Raises ValueError naming the spec, the field, its value and what is allowed: an unknown
+    kind or field, a field given twice, a value of the wrong type or out of `BarSpec`'s
+    bounds, a name that is not a folder name `[a-z0-9_]{1,64}`.
+    """
+    if not isinstance(text, str) or len(text) > MAX_SPEC_CHARS:
+        shown = repr(text)[:60] + "..." if isinstance(text, str) else repr(text)
+        raise ValueError(f"feature {shown}: a spec is a string of at most {MAX_SPEC_CHARS} characters")
     preset, _, rest = text.partition(":")
     if preset not in PRESETS:
         raise ValueError(f"unknown bar kind {preset!r}; known: {', '.join(PRESETS)}")
     base = json.loads(PRESETS[preset].to_json())
     name = preset
+    seen: set[str] = set()
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")
         key = key.strip()
         if not eq:
             raise ValueError(f"{text!r}: expected field=value, got {item!r}")
+        if key in seen:
+            raise ValueError(f"{text!r}: {key} is given twice")
+        seen.add(key)
         if key == "name":
             name = value.strip()
             continue
         if key not in base:
-            raise ValueError(f"{text!r}: {key!r} is not a bar parameter; known: {', '.join(sorted(base))}")
+            raise ValueError(f"{text!r}: {key!r} is not a bar parameter; known: name, {', '.join(sorted(base))}")
         base[key] = _parse_value(text, key, value.strip(), base[key])
-    return Feature(name, BarSpec(**base))
+    try:
+        feature = Feature(name, BarSpec(**base))
+    except ValueError as exc:
+        raise ValueError(f"{text!r}: {exc}") from None
+    if feature.spec.kind == "standard" and feature.spec.threshold is None:
+        raise ValueError(f"{text!r}: standard bars need threshold=... (> 0)")
+    return feature
 
 
 def _parse_value(text: str, key: str, value: str, current: object) -> object:

@@ -51,3 +51,32 @@ def test_parse_archive_names() -> None:
     assert parse_archive_name("spot", "daily", "BTCUSDT-trades-2024-02-30.zip") is None
     assert parse_archive_name("spot", "daily", "BTCUSDT-aggTrades-2024-01-01.zip") is None
     assert parse_archive_name("spot", "monthly", "BTCUSDT-trades-2024-01-01.zip") is None
+
+
+@pytest.mark.parametrize("bad", ["BTCUSDT\n", "BTCUSDT\r\n", "\nBTCUSDT", "BTCUSDT\x00", "BTCUSDT ", "ＢＴＣ", "BTC٠"])
+def test_symbol_with_a_trailing_newline_or_odd_character_is_refused(bad: str) -> None:
+    # `$` matched before a trailing newline and created `symbol=BTCUSDT\n` folders.
+    with pytest.raises(UnsafePath, match="symbol"):
+        check_symbol(bad)
+    with pytest.raises(UnsafePath):
+        ArchiveSpec("spot", bad, "daily", date(2024, 1, 1)).lake_dir(Path("/d"))
+
+
+def test_symbol_of_forty_characters_is_the_longest() -> None:
+    assert check_symbol("A" * 40) == "A" * 40
+    assert parse_archive_name("spot", "daily", "A" * 41 + "-trades-2024-01-01.zip") is None
+
+
+@pytest.mark.parametrize(
+    ("granularity", "name"),
+    [
+        ("daily", "BTCUSDT-trades-2024-01-01.zip\n"),
+        ("daily", "BTCUSDT\n-trades-2024-01-01.zip"),
+        ("daily", "BTCUSDT-trades-２０２４-01-01.zip"),  # fullwidth digits: \d would take them as 2024
+        ("daily", "BTCUSDT-trades-2024-01-0١.zip"),  # an Arabic-Indic digit
+        ("monthly", "BTCUSDT-trades-2024-01.zip\n"),
+        ("monthly", "BTCUSDT-trades-2024-01.zip.CHECKSUM"),
+    ],
+)
+def test_archive_names_are_matched_whole_and_in_ascii(granularity: str, name: str) -> None:
+    assert parse_archive_name("spot", granularity, name) is None  # type: ignore[arg-type]
