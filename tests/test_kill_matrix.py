@@ -31,7 +31,7 @@ from tasks.datadir import open_data_dir
 from tasks.features import compute_feature, parse_feature
 from tests.conftest import REPO
 from tests.fake_archive import FakeArchive, publish_day
-from tests.test_compact import OPTS, ROWS, stage_day
+from tests.test_compact import OPTS, stage_day
 
 pytestmark = pytest.mark.slow
 
