@@ -126,6 +126,7 @@ class SymbolValidation:
     errors: tuple[str, ...]
     unlisted_gaps: int = 0
     verified_at_write: int = 0  # files whose report came from this run's merge (not read again)
+    failed_files: tuple[Path, ...] = ()  # lake files that failed validation (for tasks.repair)
 
 
 def validate_symbol(
@@ -150,9 +151,11 @@ def validate_symbol(
     gaps: list[SymbolGap] = []
     unlisted = 0  # gaps beyond the per-file listing cap: counted, not itemised
     reused = 0
+    failed: list[Path] = []
     for entry in chosen:
         if entry.problem:
             errors.append(f"{entry.path}: {entry.problem}")
+            failed.append(entry.path)
             continue
         known = next((v for v in verified if v.still_matches(entry.path)), None)
         try:
@@ -160,6 +163,7 @@ def validate_symbol(
             reused += known is not None
         except PipelineError as exc:
             errors.append(str(exc))
+            failed.append(entry.path)
             continue
         reports.append(rep)
         gaps.extend(SymbolGap(entry.path.name, a, b, b - a - 1) for a, b in rep.id_gaps.listed)
@@ -171,5 +175,6 @@ def validate_symbol(
         else:
             gaps.append(SymbolGap(where, g.prev_last_id, g.next_first_id, g.size))
     return SymbolValidation(
-        market, symbol, len(reports), sum(r.rows for r in reports), tuple(gaps), tuple(errors), unlisted, reused
+        market, symbol, len(reports), sum(r.rows for r in reports), tuple(gaps), tuple(errors), unlisted, reused,
+        tuple(failed),
     )

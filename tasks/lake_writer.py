@@ -92,7 +92,13 @@ class RowGroupWriter:
 
 
 def lake_writer(path: Path, options: ConvertOptions) -> RowGroupWriter:
-    """A writer of lake-schema row groups to `path` with the lake's encodings (zstd, delta ids and times)."""
+    """A writer of lake-schema row groups to `path` with the lake's encodings (zstd, delta ids and times).
+
+    Every page carries a CRC32 of its bytes (`write_page_checksum`), which readers opening
+    the file with `page_checksum_verification=True` check (validation, merge, features):
+    without it, a bit flipped in a price dictionary page was read back without any error,
+    as wrong prices (zstd frames carry no checksum of their own here).
+    """
     return RowGroupWriter(
         path,
         options.row_group_rows,
@@ -100,9 +106,8 @@ def lake_writer(path: Path, options: ConvertOptions) -> RowGroupWriter:
         compression_level=options.zstd_level,
         use_dictionary=list(_DICTIONARY_COLUMNS),
         column_encoding=dict.fromkeys(_DELTA_COLUMNS, "DELTA_BINARY_PACKED"),
+        write_page_checksum=True,
     )
-
-
 
 
 def source_metadata_doc(market: str, symbol: str, sources: Sequence[dict[str, Any]]) -> dict[bytes, bytes]:

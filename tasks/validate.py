@@ -2,10 +2,13 @@
 
 The contract (docs/architecture.md, "The lake"): the one `TRADES_SCHEMA`, sorted by
 `trade_id` with no duplicate ids, times inside the file's period, row groups with
-statistics, sources recorded in the footer. `validate_parquet_file` reads the footer and
-then one row group at a time (two integer columns), so memory stays bounded by a row
-group whatever the file size. It collects every failure of a file before raising one
-`LakeValidationError` listing them all.
+statistics, sources recorded in the footer, and every page of every column readable.
+`validate_parquet_file` reads the footer and then one row group at a time, every column
+decoded in full with the pages' CRC32 checksums verified (lake files are written with
+them, `tasks.lake_writer`), so a flipped byte in any column fails validation instead of
+failing readers later, while memory stays bounded by a row group whatever the file size.
+It collects every failure of a file before raising one `LakeValidationError` listing
+them all, naming the row group and column of unreadable data.
 
 Trade-id gaps are *reported*, never failures: Binance's own data has them (#363).
 """
@@ -237,6 +240,17 @@ def _int_column(table: pa.Table, name: str) -> np.ndarray[Any, Any] | None:
     return np.asarray(col.to_numpy())
 
 
+def _unreadable_columns(pf: pq.ParquetFile, rg: int, names: list[str], exc: BaseException) -> list[str]:
+    """Which columns of a row group that failed to read are damaged, one problem each (rare: failures only)."""
+    found = []
+    for name in names:
+        try:
+            pf.read_row_group(rg, columns=[name], use_threads=False)
+        except (OSError, pa.ArrowException) as col_exc:
+            found.append(f"row group {rg} column {name} unreadable: {col_exc}")
+    return found or [f"row group {rg} unreadable: {exc}"]
+
+
 def validate_parquet_file(
     path: Path, expected: ExpectedFile | None = None, visit: Callable[[pa.Table], None] | None = None
 ) -> FileReport:
@@ -248,15 +262,20 @@ def validate_parquet_file(
     time inside `[expected.start, expected.end)`; row-group statistics present;
     source metadata naming `expected.market`/`expected.symbol` when given.
 
+    Every row group is read whole, each column decoded with its page checksums verified:
+    an unreadable one is named by row group and column ("row group 3 column price
+    unreadable: ... CRC checksum verification failed ...").
+
     Every failure is collected, then one `LakeValidationError(str(path), "a; b; ...")`
     is raised. On success returns a `FileReport` (ids, times, id gaps, metadata).
-    `visit`, if given, is called with every row group read whole (all columns), so a
-    caller that needs the content too (compaction's digest) reads the file only once.
+    `visit`, if given, is called with every row group read (all columns), so a caller
+    that needs the content too (compaction's digest) reads the file only once.
     """
     expected = expected or ExpectedFile()
     source = str(path)
     try:
-        pf = pq.ParquetFile(path)
+        # Verifies the CRC32 of each page read (files written before checksums have none: decoded only).
+        pf = pq.ParquetFile(path, page_checksum_verification=True)
     except (OSError, pa.ArrowException) as exc:
         raise LakeValidationError(source, f"unreadable Parquet file: {exc}") from exc
     with pf:
@@ -317,10 +336,9 @@ def _validate_open_file(
     min_time: int | None = None
     max_time: int | None = None
 
-    read_columns = [c for c in ("trade_id", "time") if c in names]
     for rg in range(meta.num_row_groups):
         rg_meta = meta.row_group(rg)
-        # Null counts come from the statistics when present (no decoding), else from the data.
+        # Null counts come from the statistics when present, else from the data.
         unread_null_columns: list[str] = []
         for ci in range(rg_meta.num_columns):
             col_meta = rg_meta.column(ci)
@@ -337,9 +355,11 @@ def _validate_open_file(
                 else:
                     unread_null_columns.append(name)
         try:
-            table = pf.read_row_group(rg, columns=None if visit else read_columns + unread_null_columns)
+            # Every column, decoded: a damaged page anywhere fails here, not in a reader later.
+            # One thread: validation runs beside other readers on the cluster's threads.
+            table = pf.read_row_group(rg, use_threads=False)
         except (OSError, pa.ArrowException) as exc:
-            problems.append(f"row group {rg} unreadable: {exc}")
+            problems.extend(_unreadable_columns(pf, rg, names, exc))
             continue
         if visit is not None:
             visit(table)

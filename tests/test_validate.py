@@ -6,7 +6,9 @@ and one breaking several at once (every failure must be reported together).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import pickle
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -17,9 +19,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from tasks.archive_spec import ArchiveSpec
+from tasks.compact import compact_symbol
 from tasks.errors import LakeValidationError
-from tasks.lake import read_sources
+from tasks.ingest import ingest_archive, validate_symbol
+from tasks.lake import lake_files, read_sources
 from tasks.schema import SOURCE_METADATA_KEY, TRADES_SCHEMA
+from tasks.settings import ConvertOptions
 from tasks.validate import (
     ExpectedFile,
     FileReport,
@@ -28,6 +33,7 @@ from tasks.validate import (
     continuity_gaps,
     validate_parquet_file,
 )
+from tests.fake_archive import checksum_text, generate_trades, make_zip, render_csv, sha256_hex
 
 DAY = ArchiveSpec("spot", "BTCUSDT", "daily", date(2024, 1, 1))
 START_US = 1_704_067_200_000_000
@@ -242,3 +248,110 @@ def test_reports_from_real_files(tmp_path: Path) -> None:
     second = validate_parquet_file(write(tmp_path / "2.parquet", lake_table([7, 8])))
     [gap] = continuity_gaps([second, first])
     assert (gap.prev_last_id, gap.next_first_id, gap.size, gap.overlap) == (3, 7, 3, False)
+
+
+# ---------------------------------------------------------------------------------------
+# Damage on real lake files: converted from real ZIPs and merged as the pipeline does
+# ---------------------------------------------------------------------------------------
+
+#: Small row groups, so that a file has several and the damaged one can be named.
+REAL_OPTS = ConvertOptions(row_group_rows=1000)
+REAL_ROWS = 2500  # per day: row groups of 1000, 1000 and 500
+
+
+def keep_archive(data_dir: Path, spec: ArchiveSpec, first_id: int, rows: int = REAL_ROWS, seed: int = 0) -> str:
+    """Write a real archive ZIP and its `.CHECKSUM` where the download step keeps verified downloads."""
+    trades = generate_trades(rows, spec.start, spec.end, first_id, seed, market=spec.market)
+    zip_bytes = make_zip(render_csv(trades, spec.market, spec.first_day), spec.csv_name)
+    path = spec.local_zip(data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(zip_bytes)
+    path.with_name(path.name + ".CHECKSUM").write_text(checksum_text(zip_bytes, spec.file_name))
+    return sha256_hex(zip_bytes)
+
+
+def real_lake(data_dir: Path, days: int, target_bytes: int = 1, symbol: str = "BTCUSDT") -> list[ArchiveSpec]:
+    """`days` daily archives from 2024-01-01, downloaded, converted and merged (one file per day by default)."""
+    specs = [ArchiveSpec("spot", symbol, "daily", date(2024, 1, 1) + timedelta(days=i)) for i in range(days)]
+    for i, spec in enumerate(specs):
+        sha = keep_archive(data_dir, spec, 1 + i * REAL_ROWS, seed=i)
+        ingest_archive(spec, sha, data_dir, REAL_OPTS)
+    compact_symbol(data_dir, "spot", symbol, target_bytes, REAL_OPTS, consolidate=False)
+    return specs
+
+
+def flip_byte_in_column(path: Path, column: str, row_group: int) -> int:
+    """Flip one bit inside the last data page of a column chunk, found from the footer; returns the offset.
+
+    The chunk spans [dictionary page or first data page, + total_compressed_size); its last
+    bytes are the payload of its last data page (page headers come before their payload).
+    """
+    chunk = pq.read_metadata(path).row_group(row_group).column(TRADES_SCHEMA.names.index(column))
+    start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+    offset = start + chunk.total_compressed_size - 8
+    assert offset > chunk.data_page_offset  # inside a data page, not the dictionary
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([byte[0] ^ 0x10]))
+    return offset
+
+
+def digests(data_dir: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in lake_files(data_dir, "spot", "BTCUSDT")}
+
+
+@pytest.mark.parametrize("column", ["price", "qty", "quote_qty", "time", "is_buyer_maker"])
+def test_flipped_byte_in_any_column_fails_naming_file_column_and_row_group(tmp_path: Path, column: str) -> None:
+    real_lake(tmp_path, 3)
+    files = lake_files(tmp_path, "spot", "BTCUSDT")
+    assert len(files) == 3
+    for f in files:  # every page carries a checksum
+        assert validate_parquet_file(f).row_groups == 3
+    damaged = files[1]
+    flip_byte_in_column(damaged, column, row_group=1)
+    before = digests(tmp_path)
+
+    reason = problems_of(damaged)
+    assert f"row group 1 column {column} unreadable" in reason
+    assert "row group 0" not in reason and "row group 2" not in reason
+    # The symbol's validation names that file alone; the others validate, and nothing is changed.
+    result = validate_symbol(tmp_path, "spot", "BTCUSDT", date(2024, 1, 1), date(2024, 1, 3))
+    assert result.failed_files == (damaged,)
+    [error] = result.errors
+    assert error.startswith(f"{damaged}: ") and f"row group 1 column {column} unreadable" in error
+    assert result.files == 2
+    assert digests(tmp_path) == before
+
+
+def test_flipped_byte_in_a_dictionary_page_fails_by_its_checksum(tmp_path: Path) -> None:
+    """Float columns are dictionary-encoded: a flipped bit in a dictionary value is caught by the page CRC."""
+    real_lake(tmp_path, 1)
+    [path] = lake_files(tmp_path, "spot", "BTCUSDT")
+    chunk = pq.read_metadata(path).row_group(0).column(TRADES_SCHEMA.names.index("price"))
+    assert chunk.has_dictionary_page
+    offset = chunk.dictionary_page_offset + (chunk.data_page_offset - chunk.dictionary_page_offset) // 2
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([byte[0] ^ 0x01]))
+    reason = problems_of(path)
+    assert "row group 0 column price unreadable" in reason and "CRC checksum verification failed" in reason
+
+
+def test_truncated_lake_file_fails_naming_it_and_nothing_else(tmp_path: Path) -> None:
+    real_lake(tmp_path, 3)
+    files = lake_files(tmp_path, "spot", "BTCUSDT")
+    damaged = files[2]
+    os.truncate(damaged, damaged.stat().st_size // 2)
+    before = digests(tmp_path)
+
+    assert problems_of(damaged).startswith("unreadable Parquet file")
+    result = validate_symbol(tmp_path, "spot", "BTCUSDT", date(2024, 1, 1), date(2024, 1, 3))
+    assert result.failed_files == (damaged,)
+    [error] = result.errors
+    assert error.startswith(f"{damaged}: unreadable footer")
+    assert result.files == 2
+    assert digests(tmp_path) == before
