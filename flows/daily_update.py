@@ -13,7 +13,6 @@ Run it ad hoc:  python -m flows.daily_update --data-dir ./data --symbols BTCUSDT
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import fnmatch
 import sys
@@ -25,6 +24,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.logging import get_run_logger
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from flows.full_pipeline import print_validation_error, run_pipeline
 from flows.runtime import dask_runner, default_dask_runner, shared_api_server
@@ -35,7 +35,10 @@ from tasks.http import HttpOptions
 from tasks.lake import coverage, lake_inventory, staged_inventory
 from tasks.listing import list_symbols
 from tasks.report import PipelineReport, RunFailed
-from tasks.settings import DEFAULT_LISTING_URL, Settings
+from tasks.settings import DEFAULT_LISTING_URL, CliParser, Settings, parse_day
+
+#: `--reprobe-days` bounds: a year of re-probing is far more than Binance's late uploads need.
+MAX_REPROBE_DAYS = 366
 
 
 def last_day_held(data_dir: Path, market: Market, symbol: str) -> date | None:
@@ -119,25 +122,33 @@ def daily_update(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry: exit 0 when all went well, 1 when an archive was refused or failed, 2 for bad arguments."""
-    p = argparse.ArgumentParser(prog="python -m flows.daily_update", description=__doc__.splitlines()[0])
+    p = CliParser(prog="python -m flows.daily_update", description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", required=True, type=Path)
     p.add_argument("--market", default="spot", choices=["spot", "um", "cm"])
     p.add_argument("--symbols", nargs="+", default=None, help="default: every listed symbol (see --include)")
     p.add_argument("--include", nargs="+", default=None, help="shell patterns of listed symbols to take")
     p.add_argument("--exclude", nargs="+", default=None, help="shell patterns of listed symbols to skip")
-    p.add_argument("--reprobe-days", type=int, default=3, help="re-check the last N days (default 3)")
-    p.add_argument("--today", type=date.fromisoformat, default=None, help="replay as of this UTC date")
+    p.add_argument("--reprobe-days", type=int, default=3,
+                   help=f"re-check the last N days (default 3, at most {MAX_REPROBE_DAYS})")
+    p.add_argument("--today", default=None, help="replay as of this UTC date, YYYY-MM-DD")
     p.add_argument("--base-url", default=None)
     p.add_argument("--listing-url", default=None)
     p.add_argument("--dask-address", default=None)
     args = p.parse_args(argv)
+    if not 1 <= args.reprobe_days <= MAX_REPROBE_DAYS:
+        p.error(f"argument --reprobe-days: {args.reprobe_days} is out of range: allowed 1..{MAX_REPROBE_DAYS}")
+    if args.today is not None:
+        try:
+            args.today = parse_day(args.today)
+        except ValueError as exc:
+            p.error(f"argument --today: {exc}")
     kwargs = dict(vars(args))
+    given = {k: v for k in ("base_url", "listing_url", "dask_address") if (v := kwargs[k])}
     try:
         probe = Settings(data_dir=args.data_dir, market=args.market, symbols=tuple(args.symbols or ["PROBE"]),
-                         start=date(2020, 1, 1), end=date(2020, 1, 1),
-                         **{k: v for k in ("base_url", "listing_url", "dask_address") if (v := kwargs[k])})
-    except ValidationError as exc:
-        print_validation_error(exc)
+                         start=date(2020, 1, 1), end=date(2020, 1, 1), **given)
+    except (ValidationError, SettingsError) as exc:
+        print_validation_error(exc, {"data_dir", "market", "symbols", "start", "end", *given})
         return 2
     try:
         check_data_dir(probe.data_dir)  # before any server starts: a typo fails in a second

@@ -10,7 +10,7 @@ import argparse
 import hashlib
 import logging
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import date
 from functools import partial
 from pathlib import Path
@@ -25,6 +25,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from flows.runtime import (
     check_workers_share,
@@ -58,7 +59,7 @@ from tasks.prefect_tasks import (
     validate_symbol_task,
 )
 from tasks.report import ArchiveOutcome, GapNote, PipelineReport, RunFailed
-from tasks.settings import ALL_STEPS, STEPS, Settings
+from tasks.settings import ALL_STEPS, STEPS, CliParser, Settings, describe_settings_error
 from tasks.warmup import warm_up_in_background
 
 #: Prefect's cache records for this lake, inside the data dir.
@@ -468,7 +469,7 @@ def _publish_artifacts(report: PipelineReport) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `python -m flows.full_pipeline`."""
-    p = argparse.ArgumentParser(
+    p = CliParser(
         prog="python -m flows.full_pipeline",
         description="Download Binance trade archives, verify their SHA-256, and land them in a Parquet lake "
         "at <data-dir>/lake/trades/market=<m>/symbol=<S>/. Exits 1 if any archive was refused or failed.",
@@ -503,7 +504,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
     """Parse the command line into Settings (environment variables BINANCE_LAKE_* fill the rest)."""
-    args = build_parser().parse_args(argv)
+    return Settings(**_given_settings(build_parser().parse_args(argv)))
+
+
+def _given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The Settings fields the command line gives (the others come from the environment)."""
     given: dict[str, Any] = {
         "data_dir": args.data_dir, "market": args.market, "symbols": tuple(args.symbols), "start": args.start,
         "end": args.end, "granularity": args.granularity,
@@ -513,22 +518,28 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
         value = getattr(args, name)
         if value is not None:
             given[name] = tuple(value) if isinstance(value, list) else value
-    return Settings(**given)
+    return given
 
 
-def print_validation_error(exc: ValidationError) -> None:
-    """One `error: <field>: <reason>` line per invalid argument, on stderr."""
-    for err in exc.errors():
-        where = ".".join(str(x) for x in err["loc"]) or "arguments"
-        print(f"error: {where}: {err['msg']}", file=sys.stderr)
+def print_validation_error(exc: ValidationError | SettingsError, given: Collection[str] = ()) -> None:
+    """One `error: ...` line on stderr naming each invalid argument or variable, its value and what is allowed."""
+    if isinstance(exc, ValidationError):
+        print(describe_settings_error(exc, given), file=sys.stderr)
+    else:  # the environment could not be read at all
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry: returns the exit status (0 all good, 1 archives refused or failed, 2 bad arguments)."""
+    """CLI entry: returns the exit status (0 all good, 1 archives refused or failed, 2 bad arguments).
+
+    Bad arguments or `BINANCE_LAKE_*` variables are refused in one line on stderr, with exit
+    status 2, before anything is created or any server started.
+    """
+    given = _given_settings(build_parser().parse_args(argv))
     try:
-        settings = settings_from_args(argv)
-    except ValidationError as exc:
-        print_validation_error(exc)
+        settings = Settings(**given)
+    except (ValidationError, SettingsError) as exc:
+        print_validation_error(exc, given)
         return 2
     try:
         check_data_dir(settings.data_dir)  # before any server starts: a typo fails in a second

@@ -9,7 +9,6 @@ Reads file names and Parquet footers only: instant on a lake of terabytes.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from tasks.gaps import report_path
 from tasks.lake import coverage, lake_inventory, staged_inventory
+from tasks.settings import CliParser
 
 
 @dataclass(frozen=True)
@@ -123,8 +123,9 @@ def render(rows: list[SymbolStatus], colour: bool) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry: print the lake's status; exit 0 (2 for a data dir that does not exist)."""
-    p = argparse.ArgumentParser(prog="python -m flows.status", description=__doc__.splitlines()[0])
+    """CLI entry: print the lake's status; exit 0 (2, with one line on stderr, for bad arguments or a data dir
+    that does not exist or cannot be read)."""
+    p = CliParser(prog="python -m flows.status", description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", required=True, type=Path, help="the data dir given to the pipeline")
     p.add_argument("--plain", action="store_true", help="tab-separated text even in a terminal")
     p.add_argument("--json", action="store_true", help="one JSON document, for scripts")
@@ -132,7 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.data_dir.is_dir():
         print(f"error: {args.data_dir}: no such data dir", file=sys.stderr)
         return 2
-    rows = lake_status(args.data_dir.resolve())
+    try:
+        rows = lake_status(args.data_dir.resolve())
+    except OSError as exc:  # e.g. lake/trades is a file, or a folder we may not read
+        print(f"error: {args.data_dir}: cannot read the lake: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps([r.__dict__ for r in rows], default=str, indent=1))
     elif not rows:

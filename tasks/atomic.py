@@ -187,14 +187,16 @@ def swap_folder(
     `remove` are files of `folder` the new set no longer holds. Every other regular file of
     the folder stays (hard-linked into the next set, so no data is copied). Steps:
 
-    1. a work folder `<data_dir>/.swap/<token>/` records its target (relative to the data dir);
+    1. a work folder `<data_dir>/.swap/<token>/` is made;
     2. the next set is built in it (`set/`): links of the files that stay, the temporaries
-       moved in, all fsynced; then a `ready` mark is committed;
+       moved in, all fsynced;
     3. `set/` and `folder` are exchanged in one rename: the commit point;
     4. the work folder, now holding the superseded set, is deleted.
 
     Killed before 3, the live folder is untouched and `recover_swaps` deletes the work folder;
-    killed after, it deletes the superseded set. A superseded file that cannot be deleted
+    killed after, it deletes the superseded set. A folder's first set has nothing to exchange
+    with: its work folder records the target (relative to the data dir) and, once the set is
+    complete, a `ready` mark; recovery moves a ready set into place. A superseded file that cannot be deleted
     (immutable, permissions) stays in the work folder, out of readers' paths, and is named in
     the outcome; the next run tries again.
     """
@@ -206,8 +208,10 @@ def swap_folder(
     work = data_dir / SWAP_DIR / f"{os.getpid()}-{secrets.token_hex(8)}"
     work.mkdir(parents=True)
     new_set = work / _SWAP_SET
+    first = not folder.is_dir()
     try:
-        write_bytes_atomic(work / _SWAP_DOC, json.dumps({"target": _rel(data_dir, folder)}).encode())
+        if first:  # only a first write needs its target recorded: recovery may have to move it in
+            write_bytes_atomic(work / _SWAP_DOC, json.dumps({"target": _rel(data_dir, folder)}).encode())
         new_set.mkdir()
         replaced = {final.name for _, final in written}
         if folder.is_dir():
@@ -224,12 +228,12 @@ def swap_folder(
             fsync_file(tmp)
             os.rename(tmp, new_set / final.name)
         fsync_dir(new_set)
-        write_bytes_atomic(work / _SWAP_READY, b"")
-        if folder.is_dir():
-            _exchange(new_set, folder)
-        else:
+        if first:
+            write_bytes_atomic(work / _SWAP_READY, b"")
             folder.parent.mkdir(parents=True, exist_ok=True)
             os.rename(new_set, folder)
+        else:
+            _exchange(new_set, folder)
     except BaseException:
         for tmp, _ in written:
             tmp.unlink(missing_ok=True)

@@ -107,18 +107,18 @@ def parse_feature(text: str) -> Feature:
     seen: set[str] = set()
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")
-        key = key.strip()
+        key = key.strip(" ")  # spaces only: a newline or tab in a name is refused, not dropped
         if not eq:
             raise ValueError(f"{text!r}: expected field=value, got {item!r}")
         if key in seen:
             raise ValueError(f"{text!r}: {key} is given twice")
         seen.add(key)
         if key == "name":
-            name = value.strip()
+            name = value.strip(" ")
             continue
         if key not in base:
             raise ValueError(f"{text!r}: {key!r} is not a bar parameter; known: name, {', '.join(sorted(base))}")
-        base[key] = _parse_value(text, key, value.strip(), base[key])
+        base[key] = _parse_value(text, key, value.strip(" "), base[key])
     try:
         feature = Feature(name, BarSpec(**base))
     except ValueError as exc:
