@@ -6,6 +6,12 @@ servers ("Server process did not start") and task runs and logs get lost. So whe
 API is configured, the CLI starts ONE local API server for the run and points this
 process at it through Prefect's settings context, which prefect-dask serialises to every
 task it submits: all workers report to the same server, and their runs stay visible.
+
+What a run leaves outside its data dir: nothing. The temporary server's database, the
+results nothing asked to keep and Dask's scratch space live in one temporary folder
+(`$TMPDIR/binance-lake-run-*`), removed when the run ends. A guard process
+(`flows/run_guard.py`) watches the CLI: if the CLI is killed, even by SIGKILL, the guard
+stops the server and removes the folder. Nothing listens beyond 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -13,17 +19,46 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+import dask.config
+from distributed import LocalCluster, Worker
+from prefect.settings import (
+    PREFECT_API_URL,
+    PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+    PREFECT_LOCAL_STORAGE_PATH,
+    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+    get_current_settings,
+    temporary_settings,
+)
 
-from tasks.errors import DataDirNotShared
+from tasks.errors import DataDirNotShared, TemporaryServerFailed
 from tasks.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: A run's temporary folder is created under $TMPDIR with this prefix.
+RUN_DIR_PREFIX = "binance-lake-run-"
+_GUARD = Path(__file__).with_name("run_guard.py")
+#: uvicorn's exit status when it cannot bind its port: the server is retried on another one.
+_PORT_IN_USE = 3
+_PORT_ATTEMPTS = 5
+#: Seconds the temporary server may take to answer (or Prefect's setting, if larger). Its
+#: fresh database is migrated at every start (116 migrations in Prefect 3.9): measured 23-30 s
+#: on this 2-core machine under load, against 12-14 s for an already migrated database, so
+#: Prefect's own 20 s default is too short.
+SERVER_START_TIMEOUT_S = 120.0
 
 
 def api_configured() -> bool:
@@ -31,44 +66,179 @@ def api_configured() -> bool:
     return bool(PREFECT_API_URL.value())
 
 
+def _guarded(scratch: Path, command: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start `command` (or nothing) under flows/run_guard.py, tied to this process and `scratch`.
+
+    Its own session: a Ctrl-C in the terminal reaches the CLI only, which stops the server
+    once its last logs are sent.
+    """
+    args = [sys.executable, str(_GUARD), "--parent", str(os.getpid()), "--remove", str(scratch)]
+    if command:
+        args += ["--", *command]
+    return subprocess.Popen(args, env=env, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM `proc` (the guard passes it on), SIGKILL it if it is still there after `timeout`."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # the guard's child gets its parent-death signal
+            proc.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _healthy(api_url: str) -> bool:
+    # No proxy: the server is on loopback, and an HTTP(S)_PROXY of the environment must not see it.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"{api_url}/health", timeout=2) as answer:
+            return bool(answer.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+class TemporaryApiServer:
+    """A Prefect API server (uvicorn, no UI) on 127.0.0.1 for one run, under a guard.
+
+    Its home, SQLite database, memo store and local result storage are in `scratch`, never
+    in `~/.prefect` (Prefect's own `SubprocessASGIServer` uses the user's database, which
+    grew by about 1 MB per run). Settings the user set pass through, except these.
+    """
+
+    def __init__(self, scratch: Path) -> None:
+        self.scratch = scratch
+        self.process: subprocess.Popen[bytes] | None = None
+        self.api_url = ""
+
+    def _env(self) -> dict[str, str]:
+        home = self.scratch / "prefect"
+        home.mkdir(exist_ok=True)
+        database = f"sqlite+aiosqlite:///{home / 'prefect.db'}"
+        env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True)}
+        env.update({
+            # As Prefect's own temporary server: no UI, an ephemeral server.
+            "PREFECT_UI_ENABLED": "0",
+            "PREFECT__SERVER_EPHEMERAL": "1",
+            "PREFECT__SERVER_FINAL": "1",
+            # No telemetry from a throw-away server (it also contends for the SQLite lock at start).
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_HOME": str(home),
+            # Both names (the current one and its legacy alias), so a user's setting of either
+            # cannot send the throw-away server to a lasting database.
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL": database,
+            "PREFECT_API_DATABASE_CONNECTION_URL": database,
+            "PREFECT_MEMO_STORE_PATH": str(home / "memo_store.toml"),
+            "PREFECT_LOCAL_STORAGE_PATH": str(self.scratch / "storage"),
+        })
+        env.pop("PREFECT_API_URL", None)
+        return env
+
+    def start(self) -> str:
+        """Start the server and wait until it answers; returns its API URL."""
+        env = self._env()
+        timeout = max(SERVER_START_TIMEOUT_S, float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value() or 0))
+        for _ in range(_PORT_ATTEMPTS):
+            port = _free_port()
+            api_url = f"http://127.0.0.1:{port}/api"
+            command = [
+                sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
+                "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on",
+            ]
+            proc = _guarded(self.scratch, command, env)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                code = proc.poll()
+                if code is not None:
+                    break
+                if _healthy(api_url):
+                    self.process, self.api_url = proc, api_url
+                    return api_url
+                time.sleep(0.1)
+            else:
+                _stop(proc)
+                raise TemporaryServerFailed(api_url, f"the temporary Prefect API server did not answer within "
+                                            f"{timeout:.0f} s (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS "
+                                            "allows longer; or set PREFECT_API_URL to a running server)")
+            if code != _PORT_IN_USE:  # another process took the port between our check and uvicorn's bind
+                raise TemporaryServerFailed(api_url, f"the temporary Prefect API server exited with status {code}")
+        raise TemporaryServerFailed("127.0.0.1", f"no free port for the temporary Prefect API server after "
+                                    f"{_PORT_ATTEMPTS} attempts")
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after 10 s)."""
+        if self.process is not None:
+            _stop(self.process)
+            self.process = None
+
+
+@contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    """Set environment variables for processes started inside the block; restore them after."""
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            _restore_env(name, value)
+
+
 @contextmanager
 def shared_api_server() -> Iterator[str | None]:
-    """Use the configured API, or start one local server for this run and all its workers.
+    """The run's environment: the configured API, or one local server for this run and all its workers.
 
-    Yields the API URL in use. The server started here stops when the block exits.
+    Yields the API URL in use. Inside the block, results nothing asked to keep and Dask's
+    scratch space go to a temporary folder that is removed when the block exits, or by the
+    run's guard if this process is killed; a server started here stops the same way.
     """
-    if api_configured():
-        yield PREFECT_API_URL.value()
-        return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
-    # No telemetry from a throw-away server (it also contends for the SQLite lock at start).
-    analytics = os.environ.get("PREFECT_SERVER_ANALYTICS_ENABLED")
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    scratch = Path(tempfile.mkdtemp(prefix=RUN_DIR_PREFIX))
+    server: TemporaryApiServer | None = None
+    guard: subprocess.Popen[bytes] | None = None
     try:
-        server.start()
-    finally:
-        _restore_env("PREFECT_SERVER_ANALYTICS_ENABLED", analytics)
-    previous = os.environ.get("PREFECT_API_URL")
-    # The environment is for processes started later (`prefect` CLI calls, external workers);
-    # the settings context is what this process and the Dask tasks use.
-    os.environ["PREFECT_API_URL"] = server.api_url
-    try:
-        # No flow-run heartbeats to a server that stops with this process: nothing could act on
-        # them (they serve zombie detection on a lasting server), and the engine's heartbeat
-        # thread sleeps in 1 s steps, so joining it held up every flow's end by up to 1 s
-        # (Prefect 3.9, PrefectHQ/prefect#19641).
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            yield server.api_url
-    finally:
-        # Send the run's last logs while the server is still up; otherwise the log worker
-        # keeps retrying a closed port for a minute at exit.
-        from prefect.logging.handlers import APILogWorker
+        with ExitStack() as stack:
+            updates: dict[Any, Any] = {PREFECT_LOCAL_STORAGE_PATH: scratch / "storage"}
+            if api_configured():
+                api_url = PREFECT_API_URL.value()
+                guard = _guarded(scratch, ())  # only removes the folder if this process is killed
+            else:
+                server = TemporaryApiServer(scratch)
+                api_url = server.start()
+                # No flow-run heartbeats to a server that stops with this process: nothing could act
+                # on them (they serve zombie detection on a lasting server), and the engine's heartbeat
+                # thread sleeps in 1 s steps, so joining it held up every flow's end by up to 1 s
+                # (Prefect 3.9, PrefectHQ/prefect#19641).
+                updates |= {PREFECT_API_URL: api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+                # The environment is for processes started later (`prefect` CLI calls, Dask worker
+                # processes); the settings context is what this process and the Dask tasks use.
+                stack.enter_context(_environ(PREFECT_API_URL=api_url))
+            stack.enter_context(_environ(PREFECT_LOCAL_STORAGE_PATH=str(scratch / "storage")))
+            stack.enter_context(temporary_settings(updates=updates))
+            # Dask's scratch space (`dask-scratch-space`, spill files, locks), also in worker processes:
+            # their nannies pass this configuration on.
+            stack.enter_context(dask.config.set({"temporary-directory": str(scratch / "dask")}))
+            try:
+                yield api_url
+            finally:
+                if server is not None:
+                    # Send the run's last logs while the server is still up; otherwise the log worker
+                    # keeps retrying a closed port for a minute at exit.
+                    from prefect.logging.handlers import APILogWorker
 
-        APILogWorker.drain_all(timeout=10)
-        _restore_env("PREFECT_API_URL", previous)
-        server.stop()
+                    APILogWorker.drain_all(timeout=10)
+    finally:
+        if server is not None:
+            server.stop()
+        if guard is not None:
+            _stop(guard)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _restore_env(name: str, value: str | None) -> None:
@@ -76,6 +246,48 @@ def _restore_env(name: str, value: str | None) -> None:
         os.environ.pop(name, None)
     else:
         os.environ[name] = value
+
+
+class _LoopbackWorker(Worker):  # type: ignore[misc]  # distributed is untyped
+    """An in-process worker whose HTTP server listens on 127.0.0.1 and serves no dashboard.
+
+    An `inproc://` worker has no host to bind to, so Dask binds its HTTP server (metrics,
+    health, call stacks) to every interface; LocalCluster cannot set a loopback address
+    without also turning the worker's dashboard on.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["dashboard"] = False
+        kwargs["dashboard_address"] = "127.0.0.1:0"
+        super().__init__(*args, **kwargs)
+
+
+class LoopbackCluster(LocalCluster):  # type: ignore[misc]  # distributed is untyped
+    """The local Dask cluster: every socket on 127.0.0.1, no dashboard, no HTTP routes.
+
+    `LocalCluster(processes=False, dashboard_address=None)` still starts the scheduler's and
+    the worker's HTTP servers (Prometheus metrics, logs, call stacks under /info) on
+    0.0.0.0, the scheduler's on port 8787 (measured with distributed 2026.8). Here they
+    listen on 127.0.0.1 at a port of the kernel's choosing and serve no route at all;
+    worker processes (`processes=True`) listen on 127.0.0.1 too.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("dashboard_address", None)
+        kwargs["scheduler_kwargs"] = {"dashboard_address": "127.0.0.1:0", **(kwargs.get("scheduler_kwargs") or {})}
+        if kwargs.get("processes", True):
+            kwargs.setdefault("host", "127.0.0.1")
+        else:
+            kwargs.setdefault("worker_class", _LoopbackWorker)
+        # Read when the scheduler and the workers start, inside this constructor (worker
+        # processes get the configuration from their nanny, made here too).
+        with dask.config.set({"distributed.scheduler.http.routes": [], "distributed.worker.http.routes": []}):
+            super().__init__(**kwargs)  # type: ignore[no-untyped-call]
+
+    @property
+    def dashboard_link(self) -> str:
+        """No dashboard: prefect-dask logs this link when it is not empty."""
+        return ""
 
 
 def default_threads() -> int:
@@ -93,13 +305,15 @@ def dask_runner_for(
     without the GIL, and a cluster of worker processes costs about 3.5 s to start here
     (each imports Prefect, pyarrow and numba), which was a third of a 7-day back-fill
     (BENCHMARKS.md: 10.1 s with two worker processes, 6.4 s with two threads).
-    `processes=True` gives worker processes instead. No dashboard (it would need bokeh).
+    `processes=True` gives worker processes instead. Every socket of the local cluster is on
+    127.0.0.1 and it serves no dashboard (`LoopbackCluster`).
     """
     from prefect_dask.task_runners import DaskTaskRunner
 
     if address:
         return DaskTaskRunner(address=address)
     return DaskTaskRunner(
+        cluster_class=LoopbackCluster,
         cluster_kwargs={
             "n_workers": workers,
             "threads_per_worker": threads_per_worker or default_threads(),

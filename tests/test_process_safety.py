@@ -1,0 +1,413 @@
+"""What a run leaves on the machine: no process after a kill, no socket beyond loopback, no
+file outside the data dir, and no code run from a cache record in the data dir.
+
+The CLI runs for real (`python -m flows.full_pipeline` against the fake archive) with HOME
+and TMPDIR pointed at fresh empty folders and no Prefect or Dask settings, as a user runs it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import psutil
+import pytest
+
+from flows.runtime import RUN_DIR_PREFIX
+from tasks.archive_spec import ArchiveSpec
+from tasks.download import DownloadResult
+from tasks.errors import UnsafeCacheRecord
+from tasks.features import FeatureResult
+from tasks.prefect_cache import SERIALIZER_TYPE, LakeJSONSerializer, decode, encode, vet_record
+from tests.conftest import REPO
+from tests.fake_archive import FakeArchive, publish_day
+
+GUARD = REPO / "flows" / "run_guard.py"
+DAYS = 2
+ROWS = 3_000
+STALLED = "data/spot/daily/trades/BTCUSDT/BTCUSDT-trades-2024-01-02.zip"
+#: How long after a SIGKILL of the CLI everything it started may take to be gone.
+GRACE_S = 5.0
+
+
+def fresh_env(home: Path, tmp: Path, **extra: str) -> dict[str, str]:
+    """A user's environment with an empty HOME and TMPDIR, and no Prefect, Dask or lake settings."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PREFECT_", "DASK_", "BINANCE_LAKE_", "XDG_", "NUMBA_"))}
+    env.update(HOME=str(home), TMPDIR=str(tmp), PYTHONPATH=str(REPO), **extra)
+    return env
+
+
+def cli(fa: FakeArchive, data: Path, env: dict[str, str], log: Path, *extra: str) -> subprocess.Popen[bytes]:
+    args = [sys.executable, "-m", "flows.full_pipeline", "--symbols", "BTCUSDT", "--start", "2024-01-01",
+            "--end", f"2024-01-{DAYS:02d}", "--granularity", "daily", "--data-dir", str(data),
+            "--base-url", fa.base_url, "--listing-url", fa.listing_url, *extra]
+    with open(log, "ab") as out:
+        return subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def publish(fa: FakeArchive) -> None:
+    for i in range(DAYS):
+        publish_day(fa, "spot", "BTCUSDT", date(2024, 1, 1) + timedelta(days=i), ROWS, 1 + i * ROWS, i)
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    try:
+        proc = psutil.Process(pid)
+        return [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def running(proc: psutil.Process) -> bool:
+    """Alive and not a zombie (this machine's init does not reap orphans; a zombie has exited)."""
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_gone(procs: list[psutil.Process], timeout: float = GRACE_S) -> list[psutil.Process]:
+    """Those of `procs` still running after up to `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while (alive := [p for p in procs if running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return alive
+
+
+def leftovers(folder: Path) -> list[str]:
+    """What is in `folder` now, except the empty `.prefect` Prefect creates when imported (README)."""
+    found = sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+    return [] if found == [".prefect"] and not any((folder / ".prefect").iterdir()) else found
+
+
+def port_closed(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def http_status(port: int, path: str) -> int | str:
+    """The HTTP status a loopback port answers for `path` (or why it does not answer)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"http://127.0.0.1:{port}{path}", timeout=2) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, OSError) as exc:
+        return type(exc).__name__
+
+
+# --- the guard alone (fast) -----------------------------------------------------------------
+
+
+def start_guard_under_a_parent(scratch: Path, *command: str) -> tuple[subprocess.Popen[bytes], psutil.Process]:
+    """A shell that starts the guard (so the guard's parent can be killed), and the guard.
+
+    The shell writes the guard's exit status to `<scratch>.status` when the guard exits.
+    """
+    cmd = " ".join([sys.executable, str(GUARD), "--parent", "$$", "--remove", str(scratch), "--", *command])
+    parent = subprocess.Popen(["bash", "-c", f"{cmd} & wait $!; echo $? >{scratch}.status"], start_new_session=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        kids = psutil.Process(parent.pid).children()
+        if kids and len(kids[0].children()) == len(command[:1]):
+            return parent, kids[0]
+        time.sleep(0.02)
+    raise AssertionError("the guard did not start")
+
+
+def test_guard_kills_its_command_and_removes_the_folder_when_its_parent_is_killed(tmp_path: Path) -> None:
+    scratch = tmp_path / "run"
+    (scratch / "prefect").mkdir(parents=True)
+    (scratch / "prefect" / "prefect.db").write_bytes(b"x" * 1000)
+    parent, guard = start_guard_under_a_parent(scratch, "sleep", "600")
+    child = guard.children()[0]
+    t0 = time.monotonic()
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    alive = wait_gone([guard, child])
+    elapsed = time.monotonic() - t0
+    assert alive == [] and not scratch.exists(), (alive, elapsed)
+    print(f"guard and its command gone, folder removed, {elapsed:.2f} s after the parent's SIGKILL")
+
+
+def test_guard_passes_sigterm_on_and_keeps_the_folder(tmp_path: Path) -> None:
+    scratch = tmp_path / "run"
+    scratch.mkdir()
+    parent, guard = start_guard_under_a_parent(scratch, "sleep", "600")
+    try:
+        child = guard.children()[0]
+        guard.terminate()  # how the CLI stops its server
+        assert parent.wait(timeout=GRACE_S) == 0
+        # The guard's status is its command's: killed by the SIGTERM it passed on.
+        assert Path(f"{scratch}.status").read_text().strip() == str(128 + signal.SIGTERM)
+        assert wait_gone([child]) == []
+        assert scratch.exists()  # the CLI removes it itself, after the server stopped
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def test_a_killed_guard_takes_its_command_with_it(tmp_path: Path) -> None:
+    """The command's parent-death signal: a SIGKILLed guard cannot leave the server running."""
+    parent, guard = start_guard_under_a_parent(tmp_path, "sleep", "600")
+    try:
+        child = guard.children()[0]
+        guard.kill()
+        alive = wait_gone([child])
+        assert alive == []
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+# --- cache records (fast) ------------------------------------------------------------------
+
+
+SPEC = ArchiveSpec("spot", "BTCUSDT", "daily", date(2024, 1, 2))
+
+
+def record(serializer: dict[str, Any], result: str) -> bytes:
+    return json.dumps({"metadata": {"storage_key": "k", "expiration": None, "serializer": serializer,
+                                    "prefect_version": "3.9.1", "storage_block_id": None},
+                       "result": result}).encode()
+
+
+class _Touch:
+    """Unpickling this runs `touch path`: what an attacker who can write the data dir plants."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch {self.path}",))
+
+
+def pickle_record(canary: Path) -> bytes:
+    """A cache record naming Prefect's pickle serializer, whose payload runs `touch canary`."""
+    payload = base64.encodebytes(cloudpickle.dumps(_Touch(canary))).decode()
+    return record({"type": "pickle", "picklelib": "cloudpickle"}, payload)
+
+
+def prefect_json_record(canary: Path) -> bytes:
+    """A record naming Prefect's *json* serializer with `object_decoder` = subprocess.run:
+    json.loads then calls subprocess.run({"touch": 0, canary: 0}), i.e. runs `touch canary`."""
+    return record({"type": "json", "object_decoder": "subprocess.run"}, json.dumps({"touch": 0, str(canary): 0}))
+
+
+@pytest.mark.parametrize("make", [pickle_record, prefect_json_record], ids=["pickle", "prefect-json"])
+def test_hostile_records_run_code_in_prefect_but_are_refused_here(make: Any, tmp_path: Path) -> None:
+    from prefect._internal.result_records import ResultRecord
+
+    canary = tmp_path / "pwned"
+    hostile = make(canary)
+    # The payload is live: Prefect itself, reading the record, runs it.
+    with contextlib.suppress(Exception):  # whatever it returns or raises, the code has run
+        ResultRecord.deserialize(hostile)
+    assert canary.exists()
+    canary.unlink()
+    with pytest.raises(UnsafeCacheRecord, match="serializer"):
+        vet_record("records/k", hostile)
+    assert not canary.exists()
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    (b"\x80\x04garbage", "not JSON"),
+    (json.dumps([1, 2]).encode(), "not a cache record"),
+    (record({"type": SERIALIZER_TYPE, "jsonlib": "pickle"}, "1"), "serializer"),
+    (record({"type": SERIALIZER_TYPE}, json.dumps({"$": "subprocess.Popen", "v": {"args": ["touch", "x"]}})),
+     "unknown tag"),
+    (record({"type": SERIALIZER_TYPE}, json.dumps({"__class__": "os.system", "data": "touch x"})), "not an encoded"),
+    (record({"type": SERIALIZER_TYPE}, json.dumps({"$": "FeatureResult", "v": {"feature": "f", "evil": 1}})),
+     "no field"),
+    (record({"type": SERIALIZER_TYPE}, json.dumps({"$": "FeatureResult", "v": {"feature": "f", "market": "spot",
+     "symbol": "X", "mode": "m", "trades": "many", "bars": 1, "parts": 1, "seconds": 0.1}})), "trades"),
+    (record({"type": SERIALIZER_TYPE}, json.dumps({"$": "ArchiveSpec", "v": {"market": "spot", "symbol": "../x",
+     "granularity": "daily", "period": {"$": "date", "v": "2024-01-01"}}})), "ArchiveSpec"),
+    (b" " * (2 << 20), "bytes"),
+])
+def test_records_that_are_not_ours_are_refused_with_the_reason(content: bytes, reason: str) -> None:
+    with pytest.raises(UnsafeCacheRecord, match=reason) as err:
+        vet_record("data/.prefect-cache/abc", content)
+    assert "data/.prefect-cache/abc" in str(err.value)
+
+
+def test_results_round_trip_through_the_record_format() -> None:
+    dl = DownloadResult(SPEC, Path("/lake/archive/x.zip"), "ab" * 32, 123, 0.5, True)
+    feat = FeatureResult("ema", "spot", "BTCUSDT", "extended", 10, 2, 1, 0.25, "why")
+    for value in (dl, feat, [dl, (1, "a", None)], {"k": date(2024, 1, 1)}):
+        blob = LakeJSONSerializer().dumps(value)
+        assert LakeJSONSerializer().loads(blob) == value
+        assert decode(encode(value)) == value
+    with pytest.raises(TypeError, match="CACHED_TYPES"):
+        encode(object())
+    good = record({"type": SERIALIZER_TYPE}, LakeJSONSerializer().dumps(dl).decode())
+    assert json.loads(vet_record("k", good)) == json.loads(good)
+
+
+# --- the real CLI ---------------------------------------------------------------------------
+
+
+@dataclass
+class Watched:
+    """A CLI run and what was seen of it while it ran."""
+
+    returncode: int
+    log: str
+    # (pid, ip, port) of every listening socket of the CLI and its children.
+    listening: set[tuple[int, str, int]] = field(default_factory=set)
+    # Answers of the CLI process's own ports (the Dask cluster's) to dashboard and metrics paths.
+    answers: dict[tuple[int, str], int | str] = field(default_factory=dict)
+
+
+def run_watched(fa: FakeArchive, data: Path, env: dict[str, str], log: Path, *extra: str) -> Watched:
+    proc = cli(fa, data, env, log, *extra)
+    seen: Watched = Watched(-1, "")
+    while proc.poll() is None:
+        for p in tree(proc.pid):
+            try:
+                conns = p.net_connections("inet")
+            except psutil.Error:
+                continue
+            for c in conns:
+                if c.status != psutil.CONN_LISTEN:
+                    continue
+                key = (p.pid, c.laddr.ip, c.laddr.port)
+                if key not in seen.listening and p.pid == proc.pid:
+                    for path in ("/status", "/metrics", "/info/main/workers.html"):
+                        seen.answers[(c.laddr.port, path)] = http_status(c.laddr.port, path)
+                seen.listening.add(key)
+        time.sleep(0.02)
+    seen.returncode = proc.returncode
+    seen.log = log.read_text(errors="replace")
+    return seen
+
+
+@dataclass
+class FirstRun:
+    home: Path
+    tmp: Path
+    data: Path
+    run: Watched
+    fa: FakeArchive
+    base: Path
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FirstRun]:
+    """One clean CLI run, ad hoc (its own temporary API server), into a fresh data dir."""
+    base = tmp_path_factory.mktemp("safety")
+    home, tmp, data = base / "home", base / "tmp", base / "data"
+    home.mkdir()
+    tmp.mkdir()
+    with FakeArchive() as fa:
+        publish(fa)
+        run = run_watched(fa, data, fresh_env(home, tmp), base / "run.log")
+        yield FirstRun(home, tmp, data, run, fa, base)
+
+
+@pytest.mark.slow
+def test_a_run_leaves_nothing_outside_its_data_dir(first_run: FirstRun) -> None:
+    run = first_run.run
+    assert run.returncode == 0, run.log[-3000:]
+    # No ~/.prefect/prefect.db, storage or memo store; no dask-scratch-space, no run folder.
+    assert leftovers(first_run.home) == []
+    assert leftovers(first_run.tmp) == []
+    # The cache records are in the data dir, in the lake's JSON format.
+    records = list((first_run.data / ".prefect-cache").iterdir())
+    assert len(records) == DAYS + 1  # the downloads and the default feature
+    for path in records:
+        assert json.loads(path.read_bytes())["metadata"]["serializer"] == {"type": SERIALIZER_TYPE}
+
+
+@pytest.mark.slow
+def test_a_run_listens_on_loopback_only_and_serves_no_dashboard(first_run: FirstRun) -> None:
+    run = first_run.run
+    assert run.returncode == 0, run.log[-3000:]
+    assert run.listening, "no listening socket seen: the sampling missed the run"
+    assert {ip for _, ip, _ in run.listening} <= {"127.0.0.1", "::1"}, run.listening
+    # The in-process Dask cluster's HTTP servers (scheduler and worker) were seen, and serve
+    # neither a dashboard nor metrics, logs or call stacks: every path is a 404.
+    assert run.answers, run.listening
+    assert set(run.answers.values()) == {404}, run.answers
+    assert "dashboard is available" not in run.log
+
+
+@pytest.mark.slow
+def test_rewritten_cache_records_run_nothing_and_the_tasks_run_again(first_run: FirstRun) -> None:
+    """Every record rewritten by an attacker: the next run executes none, re-runs, ends as a clean run."""
+    assert first_run.run.returncode == 0
+    data, base = first_run.data, first_run.base
+    lake = {p: p.read_bytes() for p in (data / "lake").rglob("*.parquet")}
+    canaries = []
+    for i, path in enumerate(sorted((data / ".prefect-cache").iterdir())):
+        canary = base / f"pwned-{i}"
+        path.write_bytes((pickle_record if i % 2 == 0 else prefect_json_record)(canary))
+        canaries.append(canary)
+    # Archives already in the lake are not even looked up in the cache: without the convert
+    # step, every download's record is read, and the feature's.
+    run = run_watched(first_run.fa, data, fresh_env(first_run.home, first_run.tmp), base / "run2.log",
+                      "--steps", "download,features")
+    assert run.returncode == 0, run.log[-3000:]
+    assert [c for c in canaries if c.exists()] == []
+    assert run.log.count("cache record refused") >= len(canaries), run.log[-3000:]
+    # The tasks ran again and wrote their records afresh, in the lake's format.
+    for path in (data / ".prefect-cache").iterdir():
+        assert json.loads(path.read_bytes())["metadata"]["serializer"] == {"type": SERIALIZER_TYPE}
+    assert {p: p.read_bytes() for p in (data / "lake").rglob("*.parquet")} == lake
+    assert leftovers(first_run.home) == [] and leftovers(first_run.tmp) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("api", ["temporary server", "configured API"])
+def test_a_sigkilled_cli_leaves_nothing_running_nor_behind(
+    api: str, fake_archive: FakeArchive, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    home, tmp = tmp_path / "home", tmp_path / "tmp"
+    home.mkdir()
+    tmp.mkdir()
+    publish(fake_archive)
+    fake_archive.inject(STALLED, "stall", delay=60)  # holds the run mid-download
+    extra = {"PREFECT_API_URL": request.getfixturevalue("prefect_api")} if api == "configured API" else {}
+    proc = cli(fake_archive, tmp_path / "data", fresh_env(home, tmp, **extra), tmp_path / "run.log")
+    try:
+        deadline = time.monotonic() + 120
+        while not any(r.path.endswith(STALLED) for r in fake_archive.requests):
+            assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the run never reached the stalled download"
+            time.sleep(0.05)
+        started = [p for p in tree(proc.pid) if p.pid != proc.pid]
+        ports = {c.laddr.port for p in started for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+        entries = list(tmp.iterdir())
+        assert len(entries) == 1 and entries[0].name.startswith(RUN_DIR_PREFIX), entries
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGKILL)  # the CLI alone, not its process group
+        proc.wait()
+        alive = wait_gone(started)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert started, "no guard (and no server) was started"
+    assert alive == [], [(p.pid, p.cmdline()) for p in alive]
+    assert all(port_closed(port) for port in ports), ports
+    if api == "temporary server":
+        assert ports, "the temporary server was not listening"
+    assert leftovers(tmp) == [] and leftovers(home) == []
+    print(f"{api}: {len(started)} processes gone and the run folder removed {elapsed:.2f} s after SIGKILL")
