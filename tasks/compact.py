@@ -29,6 +29,8 @@ that deletion) is dropped, not merged twice.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import closing
@@ -43,9 +45,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tasks.archive_spec import Market, lake_symbol_dir, range_file_name
-from tasks.atomic import SwapOutcome, fsync_dir, recover_swaps, swap_folder, temp_path_for
+from tasks.atomic import SwapOutcome, fsync_dir, recover_swaps, swap_folder, temp_path_for, write_bytes_atomic
 from tasks.digest_nb import DAY_US, day_runs
-from tasks.errors import LakeConflict, LakeValidationError
+from tasks.errors import LakeConflict, LakeValidationError, TradeIdCollision
 from tasks.lake import LakeEntry, lake_inventory, read_sources, staged_inventory
 from tasks.lake_writer import lake_writer, source_metadata_doc
 from tasks.read_ahead import read_ahead
@@ -158,6 +160,8 @@ class CompactionResult:
     leftover: str | None = None
     #: Staged archives dropped because the lake already held them from the same sha256.
     staged_dropped: tuple[str, ...] = ()
+    #: Staged archives refused into quarantine (their ids collide with other days): (archive, reason).
+    quarantined: tuple[tuple[str, str], ...] = ()
 
 
 def _units_of(entry: LakeEntry, staged: bool) -> list[Unit]:
@@ -243,7 +247,9 @@ def _pack(blocks: list[Block], target_bytes: int) -> list[Group]:
 
 def _read_stream(path: Path, exclude: list[tuple[int, int]], batch_rows: int) -> Iterator[pa.RecordBatch]:
     """A lake file's batches in id order, without the rows whose time falls in `exclude` ranges (µs)."""
-    with pq.ParquetFile(path) as pf:
+    # Page checksums verified: a damaged input fails the merge instead of being copied into a
+    # new file whose own checksums would then vouch for the wrong values.
+    with pq.ParquetFile(path, page_checksum_verification=True) as pf:
         for batch in pf.iter_batches(batch_size=batch_rows, use_threads=False):
             batch = pa.RecordBatch.from_arrays(batch.columns, schema=TRADES_SCHEMA)
             if exclude:
@@ -379,7 +385,7 @@ def _write_group(
                 for chunk in chunks:
                     writer.write(chunk)
         except DuplicateTradeIds as exc:
-            raise LakeConflict(str(folder / group.name), f"{exc}; nothing merged") from None
+            raise TradeIdCollision(str(folder / group.name), f"{exc}; nothing merged") from None
         writer.close(source_metadata_doc(market, symbol, [u.doc for u in units]))
         report = _verify(tmp, units, expected, market, symbol)
     except BaseException:
@@ -425,23 +431,59 @@ def _verify(tmp: Path, units: list[Unit], expected: DayDigest, market: str, symb
 
 
 def compact_symbol(
-    data_dir: Path, market: Market, symbol: str, target_bytes: int, options: ConvertOptions, consolidate: bool
+    data_dir: Path, market: Market, symbol: str, target_bytes: int, options: ConvertOptions, consolidate: bool,
+    damaged: frozenset[Path] = frozenset(),
 ) -> CompactionResult:
     """Merge the symbol's staged archives into its lake files and pack them to `target_bytes`.
 
     `consolidate=False` (the merge step) writes only the files whose content changes;
     `consolidate=True` (the optimize step) also combines neighbours left under target.
     Nothing in the lake changes unless every new file verified; see the module doc.
+
+    A staged archive whose trade ids collide with another day's (a poison pill: it would
+    block every later merge of the symbol) is quarantined with its reason (`quarantine_staged`)
+    and the merge goes on with the others; the result names it.
+
+    `damaged` (the repair, `tasks.repair`): lake files that failed validation. They are
+    neither read nor planned (their footer may be unreadable); the caller has re-converted
+    the archives they held into staging, which take their place, and the swap removes them.
+    """
+    quarantined: list[tuple[str, str]] = []
+    while True:
+        try:
+            result = _compact_once(data_dir, market, symbol, target_bytes, options, consolidate, damaged)
+        except TradeIdCollision as exc:
+            poison = colliding_staged(data_dir, market, symbol, damaged)
+            if not poison:
+                raise
+            for entry, reason in poison:
+                quarantined.append(quarantine_staged(data_dir, market, entry, reason, exc))
+            continue  # each round removes at least one staged archive: this ends
+        return dataclasses.replace(result, quarantined=tuple(quarantined))
+
+
+def _compact_once(
+    data_dir: Path, market: Market, symbol: str, target_bytes: int, options: ConvertOptions, consolidate: bool,
+    damaged: frozenset[Path],
+) -> CompactionResult:
+    """One attempt of `compact_symbol`.
+
+    `damaged` (the repair, `tasks.repair`): lake files that failed validation. They are
+    neither read nor planned (their footer may be unreadable); the caller has re-converted
+    the archives they held into staging, which take their place, and the swap removes them.
     """
     started = time.perf_counter()
     folder = lake_symbol_dir(data_dir, market, symbol)
     folder.mkdir(parents=True, exist_ok=True)  # temporaries are written beside their final name
     lake = lake_inventory(data_dir, market, symbol)
+    # Repair: damaged files leave the plan, so their staged replacements are not "already held".
+    superseded = [e.path for e in lake if e.path in damaged]
+    lake = [e for e in lake if e.path not in damaged]
     staged, dropped = _drop_staged_held(lake, staged_inventory(data_dir, market, symbol))
     plan = plan_compaction(lake, staged, target_bytes, consolidate)
     written: list[tuple[Path, Path]] = []
     reports: list[FileReport] = []
-    remove: list[Path] = []
+    remove: list[Path] = list(superseded)
     rows = 0
     changed: set[date] = set()
     try:
@@ -512,3 +554,77 @@ def recover_lake(data_dir: Path) -> tuple[int, list[str]]:
     of this run starts (it deletes every work folder under `<data_dir>/.swap/`).
     """
     return recover_swaps(data_dir)
+
+
+def _ids_outside(path: Path, lo: int, hi: int, days: tuple[int, int] | None) -> np.ndarray[Any, Any]:
+    """Trade ids of a lake or staged file within [lo, hi], without the rows whose time is in `days` (µs)."""
+    out = []
+    with pq.ParquetFile(path) as pf:
+        meta = pf.metadata
+        for rg in range(meta.num_row_groups):
+            stats = meta.row_group(rg).column(0).statistics
+            if stats is not None and stats.has_min_max and (int(stats.max) < lo or int(stats.min) > hi):
+                continue
+            t = pf.read_row_group(rg, columns=["trade_id", "time"])
+            ids = np.asarray(t.column(0).to_numpy(), dtype=np.int64)
+            if days is not None:
+                us = np.asarray(t.column(1).cast(pa.int64()).to_numpy(), dtype=np.int64)
+                ids = ids[(us < days[0]) | (us >= days[1])]
+            out.append(ids[(ids >= lo) & (ids <= hi)])
+    return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
+
+
+def colliding_staged(
+    data_dir: Path, market: Market, symbol: str, damaged: frozenset[Path] = frozenset()
+) -> list[tuple[LakeEntry, str]]:
+    """Staged archives holding a trade id that another day of the lake or another staged archive holds.
+
+    A staged archive replaces the lake's rows of its own days (a re-published archive), so
+    only rows of other days count. Two staged archives that collide are both refused: which
+    one is right is not for the merge to guess. Reads only row groups whose id range overlaps.
+    """
+    lake = [e for e in lake_inventory(data_dir, market, symbol) if e.path not in damaged and not e.problem]
+    staged = [e for e in staged_inventory(data_dir, market, symbol) if not e.problem]
+    found: dict[Path, tuple[LakeEntry, str]] = {}
+    for entry in staged:
+        lo, hi = _id_range(entry.path)
+        days = _day_range_us(entry.first_day, entry.last_day)
+        others = [(e, "the lake file") for e in lake] + [(e, "the staged archive") for e in staged if e is not entry]
+        for other, what in others:
+            olo, ohi = _id_range(other.path)
+            if ohi < lo or olo > hi:
+                continue
+            mine = _ids_outside(entry.path, max(lo, olo), min(hi, ohi), None)
+            theirs = _ids_outside(other.path, max(lo, olo), min(hi, ohi), days)
+            common = np.intersect1d(mine, theirs, assume_unique=True)
+            if len(common):
+                name = other.sources[0].archive if what == "the staged archive" else other.path.name
+                found.setdefault(entry.path, (entry, f"{len(common):,} of its trade ids (first {int(common[0])}) are "
+                                                     f"also in {what} {name}, on other days"))
+    return list(found.values())
+
+
+def quarantine_staged(
+    data_dir: Path, market: Market, entry: LakeEntry, reason: str, cause: Exception
+) -> tuple[str, str]:
+    """Refuse a staged archive: record why beside the archive's quarantine path, remove it from staging.
+
+    The downloaded archive stays (it is the published one, verified); `tasks.ingest` does not
+    convert it again while this record names its sha256, so it is reported as refused by
+    every run until Binance re-publishes it (a new checksum) or the record is deleted.
+    """
+    from tasks.archive_spec import parse_archive_name
+
+    src = entry.sources[0]
+    spec = parse_archive_name(market, "monthly" if src.granularity == "monthly" else "daily",
+                              src.archive.rsplit("/", 1)[-1])
+    if spec is None:
+        raise cause
+    note = {"archive": src.archive, "sha256": src.sha256, "kind": "lake conflict",
+            "reason": f"{reason}; not merged (the merge went on without it)"}
+    record = spec.quarantine_zip(data_dir).with_name(spec.quarantine_zip(data_dir).name + ".reason.json")
+    write_bytes_atomic(record, json.dumps(note, indent=2).encode())
+    entry.path.unlink(missing_ok=True)
+    fsync_dir(entry.path.parent)
+    return src.archive, note["reason"]
+

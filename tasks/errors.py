@@ -98,6 +98,12 @@ class LakeConflict(PipelineError):
     kind = "lake conflict"
 
 
+class TradeIdCollision(LakeConflict):
+    """A staged archive holds trade ids that another day of the lake (or another staged archive) holds."""
+
+    kind = "trade ids collide"
+
+
 class LakeLocked(PipelineError):
     """Another run holds the data directory's lock."""
 
@@ -114,6 +120,18 @@ class DataDirNotShared(PipelineError):
     """A Dask worker does not see the run's data dir (it must be the same path everywhere)."""
 
     kind = "data dir not shared with the Dask workers"
+
+
+class TemporaryServerFailed(PipelineError):
+    """The run's temporary Prefect API server did not start (it exited, or did not answer in time)."""
+
+    kind = "temporary Prefect API server failed"
+
+
+class UnsafeCacheRecord(PipelineError):
+    """A Prefect cache record in the data dir is not in the lake's JSON format: never decoded, the task re-runs."""
+
+    kind = "cache record refused"
 
 
 def describe(exc: BaseException) -> str:

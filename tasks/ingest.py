@@ -6,6 +6,7 @@ Plain functions; `tasks.prefect_tasks` wraps them with caching and logging.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from tasks.archive_spec import ArchiveSpec, Market
 from tasks.convert import convert_archive
-from tasks.errors import ChecksumMismatch, LakeValidationError, NotDownloaded, PipelineError
+from tasks.errors import ChecksumMismatch, LakeValidationError, NotDownloaded, PipelineError, TradeIdCollision
 from tasks.lake import LakeEntry, lake_inventory, lake_source, staging_holds
 from tasks.settings import ConvertOptions
 from tasks.validate import ExpectedFile, FileReport, VerifiedFile, continuity_gaps, validate_parquet_file
@@ -73,6 +74,9 @@ def ingest_archive(spec: ArchiveSpec, sha256: str, data_dir: Path, options: Conv
                 spec, sha256, out, report.rows, _dropped(report), report.id_gaps.count, report.id_gaps.missing_ids,
                 out.stat().st_size, time.perf_counter() - started, reused=True,
             )
+    refused = merge_refusal(spec, sha256, data_dir)
+    if refused is not None:
+        raise refused
     zip_path = spec.local_zip(data_dir)
     if not zip_path.is_file():
         raise NotDownloaded(str(zip_path), "the archive is not on disk; run the download step")
@@ -83,6 +87,25 @@ def ingest_archive(spec: ArchiveSpec, sha256: str, data_dir: Path, options: Conv
     return IngestResult(
         spec, sha256, out, res.rows, res.duplicates_dropped, res.id_gaps.count, res.id_gaps.missing_ids, res.bytes,
         time.perf_counter() - started,
+    )
+
+
+def merge_refusal(spec: ArchiveSpec, sha256: str, data_dir: Path) -> TradeIdCollision | None:
+    """The refusal an earlier merge recorded for exactly this archive and sha256, if any.
+
+    Such an archive (its trade ids collide with other days, `tasks.compact.quarantine_staged`)
+    is not converted again: each run would only refuse it again, after the cost of a conversion.
+    """
+    record = spec.quarantine_zip(data_dir).with_name(spec.quarantine_zip(data_dir).name + ".reason.json")
+    try:
+        doc = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("kind") != "lake conflict" or doc.get("sha256") != sha256:
+        return None
+    return TradeIdCollision(
+        spec.key, f"quarantined by an earlier merge: {doc.get('reason')}; it lands when Binance re-publishes it "
+        f"(a new checksum), or delete {record} to try again",
     )
 
 

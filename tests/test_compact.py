@@ -201,17 +201,44 @@ def test_daily_archive_inside_a_monthly_one_is_refused_and_the_lake_unchanged(tm
         k: v for k, v in before.items() if k.startswith("lake")}
 
 
-def test_duplicate_trade_ids_across_days_are_refused_and_the_lake_unchanged(tmp_path: Path) -> None:
-    stage_day(tmp_path, 1)
+def test_a_poison_pill_archive_is_quarantined_and_later_days_still_merge(tmp_path: Path) -> None:
+    from tasks.gaps import gap_report
+    from tasks.ingest import merge_refusal
+
+    good = [stage_day(tmp_path, 1), stage_day(tmp_path, 2)]
     compact(tmp_path)
     before = digest(tmp_path)
-    stage(tmp_path, daily(2), trades(ROWS - 5, ROWS, day(2), 7))  # ids overlap day 1's last five
-    with pytest.raises(LakeConflict, match="trade id") as err:
-        compact(tmp_path)
-    assert "2024-01-01_2024-01-02.parquet" in str(err.value)
-    assert {k: v for k, v in digest(tmp_path).items() if k.startswith("lake")} == {
-        k: v for k, v in before.items() if k.startswith("lake")}
-    assert not [p for p in tmp_path.rglob(".*") if p.is_file()]
+    stage(tmp_path, daily(3), trades(ROWS - 5, ROWS, day(3), 7), sha="b" * 64)  # ids of days 1 and 2
+    good.append(stage_day(tmp_path, 4))
+    res = compact(tmp_path)
+    ((archive, reason),) = res.quarantined
+    assert archive == daily(3).key and "3,000 of its trade ids (first 2995)" in reason
+    assert "2024-01-01_2024-01-02.parquet" in reason
+    assert names(tmp_path) == ["2024-01-01_2024-01-04.parquet"] and res.staged_merged == (daily(4).key,)
+    assert_exact(tmp_path, *good)  # days 1, 2 and 4; day 3 refused
+    assert staged_inventory(tmp_path, "spot", "BTCUSDT") == []
+    record = json.loads(daily(3).quarantine_zip(tmp_path).with_name(
+        daily(3).file_name + ".reason.json").read_text())
+    assert record["kind"] == "lake conflict" and record["sha256"] == "b" * 64
+    # Not converted again while Binance publishes the same bytes; a re-publication is tried.
+    refusal = merge_refusal(daily(3), "b" * 64, tmp_path)
+    assert refusal is not None and "re-publishes" in str(refusal)
+    assert merge_refusal(daily(3), "c" * 64, tmp_path) is None
+    gaps = gap_report(tmp_path, "spot", "BTCUSDT", day(1), day(4), set(), 3600.0)
+    assert [r["day"] for r in gaps.refused] == [str(day(3))] and "trade ids" in gaps.refused[0]["reason"]
+    assert before != digest(tmp_path)
+
+
+def test_two_staged_archives_sharing_ids_are_both_refused_and_the_lake_unchanged(tmp_path: Path) -> None:
+    stage_day(tmp_path, 1)
+    compact(tmp_path)
+    before = {k: v for k, v in digest(tmp_path).items() if k.startswith("lake")}
+    stage(tmp_path, daily(2), trades(ROWS + 1, ROWS, day(2), 7))
+    stage(tmp_path, daily(3), trades(ROWS + 1, ROWS, day(3), 8))  # the same ids as day 2
+    res = compact(tmp_path)
+    assert sorted(a for a, _ in res.quarantined) == [daily(2).key, daily(3).key]
+    assert {k: v for k, v in digest(tmp_path).items() if k.startswith("lake")} == before
+    assert not [p for p in (tmp_path / "lake").rglob(".*")]
 
 
 def test_optimize_combines_files_left_under_target_and_merge_does_not(tmp_path: Path) -> None:
