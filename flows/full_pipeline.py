@@ -47,6 +47,7 @@ from tasks.lake import coverage, lake_inventory, lake_sources
 from tasks.listing import Discovery
 from tasks.lock import data_dir_lock
 from tasks.plan import MissingDay, plan_symbol
+from tasks.prefect_cache import LakeCacheStorage
 from tasks.prefect_tasks import (
     checksums_task,
     cleanup_task,
@@ -144,17 +145,19 @@ def cache_storage(data_dir: Path) -> LocalFileSystem:
     too, and Dask workers sharing the data dir share the cache.
 
     Prefect requires a saved block for results written by Dask workers. An existing block
-    with the same base path is reused as it is: runs then only read it.
+    with the same base path is reused as it is: runs then only read it. It is a
+    `LakeCacheStorage`: a record is decoded only if it is the lake's own JSON (anyone who
+    can write the data dir could otherwise run code through a pickled record).
     """
     basepath = str(data_dir / CACHE_DIR)
     name = "binance-lake-cache-" + hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
     try:
-        saved = LocalFileSystem.load(name)
+        saved = LakeCacheStorage.load(name)
     except ValueError:  # no such block yet
         saved = None
-    if isinstance(saved, LocalFileSystem) and saved.basepath == basepath:
+    if isinstance(saved, LakeCacheStorage) and saved.basepath == basepath:
         return saved
-    storage = LocalFileSystem(basepath=basepath)
+    storage = LakeCacheStorage(basepath=basepath)
     storage.save(name, overwrite=True)
     return storage
 

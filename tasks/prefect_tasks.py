@@ -4,6 +4,10 @@ Caching: a per-archive task's key is (stage, archive key, published sha256, data
 output options), so a re-run skips verified archives and a re-published checksum
 fetches again. A cache hit must not outlive its output: the flow passes
 `refresh_cache=True` when the output on disk is missing or holds another checksum.
+
+Only the cached tasks persist their results, as JSON that executes nothing when read
+(tasks/prefect_cache.py); every other task has `persist_result=False`, whatever Prefect's
+defaults say, so no result is ever pickled to disk.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from tasks.http import HttpOptions
 from tasks.ingest import IngestResult, SymbolValidation, ingest_archive, validate_symbol
 from tasks.lake import lake_inventory
 from tasks.listing import Discovery, discover
+from tasks.prefect_cache import LakeJSONSerializer
 from tasks.settings import ConvertOptions
 from tasks.validate import VerifiedFile
 
@@ -59,7 +64,7 @@ def archive_cache_key(stage: str) -> Any:
     return key
 
 
-@task(name="discover", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_if_transient)
+@task(name="discover", persist_result=False, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_if_transient)
 def discover_task(
     listing_url: str, market: Market, symbols: list[str], granularities: list[Granularity], http: HttpOptions,
     concurrency: int,
@@ -74,7 +79,8 @@ def discover_task(
     return found
 
 
-@task(name="fetch-checksums", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_if_transient)
+@task(name="fetch-checksums", persist_result=False, retries=2, retry_delay_seconds=5,
+      retry_condition_fn=retry_if_transient)
 def checksums_task(specs: list[ArchiveSpec], base_url: str, http: HttpOptions, concurrency: int) -> list[Published]:
     """Fetch the published sha256 of every planned archive (tiny files, fetched concurrently)."""
     return asyncio.run(fetch_checksums(specs, base_url, http, concurrency))
@@ -84,6 +90,8 @@ def checksums_task(specs: list[ArchiveSpec], base_url: str, http: HttpOptions, c
     name="download-archive",
     task_run_name="download {spec.key}",
     cache_key_fn=archive_cache_key("download"),
+    persist_result=True,
+    result_serializer=LakeJSONSerializer(),
     retry_condition_fn=retry_if_transient,
 )
 def download_task(spec: ArchiveSpec, sha256: str, data_dir: Path, base_url: str, http: HttpOptions) -> DownloadResult:
@@ -122,7 +130,7 @@ def ingest_batch_task(
     return out
 
 
-@task(name="validate-symbol", task_run_name="validate {market}/{symbol}")
+@task(name="validate-symbol", task_run_name="validate {market}/{symbol}", persist_result=False)
 def validate_symbol_task(
     data_dir: Path, market: Market, symbol: str, start: Any, end: Any, verified: tuple[VerifiedFile, ...] = ()
 ) -> SymbolValidation:
@@ -133,7 +141,7 @@ def validate_symbol_task(
     return validate_symbol(data_dir, market, symbol, start, end, verified)
 
 
-@task(name="merge-symbol", task_run_name="{mode} {market}/{symbol}")
+@task(name="merge-symbol", task_run_name="{mode} {market}/{symbol}", persist_result=False)
 def compact_task(
     data_dir: Path, market: Market, symbol: str, target_bytes: int, options: ConvertOptions, mode: str
 ) -> CompactionResult:
@@ -148,7 +156,7 @@ def compact_task(
     return result
 
 
-@task(name="gap-report", task_run_name="gaps {market}/{symbol}")
+@task(name="gap-report", task_run_name="gaps {market}/{symbol}", persist_result=False)
 def gaps_task(
     data_dir: Path, market: Market, symbol: str, start: date, end: date, not_published: set[date],
     tolerance_s: float, refused_now: dict[date, dict[str, str]],
@@ -159,7 +167,7 @@ def gaps_task(
     return report
 
 
-@task(name="cleanup-archives", task_run_name="cleanup {market}/{symbol}")
+@task(name="cleanup-archives", task_run_name="cleanup {market}/{symbol}", persist_result=False)
 def cleanup_task(data_dir: Path, market: Market, symbol: str, start: date, end: date) -> CleanupResult:
     """Delete the symbol's downloaded archives whose rows are verified in the lake."""
     result = cleanup_symbol(data_dir, market, symbol, start, end)
@@ -178,7 +186,8 @@ def _feature_cache_key(context: TaskRunContext, inputs: dict[str, Any]) -> str |
                         inputs["market"], inputs["symbol"], str(data_dir), lake_fingerprint(entries, None))
 
 
-@task(name="features", task_run_name="{feature.name} {market}/{symbol}", cache_key_fn=_feature_cache_key)
+@task(name="features", task_run_name="{feature.name} {market}/{symbol}", cache_key_fn=_feature_cache_key,
+      persist_result=True, result_serializer=LakeJSONSerializer())
 def features_task(data_dir: Path, market: Market, symbol: str, feature: Feature) -> FeatureResult:
     """Bring one feature of one symbol up to the lake's last trade (incremental, see tasks.features)."""
     result = compute_feature(data_dir, market, symbol, feature)
