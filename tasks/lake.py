@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from tasks.archive_spec import ArchiveSpec, lake_symbol_dir, staging_symbol_dir
 from tasks.schema import SOURCE_METADATA_KEY
 
-_FILE_NAME = re.compile(r"^(\d{4}-\d{2}-\d{2})_(\d{4}-\d{2}-\d{2})\.parquet$")
+_FILE_NAME = re.compile(r"\A([0-9]{4}-[0-9]{2}-[0-9]{2})_([0-9]{4}-[0-9]{2}-[0-9]{2})\.parquet\Z")
 
 
 @dataclass(frozen=True)
@@ -53,11 +53,23 @@ def read_sources(path: Path) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
+def _range_of(name: str) -> tuple[date, date] | None:
+    """The days a `<first>_<last>.parquet` name covers, or None for any other name (or impossible dates)."""
+    m = _FILE_NAME.match(name)
+    if m is None:
+        return None
+    try:
+        first, last = date.fromisoformat(m[1]), date.fromisoformat(m[2])
+    except ValueError:
+        return None
+    return (first, last) if first <= last else None
+
+
 def range_files(folder: Path) -> list[Path]:
     """Committed `<first>_<last>.parquet` files of a folder (temporary files are dot-prefixed and skipped)."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and _FILE_NAME.match(p.name))
+    return sorted(p for p in folder.iterdir() if p.is_file() and _range_of(p.name) is not None)
 
 
 def lake_files(data_dir: Path, market: str, symbol: str) -> list[Path]:
@@ -69,9 +81,9 @@ def inventory(paths: list[Path]) -> list[LakeEntry]:
     """Each `<first>_<last>.parquet` file with the sources recorded in its footer, sorted by first day."""
     entries = []
     for path in paths:
-        m = _FILE_NAME.match(path.name)
-        assert m is not None
-        first, last = date.fromisoformat(m[1]), date.fromisoformat(m[2])
+        days = _range_of(path.name)
+        assert days is not None
+        first, last = days
         try:
             doc = read_sources(path) or {}
             docs = doc.get("sources", [])
@@ -126,9 +138,9 @@ def lake_source(spec: ArchiveSpec, sha256: str, data_dir: Path) -> tuple[Path, d
     Only the files whose day range (read from their names) covers the archive are opened.
     """
     for path in lake_files(data_dir, spec.market, spec.symbol):
-        m = _FILE_NAME.match(path.name)
-        assert m is not None
-        if date.fromisoformat(m[1]) <= spec.first_day and spec.last_day <= date.fromisoformat(m[2]):
+        days = _range_of(path.name)
+        assert days is not None
+        if days[0] <= spec.first_day and spec.last_day <= days[1]:
             doc = _source_doc(path, spec, sha256)
             if doc is not None:
                 return path, doc
