@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import queue
 import sys
 from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import date
@@ -23,7 +24,6 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.tasks import exponential_backoff
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
@@ -163,7 +163,12 @@ def cache_storage(data_dir: Path) -> LocalFileSystem:
 
 
 def _http(settings: Settings) -> HttpOptions:
-    return HttpOptions(settings.connect_timeout, settings.read_timeout, settings.retries, settings.retry_base_delay)
+    return HttpOptions(
+        settings.connect_timeout, settings.read_timeout, settings.retries, settings.retry_base_delay,
+        min_rate=settings.min_download_rate, deadline_floor=settings.download_deadline_floor_s,
+        size_margin=settings.download_size_margin_bytes, retry_after_cap=settings.retry_after_cap_s,
+        cross_host_redirects=settings.allow_cross_host_redirects,
+    )
 
 
 def _granularities(settings: Settings) -> list[Granularity]:
@@ -205,6 +210,13 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
     sizes: dict[ArchiveSpec, int] = {}
     for symbol in settings.symbols:
         mine = [d for d in discoveries if d.symbol == symbol]
+        unlisted = [d for d in mine if d.error]
+        if unlisted:
+            # Its listing could not be read: nothing of this symbol is planned (its days are not
+            # "not published"), the other symbols go on, and the run ends Failed naming the folder.
+            report.outcomes.extend(ArchiveOutcome(d.prefix, "failed" if d.transient else "refused",
+                                                  detail=d.error or "") for d in unlisted)
+            continue
         for d in mine:
             sizes.update(d.archives)
             report.outcomes.extend(ArchiveOutcome(key, "refused", detail=reason) for key, reason in d.rejected)
@@ -224,7 +236,10 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
         published = [Published(s, stored_checksum(s, data_dir), "no verified local archive") for s in specs]
     todo: list[tuple[ArchiveSpec, str]] = []
     for p in published:
-        if p.sha256 is None:
+        if p.error:  # a garbage or unreachable .CHECKSUM: this archive is reported, the others go on
+            report.outcomes.append(ArchiveOutcome(p.spec.key, "failed" if p.transient else "refused",
+                                                  bytes=sizes.get(p.spec), detail=p.error))
+        elif p.sha256 is None:
             report.missing.extend(
                 MissingDay(p.spec.market, p.spec.symbol, d, p.missing_reason or "no checksum") for d in p.spec.days()
             )
@@ -261,12 +276,9 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
                 submit_batch(batch[i::parts])
         batch.clear()
 
-    download = download_task.with_options(
-        result_storage=cache,
-        retries=settings.retries,
-        retry_delay_seconds=exponential_backoff(backoff_factor=settings.retry_base_delay),
-        retry_jitter_factor=0.5,
-    )
+    # Transient faults are retried inside the task (`http.retries`, honouring Retry-After), each
+    # attempt within a deadline from the listed size: not by Prefect too, which would square them.
+    download = download_task.with_options(result_storage=cache, retries=0)
     io_runner: ThreadPoolTaskRunner[Any]
     in_lake = {s: lake_sources(data_dir, settings.market, s) for s in settings.symbols} if converting else {}
     with ThreadPoolTaskRunner(max_workers=settings.concurrency) as io_runner:
@@ -280,13 +292,24 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
                 dl_future: PrefectFuture[Any] = io_runner.submit(
                     cast(Any, download.with_options(refresh_cache=fresh)),  # Prefect's overloads expect a coroutine
                     parameters={"spec": spec, "sha256": sha, "data_dir": data_dir, "base_url": settings.base_url,
-                                "http": http},
+                                "http": http, "listed_size": sizes.get(spec)},
                 )
                 downloads[dl_future] = spec
             elif local_archive_matches(spec, data_dir, sha):
                 add_to_batch(spec)
-        # Conversion starts as soon as a batch of verified archives is ready.
-        for done in as_completed(list(downloads)):
+        # Conversion starts as soon as a batch of verified archives is ready, or once no download
+        # has finished for `ingest_batch_wait_s`: a slow download never holds back the others' conversion.
+        finished: queue.Queue[PrefectFuture[Any]] = queue.Queue()
+        for dl_future in downloads:
+            dl_future.add_done_callback(finished.put)
+        for _ in range(len(downloads)):
+            while True:
+                try:
+                    done = finished.get(timeout=settings.ingest_batch_wait_s)
+                    break
+                except queue.Empty:
+                    if batch:
+                        flush_batches()
             spec = downloads[done]
             result = done.result(raise_on_failure=False)
             if isinstance(result, NotPublished):

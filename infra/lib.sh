@@ -15,9 +15,13 @@
 #   BINANCE_LAKE_WORK_POOL   process work pool the worker polls (binance-lake)
 #   BINANCE_LAKE_WORKER_NAME name of the Prefect worker (binance-lake-<hostname>)
 #   DASK_SCHEDULER_HOST, DASK_SCHEDULER_PORT  Dask scheduler address (127.0.0.1, 8786)
+#   DASK_WORKER_HOST         address the Dask workers (and their nannies) listen on (127.0.0.1)
+#   DASK_TLS_DIR             certificates made by infra/make-dask-certs.sh: TLS with mutual
+#                            authentication between scheduler, workers and clients (empty: none)
 #   DASK_WORKERS             Dask worker processes, one thread each (2)
 #   DASK_WORKER_MEMORY_LIMIT memory limit per Dask worker process (auto)
 #   DASK_DASHBOARD_PORT      Dask dashboard port; empty: no dashboard, it needs bokeh (empty)
+#   DASK_DASHBOARD_HOST      address the dashboard listens on, when there is one (127.0.0.1)
 #   BINANCE_LAKE_START_TIMEOUT  seconds to wait for each component to be ready (90)
 #   BINANCE_LAKE_STOP_TIMEOUT   seconds between SIGTERM and SIGKILL when stopping (20)
 
@@ -32,15 +36,30 @@ BINANCE_LAKE_WORK_POOL="${BINANCE_LAKE_WORK_POOL:-binance-lake}"
 BINANCE_LAKE_WORKER_NAME="${BINANCE_LAKE_WORKER_NAME:-binance-lake-$(hostname)}"
 DASK_SCHEDULER_HOST="${DASK_SCHEDULER_HOST:-127.0.0.1}"
 DASK_SCHEDULER_PORT="${DASK_SCHEDULER_PORT:-8786}"
+DASK_WORKER_HOST="${DASK_WORKER_HOST:-127.0.0.1}"
+DASK_TLS_DIR="${DASK_TLS_DIR:-}"
 DASK_WORKERS="${DASK_WORKERS:-2}"
 DASK_WORKER_MEMORY_LIMIT="${DASK_WORKER_MEMORY_LIMIT:-auto}"
 DASK_DASHBOARD_PORT="${DASK_DASHBOARD_PORT:-}"
+DASK_DASHBOARD_HOST="${DASK_DASHBOARD_HOST:-127.0.0.1}"
 BINANCE_LAKE_START_TIMEOUT="${BINANCE_LAKE_START_TIMEOUT:-90}"
 BINANCE_LAKE_STOP_TIMEOUT="${BINANCE_LAKE_STOP_TIMEOUT:-20}"
 
 PREFECT_UI_URL="http://$PREFECT_HOST:$PREFECT_PORT"
 LAKE_API_URL="$PREFECT_UI_URL/api"
-DASK_ADDRESS="tcp://$DASK_SCHEDULER_HOST:$DASK_SCHEDULER_PORT"
+DASK_PROTOCOL=tcp
+if [[ -n "$DASK_TLS_DIR" ]]; then
+    DASK_PROTOCOL=tls
+    # Absolute: the components run from $BINANCE_LAKE_HOME.
+    if [[ -d "$DASK_TLS_DIR" ]]; then DASK_TLS_DIR="$(cd "$DASK_TLS_DIR" && pwd)"; fi
+    # Every Dask client started from here (the readiness checks, the Prefect worker's flow
+    # runs) presents the client certificate; nothing of ours speaks plain tcp:// to Dask.
+    export DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION=True
+    export DASK_DISTRIBUTED__COMM__TLS__CA_FILE="$DASK_TLS_DIR/ca.pem"
+    export DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT="$DASK_TLS_DIR/client.pem"
+    export DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY="$DASK_TLS_DIR/client-key.pem"
+fi
+DASK_ADDRESS="$DASK_PROTOCOL://$DASK_SCHEDULER_HOST:$DASK_SCHEDULER_PORT"
 
 # In the order they start; stop.sh walks it backwards (the worker stops taking runs first,
 # the server goes last so everything still running can report its final state).

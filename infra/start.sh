@@ -23,7 +23,10 @@
 #   BINANCE_LAKE_WORK_POOL [binance-lake]  BINANCE_LAKE_WORKER_NAME [binance-lake-<hostname>]
 #   BINANCE_LAKE_DASK_ADDRESS [the scheduler below, when it runs]: Dask scheduler of worker-run flows
 #   DASK_SCHEDULER_HOST [127.0.0.1]  DASK_SCHEDULER_PORT [8786]  DASK_WORKERS [2]
-#   DASK_WORKER_MEMORY_LIMIT [auto]  DASK_DASHBOARD_PORT [empty: no dashboard; it needs bokeh]
+#   DASK_WORKER_HOST [127.0.0.1]  DASK_WORKER_MEMORY_LIMIT [auto]
+#   DASK_DASHBOARD_PORT [empty: no dashboard; it needs bokeh]  DASK_DASHBOARD_HOST [127.0.0.1]
+#   DASK_TLS_DIR [empty: plain TCP] certificates from infra/make-dask-certs.sh: scheduler and
+#                workers speak TLS (tls://) and accept only peers with a certificate of that CA
 #   BINANCE_LAKE_START_TIMEOUT [90] seconds per component  BINANCE_LAKE_STOP_TIMEOUT [20]
 #
 # Exit status: 0 when every requested component is ready; 1 otherwise, after stopping what
@@ -53,6 +56,11 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 [[ "$DASK_WORKERS" =~ ^[1-9][0-9]*$ ]] || die "DASK_WORKERS must be a positive integer, not '$DASK_WORKERS'"
+if [[ -n "$DASK_TLS_DIR" ]] && { wants dask-scheduler || wants dask-workers || wants prefect-worker; }; then
+    for f in ca.pem scheduler.pem scheduler-key.pem worker.pem worker-key.pem client.pem client-key.pem; do
+        [[ -r "$DASK_TLS_DIR/$f" ]] || die "DASK_TLS_DIR=$DASK_TLS_DIR has no readable $f (make them: infra/make-dask-certs.sh DIR)"
+    done
+fi
 command -v curl >/dev/null || die "curl is needed for the health checks"
 mkdir -p "$BINANCE_LAKE_RUN_DIR" "$BINANCE_LAKE_DATA_DIR"
 BINANCE_LAKE_RUN_DIR="$(cd "$BINANCE_LAKE_RUN_DIR" && pwd)"
@@ -81,23 +89,41 @@ start_prefect_server() {
         launch prefect-server prefect server start --host "$PREFECT_HOST" --port "$PREFECT_PORT"
 }
 
+# tls_args ROLE: the TLS options of `dask scheduler`/`dask worker` (none without DASK_TLS_DIR).
+tls_args() {
+    [[ -n "$DASK_TLS_DIR" ]] || return 0
+    printf '%s\n' --tls-ca-file "$DASK_TLS_DIR/ca.pem" --tls-cert "$DASK_TLS_DIR/$1.pem" \
+        --tls-key "$DASK_TLS_DIR/$1-key.pem"
+}
+
+# Without a dashboard, the scheduler and the workers still run an HTTP server (metrics, logs
+# and call stacks under /info), by default on every interface (the scheduler's on :8787):
+# here it listens on 127.0.0.1 at a free port and serves no route at all.
+NO_HTTP=(--no-dashboard --dashboard-address 127.0.0.1:0)
+
 start_dask_scheduler() {
     running_pid dask-scheduler >/dev/null && { log "dask-scheduler already running"; return 0; }
     check_port dask-scheduler "$DASK_SCHEDULER_HOST" "$DASK_SCHEDULER_PORT" DASK_SCHEDULER_PORT
-    local -a dashboard=(--no-dashboard)
+    local -a dashboard=("${NO_HTTP[@]}") tls routes=(env DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES='[]')
     if [[ -n "$DASK_DASHBOARD_PORT" ]]; then
-        dashboard=(--dashboard --dashboard-address "$DASK_SCHEDULER_HOST:$DASK_DASHBOARD_PORT")
+        dashboard=(--dashboard --dashboard-address "$DASK_DASHBOARD_HOST:$DASK_DASHBOARD_PORT")
+        routes=()
     fi
-    launch dask-scheduler dask scheduler --host "$DASK_SCHEDULER_HOST" --port "$DASK_SCHEDULER_PORT" "${dashboard[@]}"
+    mapfile -t tls < <(tls_args scheduler)
+    launch dask-scheduler "${routes[@]}" dask scheduler --host "$DASK_SCHEDULER_HOST" --port "$DASK_SCHEDULER_PORT" \
+        --protocol "$DASK_PROTOCOL" "${tls[@]}" "${dashboard[@]}"
 }
 
 start_dask_workers() {
     running_pid dask-workers >/dev/null && { log "dask-workers already running"; return 0; }
     # One thread per process: conversions are CPU-bound Python, so parallelism comes from
     # processes, not threads sharing a GIL. The workers report task runs to the Prefect API.
-    PREFECT_API_URL="$LAKE_API_URL" \
+    local -a tls
+    mapfile -t tls < <(tls_args worker)
+    PREFECT_API_URL="$LAKE_API_URL" DASK_DISTRIBUTED__WORKER__HTTP__ROUTES='[]' \
         launch dask-workers dask worker "$DASK_ADDRESS" --nworkers "$DASK_WORKERS" --nthreads 1 \
-        --memory-limit "$DASK_WORKER_MEMORY_LIMIT" --name binance-lake --no-dashboard \
+        --host "$DASK_WORKER_HOST" "${tls[@]}" \
+        --memory-limit "$DASK_WORKER_MEMORY_LIMIT" --name binance-lake "${NO_HTTP[@]}" \
         --local-directory "$BINANCE_LAKE_RUN_DIR/dask-worker-space"
 }
 
@@ -158,7 +184,7 @@ fi
 if running_pid dask-scheduler >/dev/null; then
     echo "Dask scheduler:     $DASK_ADDRESS  (python -m flows.full_pipeline --dask-address $DASK_ADDRESS ...)"
     if [[ -n "$DASK_DASHBOARD_PORT" ]]; then
-        echo "Dask dashboard:     http://$DASK_SCHEDULER_HOST:$DASK_DASHBOARD_PORT/status"
+        echo "Dask dashboard:     http://$DASK_DASHBOARD_HOST:$DASK_DASHBOARD_PORT/status"
     fi
 fi
 echo "Data dir:           $BINANCE_LAKE_DATA_DIR"

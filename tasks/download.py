@@ -3,7 +3,11 @@
 A verified archive is renamed into `<data_dir>/archive/<key>` beside a copy of its
 `.CHECKSUM`; a download that still disagrees with its published checksum after one
 fresh fetch of both (binance-public-data#40, #241, #405) goes to
-`<data_dir>/quarantine/<key>` with a `.reason.json`, and is never ingested.
+`<data_dir>/quarantine/<key>` with a `.reason.json`, and is never ingested. A body longer
+than its listed size (plus a margin) is refused at once: only its `.reason.json` is kept.
+
+Each archive and each `.CHECKSUM` succeeds or fails alone: a garbage checksum or a
+failed download names its URL and never stops the others.
 """
 
 from __future__ import annotations
@@ -13,13 +17,22 @@ import json
 import re
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import aiohttp
 
 from tasks.archive_spec import ArchiveSpec
 from tasks.atomic import atomic_path, commit, temp_path_for, write_bytes_atomic
-from tasks.errors import ChecksumMismatch, NotPublished, PipelineError, UnexpectedResponse
+from tasks.errors import (
+    ChecksumMismatch,
+    NotPublished,
+    OversizedResponse,
+    PipelineError,
+    TransientNetworkError,
+    UnexpectedResponse,
+    describe,
+)
 from tasks.http import HttpOptions, fetch_bytes, make_session, stream_to_file, with_retries
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -35,11 +48,18 @@ def parse_checksum(text: bytes, source: str) -> str:
 
 @dataclass(frozen=True)
 class Published:
-    """An archive's published checksum, or why there is none."""
+    """An archive's published checksum, or why there is none.
+
+    `missing_reason`: not published (its `.CHECKSUM` answers 404). `error`: the checksum
+    could not be had (garbage, an unexpected answer, or transient faults past every retry),
+    `transient` telling which; such an archive is reported, not fetched.
+    """
 
     spec: ArchiveSpec
     sha256: str | None
     missing_reason: str | None = None
+    error: str | None = None
+    transient: bool = False
 
 
 async def fetch_checksum(
@@ -48,7 +68,7 @@ async def fetch_checksum(
     """Fetch one `.CHECKSUM`; a 404 means the archive cannot be verified, so it counts as not published."""
     url = spec.checksum_url(base_url)
     try:
-        body = await with_retries(lambda: fetch_bytes(session, url, max_bytes=4096), options)
+        body = await with_retries(lambda: fetch_bytes(session, url, max_bytes=4096, options=options), options)
     except NotPublished:
         return Published(spec, None, "listed but its .CHECKSUM is not published (404)")
     return Published(spec, parse_checksum(body, url))
@@ -57,13 +77,17 @@ async def fetch_checksum(
 async def fetch_checksums(
     specs: list[ArchiveSpec], base_url: str, options: HttpOptions, concurrency: int
 ) -> list[Published]:
-    """Fetch the published checksum of each archive, `concurrency` at a time."""
+    """Fetch the published checksum of each archive, `concurrency` at a time; each fails alone."""
     sem = asyncio.Semaphore(concurrency)
     async with make_session(options, limit=concurrency) as session:
 
         async def one(spec: ArchiveSpec) -> Published:
             async with sem:
-                return await fetch_checksum(session, spec, base_url, options)
+                try:
+                    return await fetch_checksum(session, spec, base_url, options)
+                except PipelineError as exc:  # one bad .CHECKSUM must not cost the others theirs
+                    return Published(spec, None, error=describe(exc),
+                                     transient=isinstance(exc, TransientNetworkError))
 
         return list(await asyncio.gather(*(one(s) for s in specs)))
 
@@ -97,13 +121,18 @@ def local_archive_matches(spec: ArchiveSpec, data_dir: Path, sha256: str) -> boo
 
 
 async def download_archive(
-    spec: ArchiveSpec, sha256: str, base_url: str, data_dir: Path, options: HttpOptions
+    spec: ArchiveSpec, sha256: str, base_url: str, data_dir: Path, options: HttpOptions,
+    listed_size: int | None = None,
 ) -> DownloadResult:
     """Download `spec`, verify it against `sha256`, and commit it to `<data_dir>/archive/`.
 
-    Transient faults raise TransientNetworkError (the caller's retries handle them).
-    On a mismatch the checksum and the archive are fetched once more; if they still
-    disagree the archive is quarantined and ChecksumMismatch is raised.
+    `listed_size` (the listing's `Size`) bounds the transfer: at most that many bytes plus
+    `options.size_margin` are read, within `options.deadline_for(listed_size)` seconds.
+    Transient faults (a trickling body past its deadline included) are retried here,
+    `options.retries` times with backoff or the server's `Retry-After`, then raise
+    TransientNetworkError. A body longer than listed raises OversizedResponse at once and
+    leaves only a `.reason.json` in quarantine. On a mismatch the checksum and the archive are
+    fetched once more; if they still disagree the archive is quarantined and ChecksumMismatch is raised.
     """
     started = time.perf_counter()
     final = spec.local_zip(data_dir)
@@ -115,10 +144,14 @@ async def download_archive(
         for attempt in (1, 2):
             tmp = temp_path_for(final)
             try:
-                got, size = await stream_to_file(session, url, tmp)
-                if got == expected:
+                try:
+                    got = await with_retries(partial(stream_to_file, session, url, tmp, options, listed_size), options)
+                except OversizedResponse as exc:
+                    await asyncio.to_thread(_note_oversized, spec, data_dir, url, exc.reason, listed_size)
+                    raise
+                if got.sha256 == expected:
                     await asyncio.to_thread(_commit_archive, tmp, final, expected)  # fsyncs: off the loop
-                    return DownloadResult(spec, final, got, size, time.perf_counter() - started, refetched)
+                    return DownloadResult(spec, final, got.sha256, got.size, time.perf_counter() - started, refetched)
                 if attempt == 1:
                     # Binance sometimes fixes the archive or its checksum: fetch both afresh once.
                     refetched = True
@@ -128,8 +161,11 @@ async def download_archive(
                         raise NotPublished(spec.checksum_url(base_url), fresh.missing_reason or "checksum gone")
                     expected = fresh.sha256
                     continue
-                reason = f"sha256 {got} but the published checksum is {expected} (after one re-fetch)"
-                await asyncio.to_thread(_quarantine, tmp, spec, data_dir, reason, got, expected)
+                reason = f"sha256 {got.sha256} but the published checksum is {expected} (after one re-fetch)"
+                if got.content_encoding:
+                    # We asked for identity and hash what was sent: an encoded body is not the archive.
+                    reason += f"; the server sent it with Content-Encoding: {got.content_encoding}"
+                await asyncio.to_thread(_quarantine, tmp, spec, data_dir, reason, got.sha256, expected)
                 raise ChecksumMismatch(url, reason)
             finally:
                 tmp.unlink(missing_ok=True)
@@ -153,6 +189,15 @@ def _quarantine(tmp: Path, spec: ArchiveSpec, data_dir: Path, reason: str, got: 
     with atomic_path(dest) as q:  # another folder: moved in under a temporary name, then committed
         tmp.replace(q)
     note = {"archive": spec.key, "reason": reason, "sha256": got, "published_sha256": expected}
+    write_bytes_atomic(dest.with_name(dest.name + ".reason.json"), json.dumps(note, indent=2).encode())
+
+
+def _note_oversized(spec: ArchiveSpec, data_dir: Path, url: str, reason: str, listed: int | None) -> None:
+    """Record why an oversized body was refused; the body itself is not kept (it could be any size)."""
+    dest = spec.quarantine_zip(data_dir)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    note = {"archive": spec.key, "url": url, "reason": f"{OversizedResponse.kind}: {reason}",
+            "listed_bytes": listed, "body_kept": False}
     write_bytes_atomic(dest.with_name(dest.name + ".reason.json"), json.dumps(note, indent=2).encode())
 
 

@@ -134,18 +134,6 @@ class UnsafeCacheRecord(PipelineError):
     kind = "cache record refused"
 
 
-class TemporaryServerFailed(PipelineError):
-    """The run's temporary Prefect API server did not start (it exited, or did not answer in time)."""
-
-    kind = "temporary Prefect API server failed"
-
-
-class UnsafeCacheRecord(PipelineError):
-    """A Prefect cache record in the data dir is not in the lake's JSON format: never decoded, the task re-runs."""
-
-    kind = "cache record refused"
-
-
 def describe(exc: BaseException) -> str:
     """Return a one-line, human-readable account of an exception for reports."""
     if isinstance(exc, PipelineError):

@@ -4,11 +4,15 @@ The bucket answers at most 1,000 entries per request. While `IsTruncated` is tru
 ask again with `marker=`: `NextMarker` when present (S3 sends it only when a delimiter
 was given), else the last key or common prefix of the page. The root `<Prefix>` only
 echoes the request and is not a folder.
+
+Each (symbol, granularity) folder is listed alone: a malformed page, an odd entry or a
+listing that keeps failing is that folder's problem (`Discovery.error`), never the others'.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -17,12 +21,21 @@ from xml.etree import ElementTree as ET
 
 import aiohttp
 
-from tasks.archive_spec import MARKET_PATH, ArchiveSpec, Granularity, Market, parse_archive_name, symbol_prefix
-from tasks.errors import InvalidListing, UnsafePath
+from tasks.archive_spec import (
+    MARKET_PATH,
+    SYMBOL_RE,
+    ArchiveSpec,
+    Granularity,
+    Market,
+    parse_archive_name,
+    symbol_prefix,
+)
+from tasks.errors import InvalidListing, PipelineError, TransientNetworkError, UnsafePath, describe
 from tasks.http import HttpOptions, fetch_bytes, make_session, with_retries
 
 S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 MAX_PAGES = 100_000  # a bound so a listing that never stops truncating cannot loop forever
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -95,7 +108,7 @@ async def list_prefix(
     marker: str | None = None
     for _ in range(MAX_PAGES):
         url = listing_page_url(listing_url, prefix, marker)
-        body = await with_retries(lambda url=url: fetch_bytes(session, url), options)  # type: ignore[misc]
+        body = await with_retries(lambda url=url: fetch_bytes(session, url, options=options), options)  # type: ignore[misc]
         page = parse_listing_page(body, url)
         objects.extend(page.objects)
         prefixes.extend(page.prefixes)
@@ -118,6 +131,15 @@ class Discovery:
     granularity: Granularity
     archives: dict[ArchiveSpec, int] = field(default_factory=dict)  # spec -> zip size
     rejected: tuple[tuple[str, str], ...] = ()  # (key, reason)
+    #: Why the folder could not be listed (the URL and reason), None when it was; `transient`:
+    #: network faults past every retry (worth another run) rather than a malformed answer.
+    error: str | None = None
+    transient: bool = False
+
+    @property
+    def prefix(self) -> str:
+        """The listing prefix of this folder: `data/spot/daily/trades/BTCUSDT/`."""
+        return symbol_prefix(self.market, self.granularity, self.symbol)
 
     def periods(self) -> set[date]:
         """Published periods: days, or first days of months."""
@@ -152,7 +174,10 @@ def classify_keys(
             continue
         if not name.endswith(".zip"):
             continue  # other objects (e.g. stray files) are not archives; nothing to do with them
-        spec = parse_archive_name(market, granularity, name)
+        try:
+            spec = parse_archive_name(market, granularity, name)
+        except (UnsafePath, ValueError):  # e.g. a symbol part longer than a symbol may be
+            spec = None
         if spec is None or spec.symbol != symbol:
             rejected.append((key, f"unexpected archive name {name!r} for {symbol} {granularity}"))
             continue
@@ -175,22 +200,41 @@ async def discover(
     options: HttpOptions,
     concurrency: int = 8,
 ) -> list[Discovery]:
-    """List every (symbol, granularity) folder concurrently."""
+    """List every (symbol, granularity) folder concurrently; a folder that cannot be listed fails alone.
+
+    Its Discovery then carries `error` (naming the page's URL) and no archives.
+    """
     sem = asyncio.Semaphore(concurrency)
     async with make_session(options, limit=concurrency) as session:
 
         async def one(symbol: str, granularity: Granularity) -> Discovery:
-            async with sem:
-                prefix = symbol_prefix(market, granularity, symbol)
-                objects, folders = await list_prefix(session, listing_url, prefix, options)
-            return classify_keys(market, granularity, symbol, objects, folders)
+            try:
+                async with sem:
+                    prefix = symbol_prefix(market, granularity, symbol)
+                    objects, folders = await list_prefix(session, listing_url, prefix, options)
+                return classify_keys(market, granularity, symbol, objects, folders)
+            except PipelineError as exc:  # a malformed page or a dead folder costs only this folder
+                return Discovery(market, symbol, granularity, error=describe(exc),
+                                 transient=isinstance(exc, TransientNetworkError))
 
         return list(await asyncio.gather(*(one(s, g) for s in symbols for g in granularities)))
 
 
 async def list_symbols(listing_url: str, market: Market, granularity: Granularity, options: HttpOptions) -> list[str]:
-    """Every symbol folder of a market (spot alone has more than 1,000: pagination matters)."""
+    """Every symbol folder of a market (spot alone has more than 1,000: pagination matters).
+
+    A folder whose name is not a symbol (`[A-Z0-9_]{1,40}`: e.g. `../`, a space, lower case, a
+    trailing newline) is left out and logged, so one odd folder cannot stop an update of all.
+    """
     base = f"data/{MARKET_PATH[market]}/{granularity}/trades/"
     async with make_session(options) as session:
         _, prefixes = await list_prefix(session, listing_url, base, options)
-    return sorted(p[len(base) :].strip("/") for p in prefixes if p.startswith(base))
+    symbols = []
+    for p in prefixes:
+        name = p[len(base) :] if p.startswith(base) else None
+        name = name[:-1] if name and name.endswith("/") else None
+        if name is not None and SYMBOL_RE.fullmatch(name):
+            symbols.append(name)
+        else:
+            log.warning("listing %s: folder %r is not a symbol folder; skipped", listing_url, p)
+    return sorted(set(symbols))

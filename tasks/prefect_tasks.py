@@ -73,6 +73,10 @@ def discover_task(
     found = asyncio.run(discover(listing_url, market, symbols, granularities, http, concurrency))
     logger = get_run_logger()
     for d in found:
+        if d.error:
+            logger.error("%s %s %s: listing failed, nothing of it is fetched: %s", d.market, d.symbol,
+                         d.granularity, d.error)
+            continue
         logger.info("%s %s %s: %d archives published", d.market, d.symbol, d.granularity, len(d.archives))
         for key, reason in d.rejected:
             logger.error("refused listing key %s: %s", key, reason)
@@ -82,8 +86,13 @@ def discover_task(
 @task(name="fetch-checksums", persist_result=False, retries=2, retry_delay_seconds=5,
       retry_condition_fn=retry_if_transient)
 def checksums_task(specs: list[ArchiveSpec], base_url: str, http: HttpOptions, concurrency: int) -> list[Published]:
-    """Fetch the published sha256 of every planned archive (tiny files, fetched concurrently)."""
-    return asyncio.run(fetch_checksums(specs, base_url, http, concurrency))
+    """Fetch the published sha256 of every planned archive (tiny files, fetched concurrently, each failing alone)."""
+    published = asyncio.run(fetch_checksums(specs, base_url, http, concurrency))
+    logger = get_run_logger()
+    for p in published:
+        if p.error:
+            logger.error("%s: no usable checksum, not fetched: %s", p.spec.key, p.error)
+    return published
 
 
 @task(
@@ -94,9 +103,11 @@ def checksums_task(specs: list[ArchiveSpec], base_url: str, http: HttpOptions, c
     result_serializer=LakeJSONSerializer(),
     retry_condition_fn=retry_if_transient,
 )
-def download_task(spec: ArchiveSpec, sha256: str, data_dir: Path, base_url: str, http: HttpOptions) -> DownloadResult:
-    """Download and verify one archive (retried on transient faults by the flow's options)."""
-    result = asyncio.run(download_archive(spec, sha256, base_url, data_dir, http))
+def download_task(
+    spec: ArchiveSpec, sha256: str, data_dir: Path, base_url: str, http: HttpOptions, listed_size: int | None = None
+) -> DownloadResult:
+    """Download and verify one archive, bounded by its listed size (transient faults retried inside: `http.retries`)."""
+    result = asyncio.run(download_archive(spec, sha256, base_url, data_dir, http, listed_size))
     get_run_logger().info("%s: %d bytes verified in %.2fs", spec.key, result.bytes, result.seconds)
     return result
 

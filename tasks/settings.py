@@ -83,6 +83,28 @@ class Settings(BaseSettings):
     retry_base_delay: float = Field(2.0, ge=0, le=60, description="First retry delay (s); doubles each time.")
     connect_timeout: float = Field(30.0, gt=0, le=600)
     read_timeout: float = Field(120.0, gt=0, le=3600, description="Longest silence on a socket (s).")
+    min_download_rate: float = Field(
+        32_768.0, gt=0, le=1e10, description="Slowest average rate an archive may arrive at (bytes/s): its deadline is "
+        "download_deadline_floor_s + listed size / this; a slower body is a transient fault.",
+    )
+    download_deadline_floor_s: float = Field(
+        30.0, gt=0, le=3600,
+        description="Seconds every request gets on top of its size's share (all a listing page gets).",
+    )
+    download_size_margin_bytes: int = Field(
+        1 << 20, ge=0, le=1 << 30,
+        description="An archive longer than its listed size plus this is refused, and not kept.",
+    )
+    retry_after_cap_s: float = Field(
+        60.0, ge=0, le=3600, description="Longest wait a 429/503 Retry-After can impose (s).",
+    )
+    allow_cross_host_redirects: bool = Field(
+        False, description="Follow redirects to other hosts (default: same host only)."
+    )
+    ingest_batch_wait_s: float = Field(
+        1.0, gt=0, le=600, description="A partial batch of verified archives goes to conversion once no download has "
+        "finished for this long (s), so slow downloads never hold back converting the others.",
+    )
     # Upper bounds: what one conversion may hold in memory (a row group, a CSV block, a
     # sort chunk of about 50 bytes a row).
     row_group_rows: int = Field(1_048_576, ge=1_000, le=1 << 24)

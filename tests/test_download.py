@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -47,28 +48,33 @@ def test_404_is_not_published_and_asked_once(fake_archive: FakeArchive, tmp_path
 
 
 @pytest.mark.parametrize("fault", ["503", "500", "cut", "access_denied"])
-def test_transient_faults_raise_transient(fault: str, fake_archive: FakeArchive, tmp_path: Path) -> None:
+def test_transient_faults_are_retried_then_raise_transient(fault: str, fake_archive: FakeArchive,
+                                                           tmp_path: Path) -> None:
     pub = publish_day(fake_archive, "spot", "BTCUSDT", DAY, 20_000, 1, 1)
-    fake_archive.inject(SPEC.key, fault)
+    fake_archive.inject(SPEC.key, fault, times=FAST.retries + 1)  # every attempt fails
     with pytest.raises(TransientNetworkError, match=SPEC.file_name):
         asyncio.run(download_archive(SPEC, pub.sha256, fake_archive.base_url, tmp_path, FAST))
+    assert fake_archive.count(SPEC.key) == FAST.retries + 1  # bounded: the retries, no more
     assert not SPEC.local_zip(tmp_path).exists()
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no partial file left anywhere
-    # The fault was one-off: the next attempt succeeds.
+    # A fault that clears before the retries run out costs nothing but the retry.
+    fake_archive.clear_requests()
+    fake_archive.inject(SPEC.key, fault, times=FAST.retries)
     res = asyncio.run(download_archive(SPEC, pub.sha256, fake_archive.base_url, tmp_path, FAST))
-    assert res.sha256 == pub.sha256
+    assert res.sha256 == pub.sha256 and fake_archive.count(SPEC.key) == FAST.retries + 1
 
 
 def test_slow_answer_times_out_as_transient(fake_archive: FakeArchive, tmp_path: Path) -> None:
     pub = publish_day(fake_archive, "spot", "BTCUSDT", DAY, 200, 1, 1)
     fake_archive.inject(SPEC.key, "slow", delay=3.0)
     with pytest.raises(TransientNetworkError, match="timed out"):
-        asyncio.run(download_archive(SPEC, pub.sha256, fake_archive.base_url, tmp_path, FAST))
+        asyncio.run(download_archive(SPEC, pub.sha256, fake_archive.base_url, tmp_path, replace(FAST, retries=0)))
 
 
 def test_reset_is_transient(fake_archive: FakeArchive, tmp_path: Path) -> None:
     pub = publish_day(fake_archive, "spot", "BTCUSDT", DAY, 200, 1, 1)
-    fake_archive.inject(SPEC.key, "reset", times=2)  # aiohttp itself retries a reset once
+    # aiohttp itself retries a reset once, and download_archive FAST.retries times.
+    fake_archive.inject(SPEC.key, "reset", times=2 * (FAST.retries + 1))
     with pytest.raises(TransientNetworkError):
         asyncio.run(download_archive(SPEC, pub.sha256, fake_archive.base_url, tmp_path, FAST))
 

@@ -202,6 +202,10 @@ def test_start_brings_up_every_component(infra: Infra) -> None:
     pids = infra.pids()
     assert set(pids) == set(COMPONENTS), pids
     assert all(running(pid) for pid in pids.values()), infra.logs()
+    # Nothing listens beyond loopback: a Dask worker reachable from the network runs anyone's code.
+    sockets = {(c.laddr.ip, c.laddr.port) for pid in pids.values() for p in tree(pid)
+               for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+    assert len(sockets) >= 2 + 3 * DASK_WORKERS and {ip for ip, _ in sockets} == {"127.0.0.1"}, sockets
     with urllib.request.urlopen(f"{infra.api_url}/health", timeout=5) as answer:
         assert answer.read() == b"true"
     with Client(infra.dask_address, timeout=10) as client:
@@ -418,3 +422,115 @@ def test_compose_file_is_complete_and_documented() -> None:
     assert "pip install" in dockerfile and "requirements.txt" in dockerfile
     for name in ("prefect-worker", "dask-scheduler", "dask-worker"):
         assert services[name]["build"]["dockerfile"].endswith("Dockerfile"), name
+
+
+# --- Dask TLS: the certificates script, and a TLS cluster started by start.sh ---------------
+
+CERT_FILES = ("ca.pem", "ca-key.pem", "scheduler.pem", "scheduler-key.pem", "worker.pem", "worker-key.pem",
+              "client.pem", "client-key.pem")
+
+
+def make_certs(folder: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(INFRA / "make-dask-certs.sh"), str(folder)], capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def verifies(ca: Path, cert: Path) -> bool:
+    done = subprocess.run(["openssl", "verify", "-CAfile", str(ca), str(cert)], capture_output=True, text=True,
+                          check=False)
+    return done.returncode == 0
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+def test_make_dask_certs_makes_a_ca_and_key_pairs_it_signs(tmp_path: Path) -> None:
+    certs, other = tmp_path / "certs", tmp_path / "other"
+    done = make_certs(certs)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in certs.iterdir()) == sorted(CERT_FILES)  # no temporary left
+    assert certs.stat().st_mode & 0o777 == 0o700
+    for name in CERT_FILES:
+        mode = (certs / name).stat().st_mode & 0o777
+        assert mode == (0o600 if name.endswith("-key.pem") else 0o644), (name, oct(mode))
+    for role in ("scheduler", "worker", "client"):
+        assert verifies(certs / "ca.pem", certs / f"{role}.pem"), role
+    # A cluster's CA is never replaced by accident.
+    again = make_certs(certs)
+    assert again.returncode == 1 and "refusing to replace" in again.stderr
+    # Another run makes another CA: its certificates do not pass for this cluster's.
+    assert make_certs(other).returncode == 0
+    assert not verifies(certs / "ca.pem", other / "client.pem")
+
+
+def refused(address: str, certs: Path, client_cert: bool = False) -> bool:
+    """Whether a TLS client that trusts the CA of `certs`, and shows its client certificate
+    only if `client_cert`, gets nothing back from `address` for a few bytes sent."""
+    import ssl
+
+    host, port = address.split("://")[1].rsplit(":", 1)
+    ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    ctx.check_hostname = False
+    if client_cert:
+        ctx.load_cert_chain(str(certs / "client.pem"), str(certs / "client-key.pem"))
+    try:
+        with socket.create_connection((host, int(port)), timeout=5) as raw, \
+                ctx.wrap_socket(raw, server_hostname=host) as tls:
+            tls.sendall(b"\x00" * 8)
+            return tls.recv(1) == b""  # TLS 1.3: the server's "certificate required" alert comes here
+    except (ssl.SSLError, ConnectionError):
+        return True
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+def test_tls_cluster_listens_on_loopback_and_serves_only_certificate_holders(tmp_path: Path) -> None:
+    from distributed import Client
+    from distributed.security import Security
+
+    certs, other = tmp_path / "certs", tmp_path / "other"
+    assert make_certs(certs).returncode == 0 and make_certs(other).returncode == 0
+    run_dir = tmp_path / "run"
+    port = str(free_port())
+    env = script_env(run_dir, DASK_TLS_DIR=str(certs), DASK_SCHEDULER_PORT=port, DASK_WORKERS="1",
+                     BINANCE_LAKE_STOP_TIMEOUT="10")
+    env = {k: v for k, v in env.items() if not k.startswith("DASK_DISTRIBUTED__")}
+    address = f"tls://127.0.0.1:{port}"
+    seen: list[psutil.Process] = []
+
+    def security(folder: Path) -> Any:
+        return Security(tls_ca_file=str(folder / "ca.pem"), tls_client_cert=str(folder / "client.pem"),
+                        tls_client_key=str(folder / "client-key.pem"), require_encryption=True)
+
+    try:
+        started = subprocess.run([str(INFRA / "start.sh"), "dask"], env=env, cwd=REPO, capture_output=True,
+                                 text=True, timeout=180, check=False)
+        for pid_file in run_dir.glob("*.pid"):
+            seen.extend(tree(int(pid_file.read_text())))
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert f"Dask scheduler:     {address}" in started.stdout, started.stdout
+        # Every socket of the scheduler, the nanny and the worker process is on loopback.
+        sockets = {(c.laddr.ip, c.laddr.port) for p in seen for c in p.net_connections("inet")
+                   if c.status == psutil.CONN_LISTEN}
+        assert len(sockets) >= 5 and {ip for ip, _ in sockets} == {"127.0.0.1"}, sockets
+        with Client(address, security=security(certs), timeout=10) as client:
+            workers = list(client.scheduler_info(n_workers=-1)["workers"])
+            assert len(workers) == 1
+            assert client.submit(sum, [1, 2, 3]).result(timeout=30) == 6  # a holder runs work
+        # Nobody else does: no certificate, another CA's, or plain TCP, on the scheduler and the worker.
+        for target in (address, workers[0]):
+            assert refused(target, certs), target
+            assert not refused(target, certs, client_cert=True), target  # the probe itself works
+        with pytest.raises(OSError):
+            Client(address, security=security(other), timeout=5)
+        with pytest.raises(OSError):
+            Client(f"tcp://127.0.0.1:{port}", timeout=5)
+        status = subprocess.run([str(INFRA / "status.sh")], env=env, capture_output=True, text=True, timeout=60,
+                                check=False)
+        assert f"Dask scheduler: {address}, 1 workers" in status.stdout, status.stdout + status.stderr
+    finally:
+        stopped = subprocess.run([str(INFRA / "stop.sh")], env=env, capture_output=True, text=True, timeout=120,
+                                 check=False)
+        for proc in seen:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if running(proc.pid):
+                    proc.kill()
+    assert stopped.returncode == 0, stopped.stderr

@@ -1,4 +1,5 @@
-"""Scale-out: the data dir must be the same path on every Dask worker, checked before a run."""
+"""Where a run executes: the local Dask cluster's sockets, and scale-out (the data dir must be
+the same path on every Dask worker, checked before a run)."""
 
 from __future__ import annotations
 
@@ -7,22 +8,64 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
-from flows.runtime import check_workers_share
+from flows.runtime import LoopbackCluster, check_workers_share
 from tasks.errors import DataDirNotShared
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.slow
+
+def listening(procs: list[psutil.Process]) -> set[tuple[str, int]]:
+    return {(c.laddr.ip, c.laddr.port) for p in procs for c in p.net_connections("inet")
+            if c.status == psutil.CONN_LISTEN}
 
 
+def http_status(port: int, path: str) -> int | str:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, OSError) as exc:
+        return type(exc).__name__
+
+
+@pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
+def test_local_cluster_listens_on_loopback_only_and_serves_nothing_over_http(processes: bool) -> None:
+    """Plain `LocalCluster(processes=False, dashboard_address=None)` serves metrics, logs and call
+    stacks on 0.0.0.0 (its scheduler on :8787): ours binds 127.0.0.1 and serves no HTTP route."""
+    me = psutil.Process()
+    before = listening([me])
+    with LoopbackCluster(n_workers=1, threads_per_worker=1, processes=processes, dashboard_address=None) as cluster:
+        procs = [me, *me.children(recursive=True)]
+        opened = listening(procs) - before
+        assert cluster.dashboard_link == ""
+        # The scheduler's and the worker's HTTP servers at least (with processes: the Dask
+        # ports of the scheduler, the nanny and the worker too).
+        assert len(opened) >= (5 if processes else 2), opened
+        assert {ip for ip, _ in opened} == {"127.0.0.1"}, opened
+        # Every HTTP server of the cluster: no dashboard, no metrics, no /info (logs, call stacks).
+        services = [cluster.scheduler_info["services"]["dashboard"],
+                    *(w["services"]["dashboard"] for w in cluster.scheduler_info["workers"].values())]
+        assert len(services) == 2
+        for port in services:
+            for path in ("/status", "/metrics", "/info/main/workers.html", "/health"):
+                assert http_status(port, path) == 404, (port, path)
+
+
+@pytest.mark.slow
 def test_workers_sharing_the_data_dir_pass(dask_address: str, tmp_path: Path) -> None:
     assert check_workers_share(tmp_path / "data", dask_address) == 2
     assert not list((tmp_path / "data").iterdir())  # the probe file is gone
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
 def test_a_worker_that_sees_another_data_dir_is_named(tmp_path: Path) -> None:
     from distributed import LocalCluster

@@ -9,17 +9,22 @@ subprocesses).
 
 Faults are injected per key, per key prefix or on the listing, as FIFO queues consumed one
 request at a time: `fa.inject(key, "503")` makes the next request for `key` fail once.
+Hostile behaviours (issue 11) are faults too: a trickling body, a body far longer than the
+listed size, 429/503 with `Retry-After`, a redirect, a gzip `Content-Encoding`, a garbage
+body (a `.CHECKSUM` or one folder's listing page, targeted as `listing:<prefix>`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import hashlib
 import re
 import socket
 import struct
 import threading
+import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,7 +39,10 @@ from aiohttp import web
 from tasks.archive_spec import ArchiveSpec
 from tests.fake_archive.generate import checksum_text, make_zip, sha256_hex
 
-FaultKind = Literal["ok", "500", "503", "404", "access_denied", "slow", "stall", "cut", "reset"]
+FaultKind = Literal[
+    "ok", "500", "503", "404", "access_denied", "slow", "stall", "cut", "reset",
+    "429", "trickle", "oversize", "oversize_chunked", "redirect", "gzip", "garbage",
+]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 
 #: The injection target naming listing requests.
@@ -54,6 +62,8 @@ class RequestRecord(NamedTuple):
     method: str
     path_qs: str
     status: int
+    at: float = 0.0  # time.time() when the request arrived
+    accept_encoding: str = ""  # the request's Accept-Encoding header
 
     @property
     def path(self) -> str:
@@ -69,6 +79,7 @@ class StoredObject:
     md5: str
     last_modified: datetime
     content_type: str
+    content_encoding: str | None = None  # served as `Content-Encoding` (the body is stored encoded)
 
     @property
     def etag(self) -> str:
@@ -96,6 +107,10 @@ class PublishedZip:
 class _Fault:
     kind: FaultKind
     delay: float
+    retry_after: str | None = None  # 429/503: the Retry-After header
+    location: str | None = None  # redirect: the Location header
+    body: bytes | None = None  # garbage: the body sent instead
+    size: int | None = None  # oversize: bytes sent in all
 
 
 @dataclass
@@ -122,11 +137,17 @@ def _no_such_key(key: str) -> _Answer:
     return _error(404, "NoSuchKey", "The specified key does not exist.", Key=key)
 
 
-def _fault_answer(kind: str, target: str) -> _Answer:
+def _fault_answer(kind: str, target: str, fault: _Fault | None = None) -> _Answer:
     if kind == "500":
         return _error(500, "InternalError", "We encountered an internal error. Please try again.")
-    if kind == "503":
-        return _error(503, "SlowDown", "Please reduce your request rate.")
+    if kind in ("503", "429"):
+        answer = _error(int(kind), "SlowDown", "Please reduce your request rate.")
+        if fault is not None and fault.retry_after is not None:
+            answer.headers["Retry-After"] = fault.retry_after
+        return answer
+    if kind == "redirect":
+        assert fault is not None and fault.location is not None
+        return _Answer(302, b"", {"Location": fault.location})
     if kind == "access_denied":
         return _error(403, "AccessDenied", "Access Denied")
     return _no_such_key(target)
@@ -184,6 +205,7 @@ class FakeArchive:
         self._objects: dict[str, StoredObject] = {}
         self._faults: dict[tuple[str, bool], deque[_Fault]] = {}  # (target, is_prefix) -> queue
         self._log: list[RequestRecord] = []
+        self._done: list[tuple[str, float, int]] = []  # (path, time.time() at the end, body bytes written)
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -311,8 +333,12 @@ class FakeArchive:
         *,
         last_modified: datetime | None = None,
         content_type: str | None = None,
+        content_encoding: str | None = None,
     ) -> StoredObject:
-        """Publish (or replace) any object, e.g. `data/spot/daily/trades/BTCUSDT/BTCUSDT-trades-2024-01-01.zip`."""
+        """Publish (or replace) any object, e.g. `data/spot/daily/trades/BTCUSDT/BTCUSDT-trades-2024-01-01.zip`.
+
+        `content_encoding` is sent as the object's `Content-Encoding` (S3 object metadata: the
+        stored bytes, as listed and checksummed, are already encoded)."""
         key = key.lstrip("/")
         if not key or key == LISTING:
             raise ValueError(f"invalid key {key!r}")
@@ -323,6 +349,7 @@ class FakeArchive:
             md5=hashlib.md5(body).hexdigest(),
             last_modified=(last_modified or datetime.now(UTC)).replace(microsecond=0),
             content_type=content_type,
+            content_encoding=content_encoding,
         )
         with self._lock:
             self._objects[key] = obj
@@ -417,16 +444,27 @@ class FakeArchive:
         times: int = 1,
         delay: float | None = None,
         prefix: bool = False,
+        retry_after: str | None = None,
+        location: str | None = None,
+        body: bytes | None = None,
+        size: int | None = None,
     ) -> None:
         """Queue `times` faults of `kind` for the next requests of `target`.
 
-        `target` is an exact key, `"listing"` (every listing request), or with `prefix=True` a key
-        prefix (e.g. `data/spot/` or a zip key, which then also covers its `.CHECKSUM`).
+        `target` is an exact key, `"listing"` (every listing request), `"listing:<prefix>"` (the
+        listing requests of one folder, e.g. `listing:data/spot/daily/trades/BTCUSDT/`), or with
+        `prefix=True` a key prefix (e.g. `data/spot/` or a zip key, which then also covers its `.CHECKSUM`).
         Kinds: "500", "503", "404" (NoSuchKey even if published), "access_denied" (403 S3
         AccessDenied), "slow" (answer after `delay` s), "stall" (half the body, wait `delay` s,
         then the rest), "cut" (full Content-Length, part of the body, then close; a HEAD or a body
         under 2 bytes is reset instead), "reset" (RST, no answer) and "ok" (a normal answer:
         queue it first to let a request through before a fault, e.g. to fail page 2 of a listing).
+        Hostile ones: "429" (and "503") with `retry_after` as the Retry-After header; "trickle"
+        (the body one byte every `delay` s, with its full Content-Length); "oversize" (the body
+        padded to `size` bytes, with that Content-Length) and "oversize_chunked" (the same,
+        chunked, no Content-Length: a server lying by omission); "redirect" (302 to `location`);
+        "gzip" (the body gzipped on the fly, `Content-Encoding: gzip`, whatever was asked);
+        "garbage" (`body` instead of the answer, status 200).
         An exact target's queue is used before prefix queues; among prefixes, the longest wins.
 
         Beware: aiohttp's client silently retries an idempotent request once when the connection
@@ -439,7 +477,7 @@ class FakeArchive:
         seconds = self.slow_delay if delay is None else delay
         with self._lock:
             queue = self._faults.setdefault((target.lstrip("/"), prefix), deque())
-            queue.extend(_Fault(kind, seconds) for _ in range(times))
+            queue.extend(_Fault(kind, seconds, retry_after, location, body, size) for _ in range(times))
 
     def pending_faults(self, target: str | None = None) -> int:
         """How many injected faults are still queued (for `target`, or in all)."""
@@ -485,6 +523,13 @@ class FakeArchive:
         """Forget the request log."""
         with self._lock:
             self._log.clear()
+            self._done.clear()
+
+    def responses_done(self, path: str) -> list[tuple[float, int]]:
+        """(time.time() when the answer ended or its connection broke, body bytes written) per request of `path`."""
+        wanted = "/" + path.lstrip("/")
+        with self._lock:
+            return [(t, n) for p, t, n in self._done if p == wanted]
 
     # --- HTTP --------------------------------------------------------------------------------
 
@@ -500,14 +545,23 @@ class FakeArchive:
             target = request.path[1:]
             answer = self._object_answer(target, request.headers.get("Range"))
 
-        fault = self._take_fault(target) if target is not None else None
+        fault = None
+        if target == LISTING:
+            fault = self._take_fault(f"{LISTING}:{request.query.get('prefix', '')}")
+        if fault is None and target is not None:
+            fault = self._take_fault(target)
         kind = fault.kind if fault else "ok"
-        if kind in ("500", "503", "404", "access_denied"):
-            answer = _fault_answer(kind, target or "")
+        if kind in ("500", "503", "404", "access_denied", "429", "redirect"):
+            answer = _fault_answer(kind, target or "", fault)
+        if fault and kind == "garbage":
+            answer = _Answer(200, fault.body or b"", {"Content-Type": "application/xml"})
+        if fault and kind == "gzip" and answer.status == 200:
+            answer = _Answer(200, gzip.compress(bytes(answer.body)), {**answer.headers, "Content-Encoding": "gzip"})
         if kind == "cut" and (head or len(answer.body) < 2):
             kind = "reset"  # nothing to cut short
         with self._lock:
-            self._log.append(RequestRecord(request.method, request.path_qs, 0 if kind == "reset" else answer.status))
+            self._log.append(RequestRecord(request.method, request.path_qs, 0 if kind == "reset" else answer.status,
+                                           time.time(), request.headers.get("Accept-Encoding", "")))
 
         if kind == "reset":
             _reset(request)
@@ -515,14 +569,32 @@ class FakeArchive:
         if fault and kind == "slow" and not await self._fault_sleep(request, fault.delay):
             return web.Response()  # stopping: dropped, never sent
         stall = fault.delay if fault and kind == "stall" else None
-        return await self._send(request, answer, head=head, cut=kind == "cut", stall=stall)
+        trickle = fault.delay if fault and kind == "trickle" else None
+        pad_to = None
+        if fault and kind in ("oversize", "oversize_chunked") and answer.status == 200:
+            pad_to = max(fault.size or 2 * len(answer.body), len(answer.body))
+        sent = [0]
+        try:
+            return await self._send(request, answer, head=head, cut=kind == "cut", stall=stall, trickle=trickle,
+                                    chunked=kind == "oversize_chunked", sent=sent, pad_to=pad_to)
+        except ConnectionError:  # the client hung up mid-body (a deadline, a size bound): nothing to send
+            return web.Response()
+        finally:
+            with self._lock:
+                self._done.append((request.path, time.time(), sent[0]))
 
     async def _send(
-        self, request: web.Request, answer: _Answer, *, head: bool, cut: bool, stall: float | None
+        self, request: web.Request, answer: _Answer, *, head: bool, cut: bool, stall: float | None,
+        trickle: float | None = None, chunked: bool = False, sent: list[int] | None = None,
+        pad_to: int | None = None,
     ) -> web.StreamResponse:
         body = memoryview(answer.body)
+        sent = sent if sent is not None else [0]
         resp = web.StreamResponse(status=answer.status, headers={"Server": "AmazonS3", **answer.headers})
-        resp.content_length = len(body)
+        if chunked:
+            resp.enable_chunked_encoding()
+        else:
+            resp.content_length = len(body) if pad_to is None else pad_to
         await resp.prepare(request)
         if head:
             await resp.write_eof()
@@ -540,6 +612,14 @@ class FakeArchive:
             if not await self._fault_sleep(request, stall):
                 return resp
             body = body[half:]
+        if trickle is not None:  # one byte at a time: never silent long enough for a read timeout
+            for i in range(len(body)):
+                await resp.write(body[i : i + 1])
+                sent[0] += 1
+                if not await self._fault_sleep(request, trickle):
+                    return resp
+            await resp.write_eof()
+            return resp
         loop = asyncio.get_running_loop()
         started = loop.time()
         for lo in range(0, len(body), _CHUNK):
@@ -548,6 +628,13 @@ class FakeArchive:
                 if ahead > 0 and not await self._fault_sleep(request, ahead):
                     return resp
             await resp.write(body[lo : lo + _CHUNK])
+            sent[0] += len(body[lo : lo + _CHUNK])
+        if pad_to is not None:  # zeros after the body, made as they go (a 1 GiB answer costs no memory)
+            zeros = bytes(_CHUNK)
+            while sent[0] < pad_to:
+                n = min(_CHUNK, pad_to - sent[0])
+                await resp.write(zeros[:n])
+                sent[0] += n
         await resp.write_eof()
         return resp
 
@@ -562,6 +649,8 @@ class FakeArchive:
             "Last-Modified": _http_date(obj.last_modified),
             "Accept-Ranges": "bytes",
         }
+        if obj.content_encoding:
+            headers["Content-Encoding"] = obj.content_encoding
         size = len(obj.body)
         match = _RANGE_RE.match(range_header.strip()) if range_header else None
         if match is None or match.groups() == ("", ""):
