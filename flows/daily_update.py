@@ -30,7 +30,7 @@ from flows.full_pipeline import print_validation_error, run_pipeline
 from flows.runtime import dask_runner, default_dask_runner, shared_api_server
 from tasks.archive_spec import Market
 from tasks.datadir import check_data_dir
-from tasks.errors import DataDirRefused
+from tasks.errors import DataDirRefused, TemporaryServerFailed, describe
 from tasks.http import HttpOptions
 from tasks.lake import coverage, lake_inventory, staged_inventory
 from tasks.listing import list_symbols
@@ -155,8 +155,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataDirRefused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    with shared_api_server():
-        state = daily_update.with_options(task_runner=dask_runner(probe))(**kwargs, return_state=True)
+    try:
+        with shared_api_server():
+            state = daily_update.with_options(task_runner=dask_runner(probe))(**kwargs, return_state=True)
+    except TemporaryServerFailed as exc:
+        print(f"error: {describe(exc)}", file=sys.stderr)
+        return 1
     result = state.result(raise_on_failure=False)
     report = result.report if isinstance(result, RunFailed) else result
     if isinstance(report, PipelineReport):

@@ -39,7 +39,14 @@ from tasks.atomic import remove_stale_temporaries
 from tasks.compact import recover_lake
 from tasks.datadir import check_data_dir, open_data_dir
 from tasks.download import Published, local_archive_matches, local_archives, stored_checksum
-from tasks.errors import DataDirRefused, NotPublished, PipelineError, TransientNetworkError, describe
+from tasks.errors import (
+    DataDirRefused,
+    NotPublished,
+    PipelineError,
+    TemporaryServerFailed,
+    TransientNetworkError,
+    describe,
+)
 from tasks.features import parse_feature
 from tasks.http import HttpOptions
 from tasks.ingest import IngestResult, SymbolValidation
@@ -574,8 +581,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     # Dask's INFO chatter (workers starting and stopping) would bury the run's own report.
     logging.getLogger("distributed").setLevel(logging.WARNING)
-    with shared_api_server():
-        state = full_pipeline.with_options(task_runner=dask_runner(settings))(settings=settings, return_state=True)
+    try:
+        with shared_api_server():
+            state = full_pipeline.with_options(task_runner=dask_runner(settings))(settings=settings,
+                                                                                  return_state=True)
+    except TemporaryServerFailed as exc:
+        print(f"error: {describe(exc)}", file=sys.stderr)
+        return 1
     result = state.result(raise_on_failure=False)
     if isinstance(result, RunFailed):
         print(result.report.summary())

@@ -411,3 +411,25 @@ def test_a_sigkilled_cli_leaves_nothing_running_nor_behind(
         assert ports, "the temporary server was not listening"
     assert leftovers(tmp) == [] and leftovers(home) == []
     print(f"{api}: {len(started)} processes gone and the run folder removed {elapsed:.2f} s after SIGKILL")
+
+
+@pytest.mark.slow
+def test_a_server_that_cannot_start_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    # `python -m uvicorn` finds this one first on PYTHONPATH: it exits at once with status 7.
+    fake = tmp_path / "fake" / "uvicorn"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "__main__.py").write_text("import sys\nsys.exit(7)\n")
+    home, tmp = tmp_path / "home", tmp_path / "tmp"
+    home.mkdir()
+    tmp.mkdir()
+    env = fresh_env(home, tmp)
+    env["PYTHONPATH"] = os.pathsep.join([str(fake.parent), str(REPO)])
+    done = subprocess.run([sys.executable, "-m", "flows.full_pipeline", "--symbols", "BTCUSDT", "--start",
+                           "2024-01-01", "--end", "2024-01-01", "--data-dir", str(tmp_path / "data")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        "error: temporary Prefect API server failed: http://127.0.0.1:"), done.stderr
+    assert "exited with status 7" in done.stderr and "Traceback" not in done.stderr
+    assert leftovers(tmp) == [] and leftovers(home) == []
