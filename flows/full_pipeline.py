@@ -50,7 +50,7 @@ from tasks.errors import (
 from tasks.features import parse_feature
 from tasks.http import HttpOptions
 from tasks.ingest import IngestResult, SymbolValidation
-from tasks.lake import coverage, lake_inventory, lake_sources
+from tasks.lake import coverage, lake_inventory
 from tasks.listing import Discovery
 from tasks.lock import data_dir_lock
 from tasks.plan import MissingDay, plan_symbol
@@ -64,8 +64,10 @@ from tasks.prefect_tasks import (
     features_task,
     gaps_task,
     ingest_batch_task,
+    repair_symbol_task,
     validate_symbol_task,
 )
+from tasks.repair import damage_on_record, intact_sources, restore_specs
 from tasks.report import ArchiveOutcome, GapNote, PipelineReport, RunFailed
 from tasks.settings import ALL_STEPS, STEPS, CliParser, Settings, describe_settings_error
 from tasks.warmup import warm_up_in_background
@@ -134,6 +136,7 @@ def run_pipeline(settings: Settings, notes: Sequence[str] = ()) -> PipelineRepor
         for name, collect in readers:
             collect()
             report.stage_ended(name)
+        _reread_repaired(settings, data_dir, report, cache)
         if "cleanup" in steps:
             report.stage_started("cleanup")
             _cleanup(settings, data_dir, report)
@@ -215,6 +218,7 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
 
     specs: list[ArchiveSpec] = []
     sizes: dict[ArchiveSpec, int] = {}
+    restoring: set[ArchiveSpec] = set()  # archives of damaged lake files, no longer kept: fetched for the repair
     for symbol in settings.symbols:
         mine = [d for d in discoveries if d.symbol == symbol]
         unlisted = [d for d in mine if d.error]
@@ -234,6 +238,10 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
             coverage(lake_inventory(data_dir, settings.market, symbol)),
         )
         specs.extend(plan.archives)
+        if downloading:
+            again = restore_specs(data_dir, settings.market, symbol)
+            specs.extend(s for s in again if s not in plan.archives)
+            restoring.update(again)
         report.missing.extend(plan.missing)
     logger.info("plan: %d archives, %d requested days not published", len(specs), len(report.missing))
 
@@ -287,7 +295,8 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
     # attempt within a deadline from the listed size: not by Prefect too, which would square them.
     download = download_task.with_options(result_storage=cache, retries=0)
     io_runner: ThreadPoolTaskRunner[Any]
-    in_lake = {s: lake_sources(data_dir, settings.market, s) for s in settings.symbols} if converting else {}
+    # A damaged lake file (on record from an earlier validation) does not count as holding its archives.
+    in_lake = {s: intact_sources(data_dir, settings.market, s) for s in settings.symbols} if converting else {}
     with ThreadPoolTaskRunner(max_workers=settings.concurrency) as io_runner:
         for spec, sha in todo:
             held = in_lake.get(spec.symbol, {}).get((spec.key, sha))
@@ -330,13 +339,14 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
                 report.outcomes.append(_failed_outcome(spec, result, sizes.get(spec)))
                 continue
             download_results[spec] = result
-            if converting:
+            if converting and spec not in restoring:
                 add_to_batch(spec)
-            else:
+            else:  # a repair's archive is converted by the repair itself (validate step)
                 cached = done.state.name == "Cached"
                 report.outcomes.append(
                     ArchiveOutcome(spec.key, "cached" if cached else "downloaded", bytes=result.bytes,
-                                   seconds=0.0 if cached else result.seconds)
+                                   seconds=0.0 if cached else result.seconds,
+                                   detail="kept for the repair of a damaged lake file" if spec in restoring else "")
                 )
         if downloading:
             report.stage_ended("download")
@@ -379,31 +389,77 @@ def _failed_outcome(spec: ArchiveSpec, exc: BaseException, size: int | None) -> 
 
 
 def _validate(settings: Settings, data_dir: Path, report: PipelineReport) -> Callable[[], None]:
-    """Submit the validation of every symbol; returns what collects the results into `report`."""
+    """Submit the validation of every symbol; returns what collects the results into `report`.
+
+    A symbol with a lake file that failed (or one damaged on record) is then repaired from the
+    kept archives (`tasks.repair`), and its validation is the one after the repair.
+    """
+    verified = {symbol: tuple(v for c in report.compactions if c.symbol == symbol for v in c.verified)
+                for symbol in settings.symbols}
     futures = [
-        validate_symbol_task.submit(
-            data_dir, settings.market, symbol, settings.start, settings.end,
-            tuple(v for c in report.compactions if c.symbol == symbol for v in c.verified),
-        )
+        validate_symbol_task.submit(data_dir, settings.market, symbol, settings.start, settings.end, verified[symbol])
         for symbol in settings.symbols
     ]
 
     def collect() -> None:
+        repairs = []
         for fut in futures:
             result = fut.result(raise_on_failure=False)
             if isinstance(result, BaseException):
                 report.validation_errors.append(describe(result))
                 continue
             assert isinstance(result, SymbolValidation)
-            report.validated_files += result.files
-            report.validated_at_write += result.verified_at_write
-            report.validation_errors.extend(result.errors)
-            report.gaps.extend(
-                GapNote(settings.market, result.symbol, g.where, g.after_id, g.before_id, g.missing_ids)
-                for g in result.gaps
-            )
+            if result.failed_files or damage_on_record(data_dir, settings.market, result.symbol):
+                repairs.append((result, repair_symbol_task.submit(
+                    data_dir, settings.market, result.symbol, result, settings.target_file_bytes,
+                    settings.convert_options, settings.start, settings.end, verified[result.symbol])))
+                continue
+            add(result)
+        for before, repair in repairs:
+            repaired = repair.result(raise_on_failure=False)
+            if isinstance(repaired, BaseException):  # the repair itself failed: the damage stays reported
+                report.upkeep_errors.append(f"repair {settings.market}/{before.symbol}: {describe(repaired)}")
+                add(before)
+                continue
+            report.repairs.append(repaired[0])
+            add(repaired[1])
+
+    def add(result: SymbolValidation) -> None:
+        report.validated_files += result.files
+        report.validated_at_write += result.verified_at_write
+        report.validation_errors.extend(result.errors)
+        report.gaps.extend(
+            GapNote(settings.market, result.symbol, g.where, g.after_id, g.before_id, g.missing_ids)
+            for g in result.gaps
+        )
 
     return collect
+
+
+def _reread_repaired(settings: Settings, data_dir: Path, report: PipelineReport, cache: LocalFileSystem) -> None:
+    """Gap reports and features again for the symbols whose lake files the validate step rebuilt.
+
+    They ran beside the repair, on the damaged files: their results for those symbols (or their
+    failures) are replaced by a run on the rebuilt lake, where the features recompute.
+    """
+    again = {r.symbol for r in report.repairs if r.repaired}
+    steps = [(n, s) for n, s in (("gaps", _gaps), ("features", partial(_features, cache=cache))) if n in settings.steps]
+    if not again or not steps:
+        return
+    where = {f"{settings.market}/{s}" for s in again}
+
+    def first_pass(error: str) -> bool:  # labels of `_gaps` and `_features`: "<step> ... <market>/<symbol>: ..."
+        head = error.split(": ", 1)[0]
+        return head.startswith(("gap report ", "features ")) and head.rsplit(" ", 1)[-1] in where
+
+    report.upkeep_errors = [e for e in report.upkeep_errors if not first_pass(e)]
+    report.gap_reports = [g for g in report.gap_reports if g.symbol not in again]
+    report.features = [f for f in report.features if f.symbol not in again]
+    redo = settings.model_copy(update={"symbols": tuple(sorted(again))})
+    for name, step in steps:
+        report.stage_started(name)
+        step(redo, data_dir, report)()
+        report.stage_ended(name)
 
 
 def _results(futures: list[tuple[str, PrefectFuture[Any]]], errors: list[str]) -> Iterator[Any]:

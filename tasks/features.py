@@ -39,8 +39,10 @@ import pyarrow.parquet as pq
 from tasks.archive_spec import check_symbol, range_file_name
 from tasks.atomic import swap_folder, temp_path_for
 from tasks.bars import BARS_SCHEMA, BarSpec, BarState, process_chunk
+from tasks.errors import LakeValidationError
 from tasks.lake import LakeEntry, lake_inventory
 from tasks.read_ahead import read_ahead
+from tasks.repair import refuse_damaged_lake, repair_count
 
 FEATURE_METADATA_KEY = b"binance_lake.features"
 # Whole-name patterns (`\Z`, not `$`, which matches before a trailing newline; `[0-9]`, not
@@ -184,19 +186,23 @@ def _part_meta(path: Path) -> dict[str, Any]:
 def _trades_after(entries: list[LakeEntry], last_id: int, batch_rows: int) -> Generator[pa.RecordBatch, None, None]:
     """The lake's trades with id > last_id, in id order, a row group at a time."""
     for entry in entries:
-        with pq.ParquetFile(entry.path) as pf:
-            meta = pf.metadata
-            for rg in range(meta.num_row_groups):
-                stats = meta.row_group(rg).column(0).statistics
-                if stats is not None and stats.has_min_max and int(stats.max) <= last_id:
-                    continue  # consumed by an earlier run: skipped without reading
-                for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[rg], columns=_READ_COLUMNS,
-                                             use_threads=False):
-                    ids = batch.column(0).to_numpy()
-                    if ids[0] <= last_id:
-                        batch = batch.slice(int(np.searchsorted(ids, last_id, side="right")))
-                    if batch.num_rows:
-                        yield batch
+        try:
+            with pq.ParquetFile(entry.path, page_checksum_verification=True) as pf:
+                meta = pf.metadata
+                for rg in range(meta.num_row_groups):
+                    stats = meta.row_group(rg).column(0).statistics
+                    if stats is not None and stats.has_min_max and int(stats.max) <= last_id:
+                        continue  # consumed by an earlier run: skipped without reading
+                    for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[rg], columns=_READ_COLUMNS,
+                                                 use_threads=False):
+                        ids = batch.column(0).to_numpy()
+                        if ids[0] <= last_id:
+                            batch = batch.slice(int(np.searchsorted(ids, last_id, side="right")))
+                        if batch.num_rows:
+                            yield batch
+        except (OSError, pa.ArrowException) as exc:  # a damaged page (checksum) or a file cut short
+            raise LakeValidationError(str(entry.path), f"unreadable ({exc}); features not computed, their bars "
+                                      "kept until the file is repaired") from exc
 
 
 def compute_feature(data_dir: Path, market: str, symbol: str, feature: Feature, batch_rows: int = 1 << 20
@@ -204,7 +210,10 @@ def compute_feature(data_dir: Path, market: str, symbol: str, feature: Feature, 
     """Bring one feature of one symbol up to the lake's last trade (see the module doc)."""
     started = time.perf_counter()
     folder = feature.folder(data_dir, market, symbol)
-    entries = [e for e in lake_inventory(data_dir, market, symbol) if not e.problem]
+    entries = lake_inventory(data_dir, market, symbol)
+    # An unreadable or damaged lake file: refused, never bars rebuilt from fewer trades (tasks.repair).
+    refuse_damaged_lake(data_dir, market, symbol, entries)
+    repairs = repair_count(data_dir, market, symbol)
     parts = _parts(folder)
     state, last_id, through, reason = BarState.initial(feature.spec), 0, None, "no earlier result"
     if parts:
@@ -217,6 +226,8 @@ def compute_feature(data_dir: Path, market: str, symbol: str, feature: Feature, 
                 if meta["lake_fingerprint"] != lake_fingerprint(entries, through):
                     reason = "lake data already consumed changed (re-published or back-filled archives)"
                     through = None
+                elif meta.get("lake_repairs", 0) != repairs:  # bars may come from the damaged file
+                    reason, through = "a lake file was repaired (rebuilt from its archives)", None
                 else:
                     state = BarState.from_bytes(base64.b64decode(meta["state"]))
                     last_id, reason = int(meta["last_trade_id"]), ""
@@ -257,6 +268,7 @@ def compute_feature(data_dir: Path, market: str, symbol: str, feature: Feature, 
         "last_trade_id": new_last, "through": last_lake_day.isoformat(),
         "lake_fingerprint": lake_fingerprint(entries, last_lake_day),
         "state": base64.b64encode(state.to_bytes()).decode(), "trades": trades, "bars": table.num_rows,
+        "lake_repairs": repairs,
     }
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / range_file_name(first_day, last_day)
@@ -295,7 +307,7 @@ def _write_part(out: Path, table: pa.Table, doc: dict[str, Any]) -> Path:
     tmp = temp_path_for(out)
     schema = BARS_SCHEMA.with_metadata({FEATURE_METADATA_KEY: json.dumps(doc).encode()})
     try:
-        pq.write_table(table.cast(schema), tmp, compression="zstd", write_statistics=True)
+        pq.write_table(table.cast(schema), tmp, compression="zstd", write_statistics=True, write_page_checksum=True)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

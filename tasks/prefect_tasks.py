@@ -34,6 +34,7 @@ from tasks.ingest import IngestResult, SymbolValidation, ingest_archive, validat
 from tasks.lake import lake_inventory
 from tasks.listing import Discovery, discover
 from tasks.prefect_cache import LakeJSONSerializer
+from tasks.repair import RepairResult, repair_count, repair_symbol
 from tasks.settings import ConvertOptions
 from tasks.validate import VerifiedFile
 
@@ -152,6 +153,19 @@ def validate_symbol_task(
     return validate_symbol(data_dir, market, symbol, start, end, verified)
 
 
+@task(name="repair-symbol", task_run_name="repair {market}/{symbol}", persist_result=False)
+def repair_symbol_task(
+    data_dir: Path, market: Market, symbol: str, validation: SymbolValidation, target_bytes: int,
+    options: ConvertOptions, start: date, end: date, verified: tuple[VerifiedFile, ...] = (),
+) -> tuple[RepairResult, SymbolValidation]:
+    """Rebuild the symbol's damaged lake files from the kept archives; (what was done, validation after it)."""
+    result, after = repair_symbol(data_dir, market, symbol, validation, target_bytes, options, start, end, verified)
+    logger = get_run_logger()
+    for line in result.lines():
+        (logger.warning if line.startswith("NOT REPAIRED") else logger.info)("%s", line)
+    return result, after
+
+
 @task(name="merge-symbol", task_run_name="{mode} {market}/{symbol}", persist_result=False)
 def compact_task(
     data_dir: Path, market: Market, symbol: str, target_bytes: int, options: ConvertOptions, mode: str
@@ -194,7 +208,8 @@ def _feature_cache_key(context: TaskRunContext, inputs: dict[str, Any]) -> str |
     # Parameters and the lake's exact sources: a new day, a re-published archive or another
     # parameter all miss the cache; the flow refreshes it when the output is gone.
     return hash_objects("binance-lake", "features", CACHE_VERSION, feature.name, feature.spec.to_json(),
-                        inputs["market"], inputs["symbol"], str(data_dir), lake_fingerprint(entries, None))
+                        inputs["market"], inputs["symbol"], str(data_dir), lake_fingerprint(entries, None),
+                        repair_count(data_dir, inputs["market"], inputs["symbol"]))  # a repair recomputes
 
 
 @task(name="features", task_run_name="{feature.name} {market}/{symbol}", cache_key_fn=_feature_cache_key,

@@ -11,6 +11,7 @@ from tasks.compact import CompactionResult
 from tasks.features import FeatureResult
 from tasks.gaps import GapReport
 from tasks.plan import MissingDay
+from tasks.repair import RepairResult
 
 Status = Literal["ingested", "cached", "downloaded", "missing", "refused", "failed"]
 FAILED_STATUSES = ("refused", "failed")
@@ -54,6 +55,7 @@ class PipelineReport:
     gap_reports: list[GapReport] = field(default_factory=list)
     cleanups: list[CleanupResult] = field(default_factory=list)
     features: list[FeatureResult] = field(default_factory=list)
+    repairs: list[RepairResult] = field(default_factory=list)  # damaged lake files rebuilt, or not (validate step)
     upkeep_errors: list[str] = field(default_factory=list)  # merge, optimize, gaps or cleanup refused
     notes: list[str] = field(default_factory=list)  # what the calling flow wants said (e.g. late days)
     #: Wall-clock span of each stage, (first start, last end) in epoch seconds. Stages overlap:
@@ -92,7 +94,8 @@ class PipelineReport:
 
     @property
     def ok(self) -> bool:
-        return not self.failures and not self.validation_errors and not self.upkeep_errors
+        unrepaired = any(r.unrepaired for r in self.repairs)  # a damaged lake file left as it is
+        return not self.failures and not self.validation_errors and not self.upkeep_errors and not unrepaired
 
     def counts(self) -> dict[str, int]:
         """Archives per status."""
@@ -127,6 +130,7 @@ class PipelineReport:
         self.gap_reports.extend(other.gap_reports)
         self.cleanups.extend(other.cleanups)
         self.features.extend(other.features)
+        self.repairs.extend(other.repairs)
         self.upkeep_errors.extend(other.upkeep_errors)
         self.notes.extend(other.notes)
         for name, (a, b) in other.stages.items():
@@ -173,6 +177,8 @@ class PipelineReport:
                              f"({g.missing_ids} missing)")
             if len(self.gaps) > 20:
                 lines.append(f"  ... and {len(self.gaps) - 20} more")
+        for rr in self.repairs:
+            lines.extend(rr.lines())
         for c in self.compactions:
             if c.files_written or c.files_removed:
                 lines.append(f"lake {c.market}/{c.symbol}: wrote {', '.join(c.files_written) or 'nothing'} "
@@ -213,6 +219,9 @@ class RunFailed(Exception):
         if report.validation_errors:
             parts.append(f"{len(report.validation_errors)} lake file(s) failed validation: "
                          + "; ".join(report.validation_errors))
+        unrepaired = [u.file for r in report.repairs for u in r.unrepaired]
+        if unrepaired:
+            parts.append(f"{len(unrepaired)} damaged lake file(s) not repaired: {', '.join(unrepaired)}")
         super().__init__(" | ".join(parts) or "run failed")
         self.report = report
 
