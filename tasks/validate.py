@@ -272,7 +272,8 @@ def _unreadable_columns(pf: pq.ParquetFile, rg: int, names: list[str], exc: Base
 
 
 def validate_parquet_file(
-    path: Path, expected: ExpectedFile | None = None, visit: Callable[[pa.Table], None] | None = None
+    path: Path, expected: ExpectedFile | None = None, visit: Callable[[pa.Table], None] | None = None,
+    decode_all: bool = True,
 ) -> FileReport:
     """Check one Parquet file against the lake contract, streaming it by row group.
 
@@ -284,7 +285,11 @@ def validate_parquet_file(
 
     Every row group is read whole, each column decoded with its page checksums verified:
     an unreadable one is named by row group and column ("row group 3 column price
-    unreadable: ... CRC checksum verification failed ...").
+    unreadable: ... CRC checksum verification failed ..."). `decode_all=False` decodes only
+    `trade_id` and `time` (and columns whose null counts are not in the statistics): for a
+    file just written from rows already checked, whose every column the merge then reads
+    with its checksums verified (a full decode of a converted 1.1 M-row day takes 0.074 s
+    against 0.014 s for the two columns: 15-25 % of its conversion).
 
     Every failure is collected, then one `LakeValidationError(str(path), "a; b; ...")`
     is raised. On success returns a `FileReport` (ids, times, id gaps, metadata).
@@ -299,11 +304,12 @@ def validate_parquet_file(
     except (OSError, pa.ArrowException) as exc:
         raise LakeValidationError(source, f"unreadable Parquet file: {exc}") from exc
     with pf:
-        return _validate_open_file(pf, path, expected, visit)
+        return _validate_open_file(pf, path, expected, visit, decode_all)
 
 
 def _validate_open_file(
-    pf: pq.ParquetFile, path: Path, expected: ExpectedFile, visit: Callable[[pa.Table], None] | None
+    pf: pq.ParquetFile, path: Path, expected: ExpectedFile, visit: Callable[[pa.Table], None] | None,
+    decode_all: bool,
 ) -> FileReport:
     source = str(path)
     problems: list[str] = []
@@ -384,7 +390,8 @@ def _validate_open_file(
                 continue
             visit(table)
         else:
-            table, unreadable = _decode_columns(pf, rg, names, keep={"trade_id", "time", *unread_null_columns})
+            keep = {"trade_id", "time", *unread_null_columns}
+            table, unreadable = _decode_columns(pf, rg, names if decode_all else [n for n in names if n in keep], keep)
             if unreadable:
                 problems.extend(unreadable)
                 continue

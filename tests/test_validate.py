@@ -355,3 +355,15 @@ def test_truncated_lake_file_fails_naming_it_and_nothing_else(tmp_path: Path) ->
     assert error.startswith(f"{damaged}: unreadable footer")
     assert result.files == 2
     assert digests(tmp_path) == before
+
+
+def test_decode_all_false_reads_ids_and_times_only(tmp_path: Path) -> None:
+    """The converter's check of the file it just wrote: ids and times, their pages' checksums included."""
+    real_lake(tmp_path, 1)
+    [path] = lake_files(tmp_path, "spot", "BTCUSDT")
+    flip_byte_in_column(path, "price", row_group=0)
+    assert validate_parquet_file(path, decode_all=False).rows == REAL_ROWS
+    assert "row group 0 column price unreadable" in problems_of(path)
+    flip_byte_in_column(path, "time", row_group=2)
+    with pytest.raises(LakeValidationError, match="row group 2 column time unreadable"):
+        validate_parquet_file(path, decode_all=False)
