@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tasks.datadir import open_data_dir
 from tasks.errors import LakeLocked
 
 LOCK_NAME = ".lock"
@@ -34,7 +35,7 @@ def _holder(path: Path) -> str:
 @contextmanager
 def data_dir_lock(data_dir: Path, wait_seconds: float = 0.0, run: str = "") -> Iterator[None]:
     """Hold the data directory's lock for the block; wait up to `wait_seconds` for it, then raise LakeLocked."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = open_data_dir(data_dir)  # never a `.lock` in a folder that is not a lake (another program's)
     path = data_dir / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
