@@ -90,6 +90,18 @@ def wait_gone(procs: list[psutil.Process], timeout: float = GRACE_S) -> list[psu
     return alive
 
 
+def listening_procs(procs: list[psutil.Process]) -> list[psutil.Process]:
+    """Those of `procs` with a listening TCP socket."""
+    return [p for p in procs if any(c.status == psutil.CONN_LISTEN for c in p.net_connections("inet"))]
+
+
+def describe_proc(proc: psutil.Process) -> str:
+    try:
+        return f"{proc.pid} {' '.join(proc.cmdline()[:4])}"
+    except psutil.Error as exc:
+        return f"{proc.pid} ({type(exc).__name__})"
+
+
 def leftovers(folder: Path) -> list[str]:
     """What is in `folder` now, except the empty `.prefect` Prefect creates when imported (README)."""
     found = sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
@@ -375,7 +387,7 @@ def test_rewritten_cache_records_run_nothing_and_the_tasks_run_again(first_run: 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("api", ["temporary server", "configured API"])
+@pytest.mark.parametrize("api", ["temporary server", "configured API", "Dask worker processes"])
 def test_a_sigkilled_cli_leaves_nothing_running_nor_behind(
     api: str, fake_archive: FakeArchive, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -385,6 +397,9 @@ def test_a_sigkilled_cli_leaves_nothing_running_nor_behind(
     publish(fake_archive)
     fake_archive.inject(STALLED, "stall", delay=60)  # holds the run mid-download
     extra = {"PREFECT_API_URL": request.getfixturevalue("prefect_api")} if api == "configured API" else {}
+    if api == "Dask worker processes":  # a local cluster of nannies and worker processes, with the server
+        extra |= {"BINANCE_LAKE_DASK_PROCESSES": "true", "BINANCE_LAKE_DASK_WORKERS": "2",
+                  "BINANCE_LAKE_DASK_THREADS_PER_WORKER": "1"}
     proc = cli(fake_archive, tmp_path / "data", fresh_env(home, tmp, **extra), tmp_path / "run.log")
     try:
         deadline = time.monotonic() + 120
@@ -392,7 +407,17 @@ def test_a_sigkilled_cli_leaves_nothing_running_nor_behind(
             assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "the run never reached the stalled download"
             time.sleep(0.05)
-        started = [p for p in tree(proc.pid) if p.pid != proc.pid]
+        # The guard (and the server); with worker processes, the 2 workers too, once they listen
+        # (the cluster starts with the first conversion, once the verified archive has waited
+        # ingest_batch_wait_s for company; a worker process still importing cannot react yet).
+        want = {"temporary server": 1, "configured API": 0, "Dask worker processes": 3}[api]
+        while True:
+            started = [p for p in tree(proc.pid) if p.pid != proc.pid and running(p)]
+            with contextlib.suppress(psutil.Error):
+                if len(listening_procs(started)) >= want and started:
+                    break
+            assert time.monotonic() < deadline, [describe_proc(p) for p in started]
+            time.sleep(0.05)
         ports = {c.laddr.port for p in started for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN}
         entries = list(tmp.iterdir())
         assert len(entries) == 1 and entries[0].name.startswith(RUN_DIR_PREFIX), entries
@@ -405,9 +430,9 @@ def test_a_sigkilled_cli_leaves_nothing_running_nor_behind(
         if proc.poll() is None:
             proc.kill()
     assert started, "no guard (and no server) was started"
-    assert alive == [], [(p.pid, p.cmdline()) for p in alive]
+    assert alive == [], [describe_proc(p) for p in alive]
     assert all(port_closed(port) for port in ports), ports
-    if api == "temporary server":
+    if api != "configured API":
         assert ports, "the temporary server was not listening"
     assert leftovers(tmp) == [] and leftovers(home) == []
     print(f"{api}: {len(started)} processes gone and the run folder removed {elapsed:.2f} s after SIGKILL")

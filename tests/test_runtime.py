@@ -68,17 +68,16 @@ def test_workers_sharing_the_data_dir_pass(dask_address: str, tmp_path: Path) ->
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
 def test_a_worker_that_sees_another_data_dir_is_named(tmp_path: Path) -> None:
-    from distributed import LocalCluster
-
     data = tmp_path / "data"
     data.mkdir()
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    with LoopbackCluster(n_workers=1, threads_per_worker=1, processes=True) as cluster:
         # A second worker in its own mount namespace, with an empty tmpfs over the data dir:
         # a worker on another machine that lacks the shared volume.
         env = dict(os.environ, PYTHONPATH=str(REPO))
         worker = subprocess.Popen(
             ["unshare", "-m", "sh", "-c", f"mount -t tmpfs none '{data}' && exec '{sys.executable}' -m "
-             f"distributed.cli.dask_worker {cluster.scheduler_address} --nthreads 1 --no-dashboard"],
+             f"distributed.cli.dask_worker {cluster.scheduler_address} --nthreads 1 --host 127.0.0.1 --no-dashboard "
+             "--dashboard-address 127.0.0.1:0"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
         try:
