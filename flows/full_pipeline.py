@@ -108,14 +108,17 @@ def run_pipeline(settings: Settings, notes: Sequence[str] = ()) -> PipelineRepor
         logger.info("all %d Dask workers at %s see %s", workers, settings.dask_address, data_dir)
     with data_dir_lock(data_dir, settings.lock_wait_s, run=str(flow_run.name or "")):
         recovered, leftovers = recover_lake(data_dir)
-        if recovered:
-            logger.warning("finished or undid %d folder swaps left by a killed run", recovered)
-        for line in leftovers:
-            logger.warning("%s", line)
         stale = remove_stale_temporaries(data_dir, check_owner=False)  # the lock: no other run is writing
-        if stale:
-            logger.warning("removed %d temporary files left by an interrupted run", stale)
         report = PipelineReport(notes=list(notes))
+        startup = [f"warning: {line}" for line in leftovers]
+        if recovered:
+            startup.insert(0, f"repaired: {recovered} lake or feature swaps left by a killed run were finished or "
+                           "undone (readers saw the old or the new files throughout)")
+        if stale:
+            startup.append(f"removed {stale} temporary files left by an interrupted run")
+        for line in startup:
+            logger.warning("%s", line)
+        report.notes.extend(startup)
         steps = settings.steps
         # Saved before any task runs: a block write while tasks write their states can meet
         # SQLite's SQLITE_BUSY_SNAPSHOT on the temporary API server, answered 503, and the
@@ -484,6 +487,9 @@ def _compact(settings: Settings, data_dir: Path, report: PipelineReport) -> None
         for symbol in settings.symbols
     ]
     report.compactions.extend(_results(futures, report.upkeep_errors))
+    for c in report.compactions:
+        for archive, reason in c.quarantined:
+            report.refuse(archive, f"trade ids collide: {reason}")
 
 
 def _refused_days(settings: Settings, report: PipelineReport) -> dict[str, dict[date, dict[str, str]]]:

@@ -577,31 +577,56 @@ def _ids_outside(path: Path, lo: int, hi: int, days: tuple[int, int] | None) -> 
 def colliding_staged(
     data_dir: Path, market: Market, symbol: str, damaged: frozenset[Path] = frozenset()
 ) -> list[tuple[LakeEntry, str]]:
-    """Staged archives holding a trade id that another day of the lake or another staged archive holds.
+    """The staged archives to refuse because their trade ids collide with other days; (entry, reason).
 
     A staged archive replaces the lake's rows of its own days (a re-published archive), so
-    only rows of other days count. Two staged archives that collide are both refused: which
-    one is right is not for the merge to guess. Reads only row groups whose id range overlaps.
+    only rows of other days count. The lake is trusted: a staged archive colliding with it
+    is refused. Among staged archives, the one colliding with the most others is refused
+    first (a day whose ids belong to its neighbours), until no collision is left; archives
+    that collide only with each other are all refused, since which is right is not for the
+    merge to guess. Reads only row groups whose id ranges overlap.
     """
     lake = [e for e in lake_inventory(data_dir, market, symbol) if e.path not in damaged and not e.problem]
     staged = [e for e in staged_inventory(data_dir, market, symbol) if not e.problem]
-    found: dict[Path, tuple[LakeEntry, str]] = {}
-    for entry in staged:
-        lo, hi = _id_range(entry.path)
+    ranges = {e.path: _id_range(e.path) for e in [*lake, *staged]}
+
+    def common(entry: LakeEntry, other: LakeEntry) -> np.ndarray[Any, Any]:
+        (lo, hi), (olo, ohi) = ranges[entry.path], ranges[other.path]
+        if ohi < lo or olo > hi:
+            return np.empty(0, dtype=np.int64)
         days = _day_range_us(entry.first_day, entry.last_day)
-        others = [(e, "the lake file") for e in lake] + [(e, "the staged archive") for e in staged if e is not entry]
-        for other, what in others:
-            olo, ohi = _id_range(other.path)
-            if ohi < lo or olo > hi:
-                continue
-            mine = _ids_outside(entry.path, max(lo, olo), min(hi, ohi), None)
-            theirs = _ids_outside(other.path, max(lo, olo), min(hi, ohi), days)
-            common = np.intersect1d(mine, theirs, assume_unique=True)
-            if len(common):
-                name = other.sources[0].archive if what == "the staged archive" else other.path.name
-                found.setdefault(entry.path, (entry, f"{len(common):,} of its trade ids (first {int(common[0])}) are "
-                                                     f"also in {what} {name}, on other days"))
-    return list(found.values())
+        mine = _ids_outside(entry.path, max(lo, olo), min(hi, ohi), None)
+        return np.intersect1d(mine, _ids_outside(other.path, max(lo, olo), min(hi, ohi), days), assume_unique=True)
+
+    def note(ids: np.ndarray[Any, Any], what: str) -> str:
+        return f"{len(ids):,} of its trade ids (first {int(ids[0])}) are also in {what}, on other days"
+
+    refused: dict[Path, tuple[LakeEntry, str]] = {}
+    for entry in staged:
+        for other in lake:
+            ids = common(entry, other)
+            if len(ids):
+                refused[entry.path] = (entry, note(ids, f"the lake file {other.path.name}"))
+                break
+    edges: dict[Path, dict[Path, str]] = {e.path: {} for e in staged if e.path not in refused}
+    pending = [e for e in staged if e.path not in refused]
+    for i, entry in enumerate(pending):
+        for other in pending[i + 1:]:
+            ids = common(entry, other)
+            if len(ids):
+                edges[entry.path][other.path] = note(ids, f"the staged archive {other.sources[0].archive}")
+                edges[other.path][entry.path] = note(common(other, entry),
+                                                     f"the staged archive {entry.sources[0].archive}")
+    by_path = {e.path: e for e in pending}
+    while any(edges.values()):
+        top = max(len(v) for v in edges.values())
+        worst = [p for p, v in edges.items() if len(v) == top]
+        for path in worst:
+            refused[path] = (by_path[path], "; ".join(edges[path].values()))
+        for path in worst:
+            for neighbour in edges.pop(path):
+                edges.get(neighbour, {}).pop(path, None)
+    return list(refused.values())
 
 
 def quarantine_staged(

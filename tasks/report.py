@@ -97,6 +97,14 @@ class PipelineReport:
         unrepaired = any(r.unrepaired for r in self.repairs)  # a damaged lake file left as it is
         return not self.failures and not self.validation_errors and not self.upkeep_errors and not unrepaired
 
+    def refuse(self, archive: str, detail: str) -> None:
+        """Mark an archive refused after the fact (the merge quarantined it): its rows are not in the lake."""
+        for o in self.outcomes:
+            if o.archive == archive:
+                o.status, o.rows, o.detail = "refused", None, detail
+                return
+        self.outcomes.append(ArchiveOutcome(archive, "refused", detail=detail))
+
     def counts(self) -> dict[str, int]:
         """Archives per status."""
         out: dict[str, int] = {}
@@ -186,6 +194,11 @@ class PipelineReport:
                              f"files, merged {len(c.staged_merged)} archives")
             for a in c.replaced_archives:
                 lines.append(f"  re-published, re-ingested: {a}")
+            if c.staged_dropped:
+                lines.append(f"lake {c.market}/{c.symbol}: {len(c.staged_dropped)} staged archives were already in "
+                             "the lake (left by a killed run): dropped from staging, not merged twice")
+            if c.leftover:
+                lines.append(f"warning: lake {c.market}/{c.symbol}: {c.leftover}")
         for gr in self.gap_reports:
             lines.extend(gr.summary_lines())
         for fr in self.features:

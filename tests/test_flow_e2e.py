@@ -287,3 +287,28 @@ def test_steps_download_then_convert_offline_then_validate(
     state, report = run(fa, data, dask_address, steps=("validate",), **common)
     assert state.is_completed(), state.message
     assert [r.file for rr in report.repairs for r in rr.repaired] == [victim.name] and victim.read_bytes() == good
+
+
+def test_a_poison_pill_day_is_quarantined_and_the_later_days_land(
+    prefect_api: str, dask_address: str, fake_archive: FakeArchive, tmp_path: Path
+) -> None:
+    fa, data, rows = fake_archive, tmp_path / "data", 2000
+    for i in (1, 2, 4):
+        publish_day(fa, "spot", "BTCUSDT", date(2024, 1, i), rows, 1 + (i - 1) * rows, i)
+    publish_day(fa, "spot", "BTCUSDT", date(2024, 1, 3), rows, 1 + rows // 2, 3)  # ids of days 1 and 2
+    kw: dict[str, Any] = {"market": "spot", "symbols": ("BTCUSDT",), "start": date(2024, 1, 1),
+                          "end": date(2024, 1, 4), "granularity": "daily", "features": ()}
+    state, report = run(fa, data, dask_address, steps=("download", "convert", "merge"), **kw)
+    assert not state.is_completed()
+    poison = "data/spot/daily/trades/BTCUSDT/BTCUSDT-trades-2024-01-03.zip"
+    assert statuses(report)[poison] == "refused"
+    assert "trade ids collide" in next(o.detail for o in report.outcomes if o.archive == poison)
+    ids = ds.dataset(data / "lake" / "trades", partitioning="hive").to_table(columns=["trade_id"])["trade_id"]
+    assert len(ids) == 3 * rows  # days 1, 2 and 4 landed
+    assert "refused" in report.summary() and poison in report.summary()
+    # The next run does not convert it again, still names it, and the gap report shows the day refused.
+    state, report = run(fa, data, dask_address, steps=("download", "convert", "merge", "gaps"), **kw)
+    assert not state.is_completed() and statuses(report)[poison] == "refused"
+    assert "quarantined by an earlier merge" in next(o.detail for o in report.outcomes if o.archive == poison)
+    gaps = json.loads((data / "reports" / "gaps" / "market=spot" / "symbol=BTCUSDT.json").read_text())
+    assert [r["day"] for r in gaps["refused"]] == ["2024-01-03"]
