@@ -27,9 +27,9 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from flows.full_pipeline import print_validation_error, run_pipeline
-from flows.runtime import dask_runner, default_dask_runner, shared_api_server
+from flows.runtime import dask_runner, default_dask_runner, server_template, shared_api_server
 from tasks.archive_spec import Market
-from tasks.datadir import check_data_dir
+from tasks.datadir import open_data_dir
 from tasks.errors import DataDirRefused, TemporaryServerFailed, describe
 from tasks.http import HttpOptions
 from tasks.lake import coverage, lake_inventory, staged_inventory
@@ -151,12 +151,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_validation_error(exc, {"data_dir", "market", "symbols", "start", "end", *given})
         return 2
     try:
-        check_data_dir(probe.data_dir)  # before any server starts: a typo fails in a second
+        # Before any server starts, so a typo fails in a second; marked, since the server keeps
+        # its schema template in it.
+        data_dir = open_data_dir(probe.data_dir)
     except DataDirRefused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        with shared_api_server():
+        with shared_api_server(server_template(data_dir)):
             state = daily_update.with_options(task_runner=dask_runner(probe))(**kwargs, return_state=True)
     except TemporaryServerFailed as exc:
         print(f"error: {describe(exc)}", file=sys.stderr)

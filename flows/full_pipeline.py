@@ -32,12 +32,13 @@ from flows.runtime import (
     dask_runner,
     default_dask_runner,
     flush_worker_logs,
+    server_template,
     shared_api_server,
 )
 from tasks.archive_spec import ArchiveSpec, Granularity, parse_archive_name
 from tasks.atomic import remove_stale_temporaries
 from tasks.compact import recover_lake
-from tasks.datadir import check_data_dir, open_data_dir
+from tasks.datadir import open_data_dir
 from tasks.download import Published, local_archive_matches, local_archives, stored_checksum
 from tasks.errors import (
     DataDirRefused,
@@ -637,14 +638,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_validation_error(exc, given)
         return 2
     try:
-        check_data_dir(settings.data_dir)  # before any server starts: a typo fails in a second
+        # Before any server starts, so a typo fails in a second; marked, since the server keeps
+        # its schema template in it.
+        data_dir = open_data_dir(settings.data_dir)
     except DataDirRefused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     # Dask's INFO chatter (workers starting and stopping) would bury the run's own report.
     logging.getLogger("distributed").setLevel(logging.WARNING)
     try:
-        with shared_api_server():
+        with shared_api_server(server_template(data_dir)):
             state = full_pipeline.with_options(task_runner=dask_runner(settings))(settings=settings,
                                                                                   return_state=True)
     except TemporaryServerFailed as exc:

@@ -45,7 +45,7 @@ _SWAP_READY = "ready"
 #: Journal of the per-file swap used before the folder exchange; still finished if found.
 LEGACY_JOURNAL_NAME = ".compact-journal.json"
 #: The folders of a data dir that this tool writes; the start-of-run sweep looks nowhere else.
-OWN_FOLDERS = ("lake", "staging", "archive", "quarantine", "features", "reports")
+OWN_FOLDERS = ("lake", "staging", "archive", "quarantine", "features", "reports", ".prefect-server")
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2

@@ -91,3 +91,31 @@ def test_a_worker_that_sees_another_data_dir_is_named(tmp_path: Path) -> None:
         finally:
             worker.terminate()
             worker.wait(timeout=30)
+
+
+def test_the_servers_schema_template_is_used_only_when_it_holds_no_data(tmp_path: Path) -> None:
+    import sqlite3
+
+    from flows.runtime import schema_template_ok
+
+    def make(name: str, *sql: str) -> Path:
+        path = tmp_path / name
+        con = sqlite3.connect(path)
+        con.executescript("CREATE TABLE alembic_version (version_num TEXT); INSERT INTO alembic_version VALUES ('x');"
+                          "CREATE TABLE block_type (id TEXT); INSERT INTO block_type VALUES ('webhook');"
+                          "CREATE TABLE deployment (id TEXT, name TEXT); CREATE INDEX i ON deployment (name);"
+                          + "".join(sql))
+        con.close()
+        return path
+
+    assert schema_template_ok(make("good.db"))
+    assert not schema_template_ok(make("row.db", "INSERT INTO deployment VALUES ('1', 'evil');"))
+    assert not schema_template_ok(make("trigger.db", "CREATE TRIGGER t AFTER INSERT ON deployment "
+                                                     "BEGIN DELETE FROM deployment; END;"))
+    assert not schema_template_ok(make("view.db", "CREATE VIEW v AS SELECT 1;"))
+    assert not schema_template_ok(make("two.db", "INSERT INTO alembic_version VALUES ('y');"))
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)
+    assert not schema_template_ok(garbage)
+    assert not schema_template_ok(tmp_path / "missing.db")
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".db")) == []  # no -wal/-shm left
