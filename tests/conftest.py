@@ -26,11 +26,12 @@ def prefect_api() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def dask_address() -> Iterator[str]:
     """A real Dask cluster of two worker processes, one thread each, reached by address (the scale-out path)."""
-    from distributed import LocalCluster
+    from flows.runtime import LoopbackCluster
 
     # Worker processes import the project by module path: make sure they can.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    # Loopback only, as the product's own cluster: a test run opens no port to the network.
+    with LoopbackCluster(n_workers=2, threads_per_worker=1, processes=True) as cluster:
         yield cluster.scheduler_address
 
 
