@@ -41,6 +41,7 @@ from tasks.compact import recover_lake
 from tasks.datadir import open_data_dir
 from tasks.download import Published, local_archive_matches, local_archives, stored_checksum
 from tasks.errors import (
+    DamagedLakeFile,
     DataDirRefused,
     NotPublished,
     PipelineError,
@@ -427,6 +428,12 @@ def _validate(settings: Settings, data_dir: Path, report: PipelineReport) -> Cal
                 continue
             report.repairs.append(repaired[0])
             add(repaired[1])
+            if not repaired[0].unrepaired and before.symbol in report.deferred_merges:
+                merge_error = report.deferred_merges.pop(before.symbol)
+                report.notes.append(f"{merge_error.split(':', 1)[0]}: waited for the repair of a damaged file, "
+                                    "then merged with it")
+        for symbol in [s for s in settings.symbols if s in report.deferred_merges]:
+            report.upkeep_errors.append(report.deferred_merges.pop(symbol))
 
     def add(result: SymbolValidation) -> None:
         report.validated_files += result.files
@@ -482,12 +489,21 @@ def _results(futures: list[tuple[str, PrefectFuture[Any]]], errors: list[str]) -
 def _compact(settings: Settings, data_dir: Path, report: PipelineReport) -> None:
     mode = "optimize" if "optimize" in settings.steps else "merge"
     futures = [
-        (f"{mode} {settings.market}/{symbol}",
+        (symbol, f"{mode} {settings.market}/{symbol}",
          compact_task.submit(data_dir, settings.market, symbol, settings.target_file_bytes, settings.convert_options,
                              mode))
         for symbol in settings.symbols
     ]
-    report.compactions.extend(_results(futures, report.upkeep_errors))
+    for symbol, label, fut in futures:
+        result = fut.result(raise_on_failure=False)
+        if isinstance(result, DamagedLakeFile) and "validate" in settings.steps:
+            # The validate step rebuilds the damaged file from the kept archives and merges what is
+            # staged with it: the run fails on this only if that repair does not happen.
+            report.deferred_merges[symbol] = f"{label}: {describe(result)}"
+        elif isinstance(result, BaseException):
+            report.upkeep_errors.append(f"{label}: {describe(result)}")
+        else:
+            report.compactions.append(result)
     for c in report.compactions:
         for archive, reason in c.quarantined:
             report.refuse(archive, f"trade ids collide: {reason}")

@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 from tasks.archive_spec import Market, lake_symbol_dir, range_file_name
 from tasks.atomic import SwapOutcome, fsync_dir, recover_swaps, swap_folder, temp_path_for, write_bytes_atomic
 from tasks.digest_nb import DAY_US, day_runs
-from tasks.errors import LakeConflict, LakeValidationError, TradeIdCollision
+from tasks.errors import DamagedLakeFile, LakeConflict, LakeValidationError, TradeIdCollision
 from tasks.lake import LakeEntry, lake_inventory, read_sources, staged_inventory
 from tasks.lake_writer import lake_writer, source_metadata_doc
 from tasks.read_ahead import read_ahead
@@ -166,7 +166,7 @@ class CompactionResult:
 
 def _units_of(entry: LakeEntry, staged: bool) -> list[Unit]:
     if entry.problem:
-        raise LakeValidationError(str(entry.path), f"{entry.problem}; not compacted")
+        raise DamagedLakeFile(str(entry.path), f"{entry.problem}; not compacted")
     docs = (read_sources(entry.path) or {}).get("sources", [])
     return [
         Unit(dict(doc, bytes=ref.bytes), entry.path, ref.first_day, ref.last_day, ref.rows, ref.bytes, staged)
@@ -249,18 +249,21 @@ def _read_stream(path: Path, exclude: list[tuple[int, int]], batch_rows: int) ->
     """A lake file's batches in id order, without the rows whose time falls in `exclude` ranges (µs)."""
     # Page checksums verified: a damaged input fails the merge instead of being copied into a
     # new file whose own checksums would then vouch for the wrong values.
-    with pq.ParquetFile(path, page_checksum_verification=True) as pf:
-        for batch in pf.iter_batches(batch_size=batch_rows, use_threads=False):
-            batch = pa.RecordBatch.from_arrays(batch.columns, schema=TRADES_SCHEMA)
-            if exclude:
-                t = batch.column(5).cast(pa.int64())
-                drop = None
-                for lo, hi in exclude:
-                    m = pc.and_(pc.greater_equal(t, lo), pc.less(t, hi))
-                    drop = m if drop is None else pc.or_(drop, m)
-                batch = batch.filter(pc.invert(drop))
-            if batch.num_rows:
-                yield batch
+    try:
+        with pq.ParquetFile(path, page_checksum_verification=True) as pf:
+            for batch in pf.iter_batches(batch_size=batch_rows, use_threads=False):
+                batch = pa.RecordBatch.from_arrays(batch.columns, schema=TRADES_SCHEMA)
+                if exclude:
+                    t = batch.column(5).cast(pa.int64())
+                    drop = None
+                    for lo, hi in exclude:
+                        m = pc.and_(pc.greater_equal(t, lo), pc.less(t, hi))
+                        drop = m if drop is None else pc.or_(drop, m)
+                    batch = batch.filter(pc.invert(drop))
+                if batch.num_rows:
+                    yield batch
+    except (OSError, pa.ArrowException) as exc:
+        raise DamagedLakeFile(str(path), f"unreadable ({exc}); nothing merged") from exc
 
 
 def _day_range_us(first: date, last: date) -> tuple[int, int]:

@@ -92,6 +92,12 @@ class LakeValidationError(PipelineError):
     kind = "lake validation failed"
 
 
+class DamagedLakeFile(LakeValidationError):
+    """A lake or staged file that cannot be read (unreadable footer, a page failing its checksum)."""
+
+    kind = "damaged lake file"
+
+
 class LakeConflict(PipelineError):
     """Merging would give a day two sources or a trade id twice: refused, the lake unchanged."""
 

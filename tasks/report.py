@@ -57,6 +57,9 @@ class PipelineReport:
     features: list[FeatureResult] = field(default_factory=list)
     repairs: list[RepairResult] = field(default_factory=list)  # damaged lake files rebuilt, or not (validate step)
     upkeep_errors: list[str] = field(default_factory=list)  # merge, optimize, gaps or cleanup refused
+    #: Symbols whose merge met a damaged lake file and waits for the validate step's repair:
+    #: symbol -> the merge's error, which becomes an upkeep error unless the repair succeeds.
+    deferred_merges: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what the calling flow wants said (e.g. late days)
     #: Wall-clock span of each stage, (first start, last end) in epoch seconds. Stages overlap:
     #: conversion starts while downloads run, and validate, gaps and features run together
@@ -140,6 +143,7 @@ class PipelineReport:
         self.features.extend(other.features)
         self.repairs.extend(other.repairs)
         self.upkeep_errors.extend(other.upkeep_errors)
+        self.deferred_merges.update(other.deferred_merges)
         self.notes.extend(other.notes)
         for name, (a, b) in other.stages.items():
             mine = self.stages.get(name)

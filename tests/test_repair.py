@@ -13,6 +13,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import pyarrow.dataset as ds
 import pytest
 
 from tasks.archive_spec import ArchiveSpec
@@ -203,3 +204,31 @@ def test_pipeline_names_the_loss_then_re_downloads_repairs_and_recomputes_featur
     assert feat.reason == "a lake file was repaired (rebuilt from its archives)"
     assert read_feature(data, "spot", "BTCUSDT", feature).equals(bars)
     assert [g.days_in_lake for g in report.gap_reports] == [2]
+
+
+@pytest.mark.slow
+def test_a_new_day_waits_for_the_repair_of_a_truncated_file_and_the_run_succeeds(
+    prefect_api: str, dask_address: str, fake_archive: FakeArchive, tmp_path: Path
+) -> None:
+    """The merge meets an unreadable lake file: it leaves the symbol to the validate step, whose
+    repair rebuilds the file and merges the new day with it; the run ends Completed."""
+    from tests.test_flow_e2e import run
+
+    fa = fake_archive
+    for d in (1, 2):
+        publish_day(fa, "spot", "BTCUSDT", date(2024, 1, d), 3000, 1 + 3000 * (d - 1), d)
+    data = tmp_path / "data"
+    common: dict[str, Any] = {"market": "spot", "symbols": ("BTCUSDT",), "granularity": "daily",
+                              "start": date(2024, 1, 1), "row_group_rows": 1000, "features": ()}
+    state, _ = run(fa, data, dask_address, end=date(2024, 1, 2), **common)
+    assert state.is_completed(), state.message
+    [path] = lake_files(data, "spot", "BTCUSDT")
+    os.truncate(path, path.stat().st_size // 2)
+    publish_day(fa, "spot", "BTCUSDT", date(2024, 1, 3), 3000, 6001, 3)
+    state, report = run(fa, data, dask_address, end=date(2024, 1, 3), **common)
+    assert state.is_completed(), state.message
+    assert report.upkeep_errors == [] and report.deferred_merges == {}
+    assert "waited for the repair of a damaged file" in report.summary()
+    assert [p.name for p in lake_files(data, "spot", "BTCUSDT")] == ["2024-01-01_2024-01-03.parquet"]
+    ids = ds.dataset(data / "lake" / "trades", partitioning="hive").to_table(columns=["trade_id"])["trade_id"]
+    assert ids.to_pylist() == list(range(1, 9001))
