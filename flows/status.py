@@ -15,8 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
-from tasks.gaps import report_path
+from tasks.archive_spec import Market
+from tasks.gaps import quarantined, report_path
 from tasks.lake import coverage, lake_inventory, staged_inventory
 from tasks.settings import CliParser
 
@@ -70,6 +72,11 @@ def symbol_status(data_dir: Path, market: str, symbol: str, today: date) -> Symb
         n = (yesterday - last).days
         nxt = f"{n} day{'s' if n > 1 else ''}: {last + timedelta(days=1)}..{yesterday}"
     gaps, problems = _gap_summary(data_dir, market, symbol)
+    # Refused archives whose days the lake does not hold, even when no gap report was written since.
+    refused = {v["archive"] for d, v in quarantined(data_dir, cast(Market, market), symbol).items() if d not in days}
+    if refused:
+        gaps += f"; {len(refused)} archive{'s' if len(refused) > 1 else ''} refused (see quarantine/)"
+        problems = max(problems, len(refused))
     return SymbolStatus(
         market, symbol, len(entries), len(days), first, last,
         rows=sum(s.rows for e in entries for s in e.sources),

@@ -226,6 +226,10 @@ def test_a_poison_pill_archive_is_quarantined_and_later_days_still_merge(tmp_pat
     assert merge_refusal(daily(3), "c" * 64, tmp_path) is None
     gaps = gap_report(tmp_path, "spot", "BTCUSDT", day(1), day(4), set(), 3600.0)
     assert [r["day"] for r in gaps.refused] == [str(day(3))] and "trade ids" in gaps.refused[0]["reason"]
+    from flows.status import symbol_status
+
+    status = symbol_status(tmp_path, "spot", "BTCUSDT", day(5))
+    assert "1 archive refused" in status.gaps and status.problems >= 1
     assert before != digest(tmp_path)
 
 
