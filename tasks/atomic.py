@@ -233,7 +233,7 @@ def swap_folder(
             folder.parent.mkdir(parents=True, exist_ok=True)
             os.rename(new_set, folder)
         else:
-            _exchange(new_set, folder)
+            _swap_in(data_dir, work, new_set, folder)
     except BaseException:
         for tmp, _ in written:
             tmp.unlink(missing_ok=True)
@@ -241,6 +241,40 @@ def swap_folder(
         raise
     fsync_dir(folder.parent)
     return SwapOutcome(_remove_tree(work))
+
+
+#: errno values of a filesystem without RENAME_EXCHANGE (NFS, older overlayfs, FUSE).
+_NO_EXCHANGE = frozenset({errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP})
+_warned_no_exchange = False
+
+
+def _swap_in(data_dir: Path, work: Path, new_set: Path, folder: Path) -> None:
+    """Exchange `new_set` with `folder`; on a filesystem without the exchange, two renames.
+
+    The fallback moves the live folder into the work folder, then the new set into place: a
+    reader may find the folder missing for that instant (never both sets), and a kill between
+    the two renames is finished by `recover_swaps` (the set is recorded and marked ready first).
+    """
+    global _warned_no_exchange
+    try:
+        _exchange(new_set, folder)
+        return
+    except OSError as exc:
+        if exc.errno not in _NO_EXCHANGE:
+            raise
+    if not _warned_no_exchange:
+        _warned_no_exchange = True
+        log.warning("%s: this filesystem has no atomic directory exchange (renameat2 RENAME_EXCHANGE); swaps "
+                    "use two renames, and a reader may briefly find a symbol's folder missing", folder)
+    write_bytes_atomic(work / _SWAP_DOC, json.dumps({"target": _rel(data_dir, folder)}).encode())
+    write_bytes_atomic(work / _SWAP_READY, b"")
+    old = work / "old"
+    os.rename(folder, old)
+    try:
+        os.rename(new_set, folder)
+    except BaseException:
+        os.rename(old, folder)  # the old set back in place: nothing changed
+        raise
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -9,6 +9,7 @@ operation, with nothing flushed or cleaned up. KILL_AT=0 runs to the end and pri
 number of operations counted, so a test learns the matrix's size (several data dirs, one
 after the other, are for re-runs: one process instead of one each). Every step first does
 what a run does under the data dir's lock: finish or undo left swaps, sweep temporaries.
+KILL_NO_EXCHANGE=1 runs as on a filesystem without the atomic directory exchange.
 """
 
 from __future__ import annotations
@@ -55,6 +56,15 @@ def main() -> None:
     from tasks.settings import ConvertOptions
 
     options = ConvertOptions(row_group_rows=1000)
+    if os.environ.get("KILL_NO_EXCHANGE"):  # a filesystem without renameat2(RENAME_EXCHANGE), as NFS
+        import errno
+
+        import tasks.atomic
+
+        def no_exchange(a: Path, b: Path) -> None:
+            raise OSError(errno.EINVAL, "Invalid argument", str(a))
+
+        tasks.atomic._exchange = no_exchange  # type: ignore[assignment]
     count = _install(dirs[0], kill_at)  # KILL_AT=0: counts, never kills
     for data_dir in dirs:
         data = Path(data_dir)

@@ -1,6 +1,8 @@
 """The kill matrix: SIGKILL a real process at every rename, link, unlink and exchange of a
 download commit, a conversion, a merge swap (fresh, append, new file, back-fill) and a
-features swap (first, extend, recompute).
+features swap (first, extend, recompute); and of an append and an extension on a
+filesystem without the atomic directory exchange (two renames: readers may find no folder
+for a moment, never a mixed set).
 
 After each kill, before any re-run, a reader of the documented paths sees the old set or
 the new set of the symbol's files, byte for byte, and no archive's rows are missing. Then
@@ -45,8 +47,11 @@ LAKE = "lake/trades/market=spot/symbol=BTCUSDT"
 BARS = "features/ema_dollar_imbalance/market=spot/symbol=BTCUSDT"
 
 
-def driver(step: str, dirs: list[Path], args: list[str], kill_at: int = 0) -> subprocess.CompletedProcess[str]:
+def driver(step: str, dirs: list[Path], args: list[str], kill_at: int = 0, no_exchange: bool = False
+           ) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO), KILL_AT=str(kill_at))
+    if no_exchange:
+        env["KILL_NO_EXCHANGE"] = "1"
     return subprocess.run([sys.executable, "-m", "tests.kill_driver", step, os.pathsep.join(map(str, dirs)), *args],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
@@ -74,6 +79,7 @@ class Scenario:
     step: str
     prepare: Callable[[Path, FakeArchive], list[str]]  # builds the state before the step; returns its args
     folder: str  # the folder the step changes (in the readers' paths: exactly the old or the new set)
+    no_exchange: bool = False  # as on a filesystem without RENAME_EXCHANGE: two renames, a moment of neither
 
 
 def _merge_state(days: list[int], target: int, then: list[int]) -> Callable[[Path, FakeArchive], list[str]]:
@@ -128,6 +134,9 @@ SCENARIOS = {
     "features-first": Scenario("features", _features_state([1, 2], None, [], FEATURE), BARS),
     "features-extend": Scenario("features", _features_state([1, 2], FEATURE, [3], FEATURE), BARS),
     "features-recompute": Scenario("features", _features_state([1, 2], FEATURE, [], CHANGED), BARS),
+    "merge-append-no-exchange": Scenario("merge", _merge_state([1, 2], BIG, [3]), LAKE, no_exchange=True),
+    "features-extend-no-exchange": Scenario("features", _features_state([1, 2], FEATURE, [3], FEATURE), BARS,
+                                            no_exchange=True),
 }
 
 
@@ -139,7 +148,7 @@ def test_kill_at_every_file_operation(name: str, tmp_path: Path, fake_archive: F
     args = sc.prepare(before, fake_archive)
     clean = tmp_path / "clean"
     shutil.copytree(before, clean, symlinks=True)
-    run = driver(sc.step, [clean], args)
+    run = driver(sc.step, [clean], args, no_exchange=sc.no_exchange)
     assert run.returncode == 0, run.stderr
     ops = json.loads(run.stdout.splitlines()[-1])["operations"]
     assert ops >= 1, ops
@@ -154,18 +163,19 @@ def test_kill_at_every_file_operation(name: str, tmp_path: Path, fake_archive: F
     for k in range(1, ops + 1):
         data = work / f"data-{k}"
         shutil.copytree(before, data, symlinks=True)
-        killed = driver(sc.step, [data], args, kill_at=k)
+        killed = driver(sc.step, [data], args, kill_at=k, no_exchange=sc.no_exchange)
         assert killed.returncode == -signal.SIGKILL, (k, killed.returncode, killed.stderr[-2000:])
         # What a reader sees now, before any re-run.
         seen = visible(data, sc.folder)
         want_old = {p: h for p, h in old[sc.folder.split("/")[0]].items() if p.startswith(sc.folder)}
         want_new = {p: h for p, h in new[sc.folder.split("/")[0]].items() if p.startswith(sc.folder)}
         if sc.folder in (LAKE, BARS):  # the readers' paths; downloads and staging are internal
-            assert seen in (want_old, want_new), f"kill at op {k}/{ops}: readers see a mixed set {sorted(seen)}"
+            allowed = (want_old, want_new, {}) if sc.no_exchange else (want_old, want_new)
+            assert seen in allowed, f"kill at op {k}/{ops}: readers see a mixed set {sorted(seen)}"
         for s in subs:  # elsewhere, every committed file is whole: as before the step or as after it
             for p, h in visible(data, s).items():
                 assert h in (old[s].get(p), new[s].get(p)), f"kill at op {k}: {p} is neither old nor new"
-        if sc.step == "merge" and seen == want_old:  # the lake as it was: no staged archive may be gone
+        if sc.step == "merge" and seen in (want_old, {}):  # the lake not yet new: no staged archive may be gone
             assert old["staging"].items() <= visible(data, "staging").items(), f"kill at op {k}: rows lost"
         if sc.folder == LAKE and seen:  # the three readers the README documents agree
             ids = ds.dataset(data / "lake" / "trades", format="parquet", partitioning="hive").to_table(
@@ -184,11 +194,11 @@ def test_kill_at_every_file_operation(name: str, tmp_path: Path, fake_archive: F
         moved.append(target)
 
     originals = {p: everything(p) for p in moved}
-    rerun = driver(sc.step, copies, args)
+    rerun = driver(sc.step, copies, args, no_exchange=sc.no_exchange)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     for p in moved:  # the run on a copy touched nothing of the original
         assert everything(p) == originals[p], f"the run on a copy changed {p}"
-    rerun = driver(sc.step, moved, args)
+    rerun = driver(sc.step, moved, args, no_exchange=sc.no_exchange)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     for p in [*moved, *copies]:
         for s in subs:
