@@ -196,9 +196,10 @@ def swap_folder(
     Killed before 3, the live folder is untouched and `recover_swaps` deletes the work folder;
     killed after, it deletes the superseded set. A folder's first set has nothing to exchange
     with: its work folder records the target (relative to the data dir) and, once the set is
-    complete, a `ready` mark; recovery moves a ready set into place. A superseded file that cannot be deleted
-    (immutable, permissions) stays in the work folder, out of readers' paths, and is named in
-    the outcome; the next run tries again.
+    complete, a `ready` mark; recovery moves a ready set into place (so does a filesystem
+    without the exchange, `_swap_in`). A superseded file that cannot be deleted (immutable,
+    permissions) stays in the work folder, out of readers' paths, and is named in the
+    outcome; the next run tries again.
     """
     written = list(written)
     removed = {p.name for p in remove}
