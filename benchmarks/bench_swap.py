@@ -53,17 +53,26 @@ def _sets(scratch: Path) -> list[dict[str, Path]]:
     return [halves, whole]
 
 
-def _per_file_swap(data_dir: Path, folder: Path, files: dict[str, Path]) -> None:
-    """The journalled per-file swap as it was (fsyncs included): journal, renames, then unlinks."""
-    from tasks.atomic import fsync_dir, fsync_file, temp_path_for, write_bytes_atomic
+def _stage(folder: Path, files: dict[str, Path]) -> tuple[list[Path], list[tuple[Path, Path]]]:
+    """The folder's committed files now, and the next set's files linked in as hidden temporaries."""
+    from tasks.atomic import temp_path_for
 
     old = [p for p in folder.iterdir() if p.name.endswith(".parquet") and not p.name.startswith(".")]
-    moves = []
+    written = []
     for name, src in files.items():
         tmp = temp_path_for(folder / name)
         os.link(src, tmp)
+        written.append((tmp, folder / name))
+    return old, written
+
+
+def _per_file_swap(data_dir: Path, folder: Path, files: dict[str, Path]) -> None:
+    """The journalled per-file swap as it was (fsyncs included): journal, renames, then unlinks."""
+    from tasks.atomic import fsync_dir, fsync_file, write_bytes_atomic
+
+    old, moves = _stage(folder, files)
+    for tmp, _ in moves:
         fsync_file(tmp)
-        moves.append((tmp, folder / name))
     journal = folder / ".compact-journal.json"
     write_bytes_atomic(journal, json.dumps({"moves": [[str(a), str(b)] for a, b in moves],
                                             "remove": [str(p) for p in old]}).encode())
@@ -78,14 +87,10 @@ def _per_file_swap(data_dir: Path, folder: Path, files: dict[str, Path]) -> None
 
 
 def _exchange_swap(data_dir: Path, folder: Path, files: dict[str, Path]) -> None:
-    from tasks.atomic import swap_folder, temp_path_for
+    """`tasks.atomic.swap_folder`: the next set built beside the folder, then exchanged with it."""
+    from tasks.atomic import swap_folder
 
-    old = [p for p in folder.iterdir() if p.name.endswith(".parquet") and not p.name.startswith(".")]
-    written = []
-    for name, src in files.items():
-        tmp = temp_path_for(folder / name)
-        os.link(src, tmp)
-        written.append((tmp, folder / name))
+    old, written = _stage(folder, files)
     swap_folder(data_dir, folder, written, [p for p in old if p.name not in files])
 
 
