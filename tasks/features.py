@@ -40,7 +40,7 @@ from tasks.archive_spec import check_symbol, range_file_name
 from tasks.atomic import swap_folder, temp_path_for
 from tasks.bars import BARS_SCHEMA, BarSpec, BarState, process_chunk
 from tasks.errors import LakeValidationError
-from tasks.lake import LakeEntry, lake_inventory
+from tasks.lake import LakeEntry, lake_inventory, range_files, range_of
 from tasks.read_ahead import read_ahead
 from tasks.repair import refuse_damaged_lake, repair_count
 
@@ -48,7 +48,6 @@ FEATURE_METADATA_KEY = b"binance_lake.features"
 # Whole-name patterns (`\Z`, not `$`, which matches before a trailing newline; `[0-9]`, not
 # `\d`, which matches any Unicode digit): see tasks/archive_spec.py.
 _NAME_RE = re.compile(r"\A[a-z0-9_]{1,64}\Z")
-_PART_RE = re.compile(r"\A([0-9]{4}-[0-9]{2}-[0-9]{2})_([0-9]{4}-[0-9]{2}-[0-9]{2})\.parquet\Z")
 #: A `--features` spec longer than this is refused (the longest useful one is about 300).
 MAX_SPEC_CHARS = 1000
 _DAY_US = 86_400_000_000
@@ -170,9 +169,7 @@ class FeatureResult:
 
 
 def _parts(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and _PART_RE.match(p.name))
+    return range_files(folder)  # named like lake files, by the days of the trades they consumed
 
 
 def _part_meta(path: Path) -> dict[str, Any]:
@@ -290,10 +287,9 @@ def _consolidate(data_dir: Path, folder: Path) -> None:
     parts = _parts(folder)
     meta = _part_meta(parts[-1])
     table = pa.concat_tables(pq.read_table(p).cast(BARS_SCHEMA) for p in parts)
-    first = _PART_RE.match(parts[0].name)
-    last = _PART_RE.match(parts[-1].name)
+    first, last = range_of(parts[0].name), range_of(parts[-1].name)
     assert first is not None and last is not None
-    out = folder / range_file_name(date.fromisoformat(first[1]), date.fromisoformat(last[2]))
+    out = folder / range_file_name(first[0], last[1])
     tmp = _write_part(out, table, {**meta, "bars": table.num_rows, "consolidated_parts": len(parts)})
     swap_folder(data_dir, folder, [(tmp, out)], parts)
 

@@ -53,8 +53,9 @@ def read_sources(path: Path) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def _range_of(name: str) -> tuple[date, date] | None:
-    """The days a `<first>_<last>.parquet` name covers, or None for any other name (or impossible dates)."""
+def range_of(name: str) -> tuple[date, date] | None:
+    """The days a `<first>_<last>.parquet` name covers (lake, staging and feature files alike),
+    or None for any other name (or impossible dates)."""
     m = _FILE_NAME.match(name)
     if m is None:
         return None
@@ -69,7 +70,7 @@ def range_files(folder: Path) -> list[Path]:
     """Committed `<first>_<last>.parquet` files of a folder (temporary files are dot-prefixed and skipped)."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and _range_of(p.name) is not None)
+    return sorted(p for p in folder.iterdir() if p.is_file() and range_of(p.name) is not None)
 
 
 def lake_files(data_dir: Path, market: str, symbol: str) -> list[Path]:
@@ -81,7 +82,7 @@ def inventory(paths: list[Path]) -> list[LakeEntry]:
     """Each `<first>_<last>.parquet` file with the sources recorded in its footer, sorted by first day."""
     entries = []
     for path in paths:
-        days = _range_of(path.name)
+        days = range_of(path.name)
         assert days is not None
         first, last = days
         try:
@@ -138,7 +139,7 @@ def lake_source(spec: ArchiveSpec, sha256: str, data_dir: Path) -> tuple[Path, d
     Only the files whose day range (read from their names) covers the archive are opened.
     """
     for path in lake_files(data_dir, spec.market, spec.symbol):
-        days = _range_of(path.name)
+        days = range_of(path.name)
         assert days is not None
         if days[0] <= spec.first_day and spec.last_day <= days[1]:
             doc = _source_doc(path, spec, sha256)

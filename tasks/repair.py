@@ -29,7 +29,6 @@ by bars of fewer trades, and recomputes the bars when the repair count moved
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -43,11 +42,10 @@ from tasks.convert import convert_archive
 from tasks.download import local_archives, stored_checksum
 from tasks.errors import ChecksumMismatch, LakeValidationError, PipelineError, describe
 from tasks.ingest import SymbolValidation, sha256_of, validate_symbol
-from tasks.lake import LakeEntry, SourceRef, lake_files, lake_sources, read_sources, staging_holds
+from tasks.lake import LakeEntry, SourceRef, lake_files, lake_sources, range_of, read_sources, staging_holds
 from tasks.settings import ConvertOptions
 from tasks.validate import ExpectedFile, VerifiedFile, validate_parquet_file
 
-_RANGE_NAME = re.compile(r"\A([0-9]{4}-[0-9]{2}-[0-9]{2})_([0-9]{4}-[0-9]{2}-[0-9]{2})\.parquet\Z")
 #: Rebuilt files kept in the record's history (the count covers all of them).
 _HISTORY = 50
 _GRANULARITIES: tuple[Granularity, ...] = ("monthly", "daily")
@@ -144,7 +142,7 @@ def _load_record(data_dir: Path, market: str, symbol: str) -> dict[str, Any]:
 def _still_there(data_dir: Path, market: str, symbol: str, entry: dict[str, Any]) -> Path | None:
     """The lake file a record entry names, if it is still the same file (size and mtime)."""
     name = entry.get("file")
-    if not isinstance(name, str) or not _RANGE_NAME.fullmatch(name):
+    if not isinstance(name, str) or range_of(name) is None:
         return None
     path = next((p for p in lake_files(data_dir, market, symbol) if p.name == name), None)
     if path is None:
@@ -218,12 +216,6 @@ def _spec_of(market: Market, symbol: str, doc: dict[str, Any]) -> ArchiveSpec | 
         return None
     spec = parse_archive_name(market, cast(Granularity, granularity), key.rsplit("/", 1)[-1])
     return spec if spec is not None and spec.key == key and spec.symbol == symbol else None
-
-
-def _day_range(name: str) -> tuple[date, date]:
-    m = _RANGE_NAME.fullmatch(name)
-    assert m is not None
-    return date.fromisoformat(m[1]), date.fromisoformat(m[2])
 
 
 def _days_text(days: Sequence[date]) -> str:
@@ -335,7 +327,9 @@ def repair_symbol(
                 continue
             plans[path] = (sources, "footer", "")
         else:
-            first, last = _day_range(path.name)
+            days = range_of(path.name)
+            assert days is not None  # a lake file's name
+            first, last = days
             sources, uncovered = _kept_in_range(data_dir, market, symbol, first, last)
             if not sources:
                 unrepaired.append(Unrepaired(path.name, reasons[path], "its footer is unreadable and no kept "
