@@ -44,6 +44,10 @@ def month_end(day: date) -> date:
     return day.replace(day=calendar.monthrange(day.year, day.month)[1])
 
 
+#: The file beside a refused archive's quarantine path that says why it was refused.
+QUARANTINE_NOTE_SUFFIX = ".reason.json"
+
+
 @dataclass(frozen=True, order=True)
 class ArchiveSpec:
     """One published trades archive: a (market, symbol) day or month."""
@@ -121,6 +125,10 @@ class ArchiveSpec:
     def quarantine_zip(self, data_dir: Path) -> Path:
         """Where a refused archive is kept for inspection: `<data_dir>/quarantine/<key>`."""
         return data_dir / "quarantine" / self.key
+
+    def quarantine_note(self, data_dir: Path) -> Path:
+        """Why the archive was refused (a download or a merge): `<data_dir>/quarantine/<key>.reason.json`."""
+        return data_dir / "quarantine" / (self.key + QUARANTINE_NOTE_SUFFIX)
 
     def lake_dir(self, data_dir: Path) -> Path:
         """`<data_dir>/lake/trades/market=<m>/symbol=<S>`."""

@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks.archive_spec import Market, lake_symbol_dir, range_file_name
+from tasks.archive_spec import Market, lake_symbol_dir, parse_archive_name, range_file_name
 from tasks.atomic import SwapOutcome, fsync_dir, recover_swaps, swap_folder, temp_path_for, write_bytes_atomic
 from tasks.digest_nb import DAY_US, day_runs
 from tasks.errors import DamagedLakeFile, LakeConflict, LakeValidationError, TradeIdCollision
@@ -641,8 +641,6 @@ def quarantine_staged(
     convert it again while this record names its sha256, so it is reported as refused by
     every run until Binance re-publishes it (a new checksum) or the record is deleted.
     """
-    from tasks.archive_spec import parse_archive_name
-
     src = entry.sources[0]
     spec = parse_archive_name(market, "monthly" if src.granularity == "monthly" else "daily",
                               src.archive.rsplit("/", 1)[-1])
@@ -650,8 +648,7 @@ def quarantine_staged(
         raise cause
     note = {"archive": src.archive, "sha256": src.sha256, "kind": "lake conflict",
             "reason": f"{reason}; not merged (the merge went on without it)"}
-    record = spec.quarantine_zip(data_dir).with_name(spec.quarantine_zip(data_dir).name + ".reason.json")
-    write_bytes_atomic(record, json.dumps(note, indent=2).encode())
+    write_bytes_atomic(spec.quarantine_note(data_dir), json.dumps(note, indent=2).encode())
     entry.path.unlink(missing_ok=True)
     fsync_dir(entry.path.parent)
     return src.archive, note["reason"]

@@ -189,16 +189,14 @@ def _quarantine(tmp: Path, spec: ArchiveSpec, data_dir: Path, reason: str, got: 
     with atomic_path(dest) as q:  # another folder: moved in under a temporary name, then committed
         tmp.replace(q)
     note = {"archive": spec.key, "reason": reason, "sha256": got, "published_sha256": expected}
-    write_bytes_atomic(dest.with_name(dest.name + ".reason.json"), json.dumps(note, indent=2).encode())
+    write_bytes_atomic(spec.quarantine_note(data_dir), json.dumps(note, indent=2).encode())
 
 
 def _note_oversized(spec: ArchiveSpec, data_dir: Path, url: str, reason: str, listed: int | None) -> None:
     """Record why an oversized body was refused; the body itself is not kept (it could be any size)."""
-    dest = spec.quarantine_zip(data_dir)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     note = {"archive": spec.key, "url": url, "reason": f"{OversizedResponse.kind}: {reason}",
             "listed_bytes": listed, "body_kept": False}
-    write_bytes_atomic(dest.with_name(dest.name + ".reason.json"), json.dumps(note, indent=2).encode())
+    write_bytes_atomic(spec.quarantine_note(data_dir), json.dumps(note, indent=2).encode())
 
 
 def local_archives(data_dir: Path, spec_folder_key: str) -> list[Path]:

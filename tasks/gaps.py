@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from tasks.archive_spec import MARKET_PATH, Market, parse_archive_name
+from tasks.archive_spec import MARKET_PATH, QUARANTINE_NOTE_SUFFIX, Market, parse_archive_name
 from tasks.atomic import write_bytes_atomic
 from tasks.lake import coverage, lake_inventory, staged_inventory
 from tasks.plan import days_between
@@ -159,12 +159,12 @@ def quarantined(data_dir: Path, market: Market, symbol: str) -> dict[date, dict[
     out: dict[date, dict[str, str]] = {}
     for granularity in ("daily", "monthly"):
         folder = data_dir / "quarantine" / "data" / MARKET_PATH[market] / granularity / "trades" / symbol
-        for reason_file in sorted(folder.glob("*.reason.json")) if folder.is_dir() else []:
+        for reason_file in sorted(folder.glob("*" + QUARANTINE_NOTE_SUFFIX)) if folder.is_dir() else []:
             try:
                 doc = json.loads(reason_file.read_text())
             except (OSError, ValueError):
                 doc = {}
-            name = reason_file.name.removesuffix(".reason.json")
+            name = reason_file.name.removesuffix(QUARANTINE_NOTE_SUFFIX)
             spec = parse_archive_name(market, granularity, name)
             if spec is None:
                 continue

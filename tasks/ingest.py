@@ -96,7 +96,7 @@ def merge_refusal(spec: ArchiveSpec, sha256: str, data_dir: Path) -> TradeIdColl
     Such an archive (its trade ids collide with other days, `tasks.compact.quarantine_staged`)
     is not converted again: each run would only refuse it again, after the cost of a conversion.
     """
-    record = spec.quarantine_zip(data_dir).with_name(spec.quarantine_zip(data_dir).name + ".reason.json")
+    record = spec.quarantine_note(data_dir)
     try:
         doc = json.loads(record.read_text())
     except (OSError, ValueError):
