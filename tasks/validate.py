@@ -262,12 +262,7 @@ def _decode_columns(pf: pq.ParquetFile, rg: int, names: list[str], keep: set[str
 
 def _unreadable_columns(pf: pq.ParquetFile, rg: int, names: list[str], exc: BaseException) -> list[str]:
     """Which columns of a row group that failed to read are damaged, one problem each (rare: failures only)."""
-    found = []
-    for name in names:
-        try:
-            pf.read_row_group(rg, columns=[name], use_threads=False)
-        except (OSError, pa.ArrowException) as col_exc:
-            found.append(f"row group {rg} column {name} unreadable: {col_exc}")
+    _, found = _decode_columns(pf, rg, names, keep=set())
     return found or [f"row group {rg} unreadable: {exc}"]
 
 
