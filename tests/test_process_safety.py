@@ -16,8 +16,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -36,6 +34,8 @@ from tasks.features import FeatureResult
 from tasks.prefect_cache import SERIALIZER_TYPE, LakeJSONSerializer, decode, encode, vet_record
 from tests.conftest import REPO
 from tests.fake_archive import FakeArchive, publish_day
+from tests.test_infra import tree
+from tests.test_runtime import http_status
 
 GUARD = REPO / "flows" / "run_guard.py"
 DAYS = 2
@@ -64,14 +64,6 @@ def cli(fa: FakeArchive, data: Path, env: dict[str, str], log: Path, *extra: str
 def publish(fa: FakeArchive) -> None:
     for i in range(DAYS):
         publish_day(fa, "spot", "BTCUSDT", date(2024, 1, 1) + timedelta(days=i), ROWS, 1 + i * ROWS, i)
-
-
-def tree(pid: int) -> list[psutil.Process]:
-    try:
-        proc = psutil.Process(pid)
-        return [proc, *proc.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
 
 
 def running(proc: psutil.Process) -> bool:
@@ -111,18 +103,6 @@ def leftovers(folder: Path) -> list[str]:
 def port_closed(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) != 0
-
-
-def http_status(port: int, path: str) -> int | str:
-    """The HTTP status a loopback port answers for `path` (or why it does not answer)."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(f"http://127.0.0.1:{port}{path}", timeout=2) as answer:
-            return int(answer.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (urllib.error.URLError, OSError) as exc:
-        return type(exc).__name__
 
 
 # --- the guard alone (fast) -----------------------------------------------------------------

@@ -26,6 +26,7 @@ def listening(procs: list[psutil.Process]) -> set[tuple[str, int]]:
 
 
 def http_status(port: int, path: str) -> int | str:
+    """The HTTP status a loopback port answers for `path` (or why it does not answer)."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
