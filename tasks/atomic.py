@@ -325,7 +325,11 @@ def recover_swaps(data_dir: Path) -> tuple[int, list[str]]:
             left = _remove_tree(work) if work.is_dir() and not work.is_symlink() else _unlink(work)
             if left:
                 problems.append(left)
-    for journal in sorted(data_dir.glob(f"*/**/{LEGACY_JOURNAL_NAME}")):
+    # Only the folders the per-file swap wrote (a symbol's lake files, a feature's parts): a walk
+    # of the whole data dir would list every downloaded archive at every start.
+    legacy = [*data_dir.glob(f"lake/*/market=*/symbol=*/{LEGACY_JOURNAL_NAME}"),
+              *data_dir.glob(f"features/*/market=*/symbol=*/{LEGACY_JOURNAL_NAME}")]
+    for journal in sorted(legacy):
         count += _recover_legacy_journal(journal.parent)
     return count, problems
 
