@@ -26,8 +26,8 @@ from prefect.logging import get_run_logger
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from flows.full_pipeline import print_validation_error, run_pipeline
-from flows.runtime import dask_runner, default_dask_runner, server_template, shared_api_server
+from flows.full_pipeline import INTERRUPTED, print_validation_error, run_pipeline
+from flows.runtime import Interrupted, dask_runner, default_dask_runner, server_template, shared_api_server
 from tasks.archive_spec import Market
 from tasks.datadir import open_data_dir
 from tasks.errors import DataDirRefused, TemporaryServerFailed, describe
@@ -157,12 +157,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataDirRefused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    interrupted = Interrupted(INTERRUPTED)
     try:
-        with shared_api_server(server_template(data_dir)):
+        with interrupted, shared_api_server(server_template(data_dir)):
             state = daily_update.with_options(task_runner=dask_runner(probe))(**kwargs, return_state=True)
     except TemporaryServerFailed as exc:
         print(f"error: {describe(exc)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        interrupted.announce()
+        return 130
     result = state.result(raise_on_failure=False)
     report = result.report if isinstance(result, RunFailed) else result
     if isinstance(report, PipelineReport):

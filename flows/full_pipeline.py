@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from flows.runtime import (
+    Interrupted,
     check_workers_share,
     dask_runner,
     default_dask_runner,
@@ -633,6 +634,11 @@ def _given_settings(args: argparse.Namespace) -> dict[str, Any]:
     return given
 
 
+#: What a CLI says on Ctrl-C (exit 130): archives verified so far stay, and no half-written
+#: file is visible; the next run skips what landed and finishes or undoes a swap it finds.
+INTERRUPTED = "interrupted: what landed stays and nothing half-written is visible; run the same command to resume"
+
+
 def print_validation_error(exc: ValidationError | SettingsError, given: Collection[str] = ()) -> None:
     """One `error: ...` line on stderr naming each invalid argument or variable, its value and what is allowed."""
     if isinstance(exc, ValidationError):
@@ -662,13 +668,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     # Dask's INFO chatter (workers starting and stopping) would bury the run's own report.
     logging.getLogger("distributed").setLevel(logging.WARNING)
+    interrupted = Interrupted(INTERRUPTED)
     try:
-        with shared_api_server(server_template(data_dir)):
+        with interrupted, shared_api_server(server_template(data_dir)):
             state = full_pipeline.with_options(task_runner=dask_runner(settings))(settings=settings,
                                                                                   return_state=True)
     except TemporaryServerFailed as exc:
         print(f"error: {describe(exc)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        interrupted.announce()
+        return 130
     result = state.result(raise_on_failure=False)
     if isinstance(result, RunFailed):
         print(result.report.summary())

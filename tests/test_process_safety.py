@@ -24,6 +24,7 @@ from typing import Any
 
 import cloudpickle
 import psutil
+import pyarrow.dataset as ds
 import pytest
 
 from flows.runtime import RUN_DIR_PREFIX
@@ -416,6 +417,45 @@ def test_a_sigkilled_cli_leaves_nothing_running_nor_behind(
         assert ports, "the temporary server was not listening"
     assert leftovers(tmp) == [] and leftovers(home) == []
     print(f"{api}: {len(started)} processes gone and the run folder removed {elapsed:.2f} s after SIGKILL")
+
+
+@pytest.mark.slow
+def test_ctrl_c_exits_130_in_one_line_leaving_nothing_running_and_the_next_run_resumes(
+    fake_archive: FakeArchive, tmp_path: Path
+) -> None:
+    home, tmp, data, log = tmp_path / "home", tmp_path / "tmp", tmp_path / "data", tmp_path / "run.log"
+    home.mkdir()
+    tmp.mkdir()
+    publish(fake_archive)
+    fake_archive.inject(STALLED, "stall", delay=60)  # holds the run mid-download
+    args = [sys.executable, "-m", "flows.full_pipeline", "--symbols", "BTCUSDT", "--start", "2024-01-01",
+            "--end", f"2024-01-{DAYS:02d}", "--granularity", "daily", "--data-dir", str(data),
+            "--base-url", fake_archive.base_url, "--listing-url", fake_archive.listing_url]
+    with open(log, "wb") as out:  # its own process group, which a terminal's Ctrl-C signals as a whole
+        proc = subprocess.Popen(args, cwd=REPO, env=fresh_env(home, tmp), stdout=out, stderr=subprocess.PIPE,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(r.path.endswith(STALLED) for r in fake_archive.requests):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
+        started = [p for p in tree(proc.pid) if p.pid != proc.pid]
+        t0 = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=30)  # not minutes, as the stalled download's deadline would take
+        print(f"Ctrl-C mid-download: exit {proc.returncode} after {time.monotonic() - t0:.2f} s")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    ours = [line for line in err.decode().splitlines() if line.startswith("interrupted:")]
+    assert len(ours) == 1 and "Traceback" not in err.decode() + log.read_text(), err.decode()[-3000:]
+    assert wait_gone(started) == [] and leftovers(tmp) == []
+    fake_archive.clear_faults()
+    again = cli(fake_archive, data, fresh_env(home, tmp), log)
+    assert again.wait(timeout=300) == 0, log.read_text()[-3000:]
+    ids = ds.dataset(data / "lake" / "trades", partitioning="hive").to_table(columns=["trade_id"])["trade_id"]
+    assert sorted(ids.to_pylist()) == list(range(1, DAYS * ROWS + 1))
 
 
 @pytest.mark.slow
