@@ -6,12 +6,19 @@ Run ad hoc:  python -m flows.full_pipeline --market spot --symbols BTCUSDT --sta
 
 from __future__ import annotations
 
-import argparse
+import sys
+
+if __name__ == "__main__":
+    # The command line checks its arguments and launches the API server before this module's
+    # imports (seconds of Prefect, pyarrow, Dask, Numba), which it then imports by name.
+    from flows.cli import main
+
+    sys.exit(main())
+
 import hashlib
 import logging
 import queue
-import sys
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import date
 from functools import partial
 from pathlib import Path
@@ -24,11 +31,16 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import ValidationError
-from pydantic_settings import SettingsError
 
+from flows.api_server import TemporaryApiServer
+
+# The command line lives in flows.cli (it imports no Prefect); its names stay importable here.
+from flows.cli import INTERRUPTED as INTERRUPTED
+from flows.cli import build_parser as build_parser
+from flows.cli import main as main
+from flows.cli import print_validation_error as print_validation_error
+from flows.cli import settings_from_args as settings_from_args
 from flows.runtime import (
-    Interrupted,
     check_workers_share,
     dask_runner,
     default_dask_runner,
@@ -43,10 +55,8 @@ from tasks.datadir import open_data_dir
 from tasks.download import Published, local_archive_matches, local_archives, stored_checksum
 from tasks.errors import (
     DamagedLakeFile,
-    DataDirRefused,
     NotPublished,
     PipelineError,
-    TemporaryServerFailed,
     TransientNetworkError,
     describe,
 )
@@ -72,7 +82,7 @@ from tasks.prefect_tasks import (
 )
 from tasks.repair import damage_on_record, intact_sources, restore_specs
 from tasks.report import ArchiveOutcome, GapNote, PipelineReport, RunFailed
-from tasks.settings import ALL_STEPS, STEPS, CliParser, Settings, describe_settings_error
+from tasks.settings import Settings
 from tasks.warmup import warm_up_in_background
 
 #: Prefect's cache records for this lake, inside the data dir.
@@ -580,105 +590,16 @@ def _publish_artifacts(report: PipelineReport) -> None:
                              description="What this run changed in the lake: archives, files, gaps, features.")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line of `python -m flows.full_pipeline`."""
-    p = CliParser(
-        prog="python -m flows.full_pipeline",
-        description="Download Binance trade archives, verify their SHA-256, and land them in a Parquet lake "
-        "at <data-dir>/lake/trades/market=<m>/symbol=<S>/. Exits 1 if any archive was refused or failed.",
-    )
-    p.add_argument("--data-dir", required=True, type=Path, help="root of the lake, downloads and quarantine")
-    p.add_argument("--market", default="spot", choices=["spot", "um", "cm"],
-                   help="spot, um (USD-M futures) or cm (COIN-M futures); default spot")
-    p.add_argument("--symbols", nargs="+", required=True, help="one or more symbols, e.g. BTCUSDT ETHUSDT")
-    p.add_argument("--start", required=True, help="first day, YYYY-MM-DD (UTC, inclusive)")
-    p.add_argument("--end", required=True, help="last day, YYYY-MM-DD (UTC, inclusive)")
-    p.add_argument("--granularity", default="auto", choices=["daily", "monthly", "auto"],
-                   help="daily archives, monthly archives, or auto: monthly for whole published months and "
-                   "daily for the rest, never both for the same days (default)")
-    p.add_argument("--base-url", default=None, help="archive root (default https://data.binance.vision)")
-    p.add_argument("--listing-url", default=None,
-                   help="S3 listing endpoint (default https://s3-ap-northeast-1.amazonaws.com/data.binance.vision)")
-    p.add_argument("--concurrency", type=int, default=None, help="downloads in flight at once (default 8)")
-    p.add_argument("--steps", default=None,
-                   help=f"comma-separated subset of {','.join(ALL_STEPS)} (default {','.join(STEPS)}). Without "
-                   "download, archives already downloaded are converted; cleanup deletes downloaded archives "
-                   "whose rows are verified in the lake")
-    p.add_argument("--features", nargs="+", default=None, metavar="KIND[:FIELD=VALUE,...]",
-                   help="bar kinds to compute from the lake (default ema_dollar_imbalance), e.g. "
-                   "ema_dollar_imbalance:exp_num_ticks_init=5000,min_ticks=20 dollar:threshold=1e7,name=dollar_10m; "
-                   "kinds: ema_dollar_imbalance, ema_volume_imbalance, ema_tick_imbalance, ema_dollar_run, dollar, "
-                   "volume, tick")
-    p.add_argument("--target-file-bytes", type=int, default=None,
-                   help="lake files are packed up to this size (default 1073741824, 1 GiB)")
-    p.add_argument("--dask-address", default=None, help="an existing Dask scheduler (default: a local cluster)")
-    return p
+def run_from_cli(settings: Settings, data_dir: Path, early: TemporaryApiServer | None = None) -> int:
+    """The run of `python -m flows.full_pipeline` once its arguments are checked (`flows.cli.main`).
 
-
-def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
-    """Parse the command line into Settings (environment variables BINANCE_LAKE_* fill the rest)."""
-    return Settings(**_given_settings(build_parser().parse_args(argv)))
-
-
-def _given_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The Settings fields the command line gives (the others come from the environment)."""
-    given: dict[str, Any] = {
-        "data_dir": args.data_dir, "market": args.market, "symbols": tuple(args.symbols), "start": args.start,
-        "end": args.end, "granularity": args.granularity,
-    }
-    for name in ("base_url", "listing_url", "concurrency", "steps", "dask_address", "target_file_bytes",
-                 "features"):
-        value = getattr(args, name)
-        if value is not None:
-            given[name] = tuple(value) if isinstance(value, list) else value
-    return given
-
-
-#: What a CLI says on Ctrl-C (exit 130): archives verified so far stay, and no half-written
-#: file is visible; the next run skips what landed and finishes or undoes a swap it finds.
-INTERRUPTED = "interrupted: what landed stays and nothing half-written is visible; run the same command to resume"
-
-
-def print_validation_error(exc: ValidationError | SettingsError, given: Collection[str] = ()) -> None:
-    """One `error: ...` line on stderr naming each invalid argument or variable, its value and what is allowed."""
-    if isinstance(exc, ValidationError):
-        print(describe_settings_error(exc, given), file=sys.stderr)
-    else:  # the environment could not be read at all
-        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry: returns the exit status (0 all good, 1 archives refused or failed, 2 bad arguments).
-
-    Bad arguments or `BINANCE_LAKE_*` variables are refused in one line on stderr, with exit
-    status 2, before anything is created or any server started.
+    Prints the summary; returns the exit status: 0 all good, 1 an archive refused or failed.
+    `early`: the temporary API server `flows.cli` launched before the imports.
     """
-    given = _given_settings(build_parser().parse_args(argv))
-    try:
-        settings = Settings(**given)
-    except (ValidationError, SettingsError) as exc:
-        print_validation_error(exc, given)
-        return 2
-    try:
-        # Before any server starts, so a typo fails in a second; marked, since the server keeps
-        # its schema template in it.
-        data_dir = open_data_dir(settings.data_dir)
-    except DataDirRefused as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     # Dask's INFO chatter (workers starting and stopping) would bury the run's own report.
     logging.getLogger("distributed").setLevel(logging.WARNING)
-    interrupted = Interrupted(INTERRUPTED)
-    try:
-        with interrupted, shared_api_server(server_template(data_dir)):
-            state = full_pipeline.with_options(task_runner=dask_runner(settings))(settings=settings,
-                                                                                  return_state=True)
-    except TemporaryServerFailed as exc:
-        print(f"error: {describe(exc)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        interrupted.announce()
-        return 130
+    with shared_api_server(server_template(data_dir), early=early):
+        state = full_pipeline.with_options(task_runner=dask_runner(settings))(settings=settings, return_state=True)
     result = state.result(raise_on_failure=False)
     if isinstance(result, RunFailed):
         print(result.report.summary())
@@ -688,7 +609,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     print(f"run ended {state.name}: {result}", file=sys.stderr)
     return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -21,17 +21,9 @@ import logging
 import os
 import secrets
 import shutil
-import signal
-import socket
-import sqlite3
 import subprocess
-import sys
 import tempfile
-import threading
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -42,232 +34,27 @@ from prefect.settings import (
     PREFECT_API_URL,
     PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
     PREFECT_LOCAL_STORAGE_PATH,
-    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
-    get_current_settings,
     temporary_settings,
 )
 
-from tasks.atomic import commit, temp_path_for
-from tasks.errors import DataDirNotShared, TemporaryServerFailed
+# The temporary server and the Ctrl-C handler live in modules that import no Prefect (the
+# CLI uses them before its imports); their names are re-exported here, where they were.
+from flows.api_server import RUN_DIR_PREFIX as RUN_DIR_PREFIX
+from flows.api_server import SERVER_TEMPLATE as SERVER_TEMPLATE
+from flows.api_server import TemporaryApiServer, _guarded, _stop
+from flows.api_server import schema_template_ok as schema_template_ok
+from flows.api_server import server_template as server_template
+from flows.interrupt import INTERRUPT_GRACE_S as INTERRUPT_GRACE_S
+from flows.interrupt import Interrupted as Interrupted
+from tasks.errors import DataDirNotShared
 from tasks.settings import Settings
 
 log = logging.getLogger(__name__)
-
-#: The temporary server's empty, migrated database, kept in the data dir between runs.
-SERVER_TEMPLATE = Path(".prefect-server") / "template.db"
-#: A run's temporary folder is created under $TMPDIR with this prefix.
-RUN_DIR_PREFIX = "binance-lake-run-"
-_GUARD = Path(__file__).with_name("run_guard.py")
-#: uvicorn's exit status when it cannot bind its port: the server is retried on another one.
-_PORT_IN_USE = 3
-_PORT_ATTEMPTS = 5
-#: Seconds the temporary server may take to answer (or Prefect's setting, if larger). A fresh
-#: database is migrated at start (116 migrations in Prefect 3.9): measured 23-30 s on this
-#: 2-core machine under load, against 12-14 s for a migrated copy (the data dir's template),
-#: so Prefect's own 20 s default is too short for a first run.
-SERVER_START_TIMEOUT_S = 120.0
 
 
 def api_configured() -> bool:
     """True when runs report to a configured API (a server, Prefect Cloud or a test harness)."""
     return bool(PREFECT_API_URL.value())
-
-
-def _guarded(scratch: Path, command: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """Start `command` (or nothing) under flows/run_guard.py, tied to this process and `scratch`.
-
-    Its own session: a Ctrl-C in the terminal reaches the CLI only, which stops the server
-    once its last logs are sent.
-    """
-    args = [sys.executable, str(_GUARD), "--parent", str(os.getpid()), "--remove", str(scratch)]
-    if command:
-        args += ["--", *command]
-    return subprocess.Popen(args, env=env, start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    """SIGTERM `proc` (the guard passes it on), SIGKILL it if it is still there after `timeout`."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()  # the guard's child gets its parent-death signal
-            proc.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _healthy(api_url: str) -> bool:
-    # No proxy: the server is on loopback, and an HTTP(S)_PROXY of the environment must not see it.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(f"{api_url}/health", timeout=2) as answer:
-            return bool(answer.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-#: Tables a freshly started server fills itself: definitions of block types, not documents.
-_SYSTEM_TABLES = frozenset({"block_type", "block_schema", "block_schema_reference"})
-
-
-def schema_template_ok(path: Path) -> bool:
-    """True when `path` is a Prefect database holding a migrated schema and no data at all.
-
-    The template lives in the data dir, which this tool does not trust to hold code: a
-    database with rows (a block document, a deployment, an automation), triggers or views, or one
-    that fails SQLite's integrity check, is not used (and is rebuilt).
-    """
-    try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    except sqlite3.Error:
-        return False
-    try:
-        if con.execute("PRAGMA integrity_check").fetchone() != ("ok",):
-            return False
-        kinds = {k for (k,) in con.execute("SELECT DISTINCT type FROM sqlite_master")}
-        if not kinds <= {"table", "index"}:
-            return False
-        tables = [t for (t,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        if "alembic_version" not in tables:
-            return False
-        for table in tables:
-            rows = con.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
-            if table in _SYSTEM_TABLES:
-                continue  # the block types and schemas the server registers at every start
-            if rows != (1 if table == "alembic_version" else 0):
-                return False
-        return True
-    except sqlite3.Error:
-        return False
-    finally:
-        con.close()
-
-
-class TemporaryApiServer:
-    """A Prefect API server (uvicorn, no UI) on 127.0.0.1 for one run, under a guard.
-
-    Its home, SQLite database, memo store and local result storage are in `scratch`, never
-    in `~/.prefect` (Prefect's own `SubprocessASGIServer` uses the user's database, which
-    grew by about 1 MB per run). Settings the user set pass through, except these.
-
-    `template`: an empty, migrated database kept in the data dir. A fresh database runs
-    Prefect's 116 migrations at start (measured 16.1 s to the first answer, against 8.5 s
-    from a migrated copy, on this 2-core machine); the first run saves the template, later
-    runs start from a copy of it when `schema_template_ok` accepts it.
-    """
-
-    def __init__(self, scratch: Path, template: Path | None = None) -> None:
-        self.scratch = scratch
-        self.template = template
-        self.process: subprocess.Popen[bytes] | None = None
-        self.api_url = ""
-
-    @property
-    def database(self) -> Path:
-        return self.scratch / "prefect" / "prefect.db"
-
-    def _seed(self) -> bool:
-        """Start from the template if there is a good one; True if so."""
-        if self.template is None or not self.template.is_file():
-            return False
-        if not schema_template_ok(self.template):
-            log.warning("%s is not an empty Prefect database; not used, made again", self.template)
-            return False
-        self.database.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(self.template, self.database)
-        return True
-
-    def _save_template(self) -> None:
-        """Keep an empty copy of the freshly migrated database for later runs (best effort)."""
-        if self.template is None:
-            return
-        try:
-            self.template.parent.mkdir(parents=True, exist_ok=True)
-            tmp = temp_path_for(self.template)
-            try:
-                src = sqlite3.connect(f"file:{self.database}?mode=ro", uri=True)
-                dst = sqlite3.connect(tmp)
-                try:
-                    src.backup(dst)  # consistent even while the server writes (WAL)
-                    dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file, no -wal/-shm
-                finally:
-                    src.close()
-                    dst.close()
-                if schema_template_ok(tmp):
-                    commit(tmp, self.template)
-            finally:
-                tmp.unlink(missing_ok=True)
-        except (OSError, sqlite3.Error) as exc:
-            log.debug("could not save the server's schema template: %s", exc)
-
-    def _env(self) -> dict[str, str]:
-        home = self.scratch / "prefect"
-        home.mkdir(exist_ok=True)
-        database = f"sqlite+aiosqlite:///{home / 'prefect.db'}"
-        env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True)}
-        env.update({
-            # As Prefect's own temporary server: no UI, an ephemeral server.
-            "PREFECT_UI_ENABLED": "0",
-            "PREFECT__SERVER_EPHEMERAL": "1",
-            "PREFECT__SERVER_FINAL": "1",
-            # No telemetry from a throw-away server (it also contends for the SQLite lock at start).
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_HOME": str(home),
-            # Both names (the current one and its legacy alias), so a user's setting of either
-            # cannot send the throw-away server to a lasting database.
-            "PREFECT_SERVER_DATABASE_CONNECTION_URL": database,
-            "PREFECT_API_DATABASE_CONNECTION_URL": database,
-            "PREFECT_MEMO_STORE_PATH": str(home / "memo_store.toml"),
-            "PREFECT_LOCAL_STORAGE_PATH": str(self.scratch / "storage"),
-        })
-        env.pop("PREFECT_API_URL", None)
-        return env
-
-    def start(self) -> str:
-        """Start the server and wait until it answers; returns its API URL."""
-        seeded = self._seed()
-        env = self._env()
-        timeout = max(SERVER_START_TIMEOUT_S, float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value() or 0))
-        for _ in range(_PORT_ATTEMPTS):
-            port = _free_port()
-            api_url = f"http://127.0.0.1:{port}/api"
-            command = [
-                sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
-                "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on",
-            ]
-            proc = _guarded(self.scratch, command, env)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                code = proc.poll()
-                if code is not None:
-                    break
-                if _healthy(api_url):
-                    self.process, self.api_url = proc, api_url
-                    if not seeded:
-                        self._save_template()
-                    return api_url
-                time.sleep(0.1)
-            else:
-                _stop(proc)
-                raise TemporaryServerFailed(api_url, f"the temporary Prefect API server did not answer within "
-                                            f"{timeout:.0f} s (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS "
-                                            "allows longer; or set PREFECT_API_URL to a running server)")
-            if code != _PORT_IN_USE:  # another process took the port between our check and uvicorn's bind
-                raise TemporaryServerFailed(api_url, f"the temporary Prefect API server exited with status {code}")
-        raise TemporaryServerFailed("127.0.0.1", f"no free port for the temporary Prefect API server after "
-                                    f"{_PORT_ATTEMPTS} attempts")
-
-    def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL after 10 s)."""
-        if self.process is not None:
-            _stop(self.process)
-            self.process = None
 
 
 @contextmanager
@@ -283,7 +70,7 @@ def _environ(**values: str) -> Iterator[None]:
 
 
 @contextmanager
-def shared_api_server(template: Path | None = None) -> Iterator[str | None]:
+def shared_api_server(template: Path | None = None, early: TemporaryApiServer | None = None) -> Iterator[str | None]:
     """The run's environment: the configured API, or one local server for this run and all its workers.
 
     Yields the API URL in use. `template`: where a temporary server keeps its empty migrated
@@ -291,9 +78,15 @@ def shared_api_server(template: Path | None = None) -> Iterator[str | None]:
     nothing asked to keep and Dask's
     scratch space go to a temporary folder that is removed when the block exits, or by the
     run's guard if this process is killed; a server started here stops the same way.
+    `early`: a temporary server the CLI launched before its imports (`launch_early`); it is
+    used, or stopped if an API turns out to be configured (in a Prefect profile, say).
     """
-    scratch = Path(tempfile.mkdtemp(prefix=RUN_DIR_PREFIX))
-    server: TemporaryApiServer | None = None
+    server = early
+    if early is not None and api_configured():
+        early.stop()
+        shutil.rmtree(early.scratch, ignore_errors=True)
+        server = early = None
+    scratch = early.scratch if early is not None else Path(tempfile.mkdtemp(prefix=RUN_DIR_PREFIX))
     guard: subprocess.Popen[bytes] | None = None
     try:
         with ExitStack() as stack:
@@ -302,8 +95,10 @@ def shared_api_server(template: Path | None = None) -> Iterator[str | None]:
                 api_url = PREFECT_API_URL.value()
                 guard = _guarded(scratch, ())  # only removes the folder if this process is killed
             else:
-                server = TemporaryApiServer(scratch, template)
-                api_url = server.start()
+                if server is None:
+                    server = TemporaryApiServer(scratch, template)
+                    server.launch()
+                api_url = server.wait()
                 # No flow-run heartbeats to a server that stops with this process: nothing could act
                 # on them (they serve zombie detection on a lasting server), and the engine's heartbeat
                 # thread sleeps in 1 s steps, so joining it held up every flow's end by up to 1 s
@@ -332,58 +127,6 @@ def shared_api_server(template: Path | None = None) -> Iterator[str | None]:
         if guard is not None:
             _stop(guard)
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-#: Seconds a run has, after Ctrl-C, to end by itself before the process ends at once.
-INTERRUPT_GRACE_S = 1.5
-
-
-class Interrupted:
-    """Ctrl-C for a CLI run: out within `INTERRUPT_GRACE_S` seconds with one line, exit 130.
-
-    The first Ctrl-C raises KeyboardInterrupt in the main thread as usual, so the run ends in
-    order when it can. A thread blocked in a download would hold the interpreter's exit (the
-    thread pools are joined) until its deadline; so a timer ends the process after the grace,
-    with status 130. That is safe: every write is atomic and what a kill leaves is finished or
-    undone by the next run (tests/test_kill_matrix.py), the run's guard stops the temporary
-    server and removes its folder, and the data dir's lock goes with the process.
-    """
-
-    def __init__(self, message: str, grace_s: float = INTERRUPT_GRACE_S) -> None:
-        self.message = message
-        self.grace_s = grace_s
-        self._said = threading.Lock()
-        self._previous: Any = None
-
-    def announce(self) -> None:
-        """Print the message, once, whoever ends the run (the main thread or the timer)."""
-        if self._said.acquire(blocking=False):
-            print(self.message, file=sys.stderr, flush=True)
-
-    def _expire(self) -> None:
-        self.announce()
-        os._exit(130)
-
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: as Python's default
-        timer = threading.Timer(self.grace_s, self._expire)
-        timer.daemon = True
-        timer.start()
-        raise KeyboardInterrupt
-
-    def __enter__(self) -> Interrupted:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-
-def server_template(data_dir: Path) -> Path:
-    """`<data_dir>/.prefect-server/template.db`: the temporary server's empty, migrated database."""
-    return data_dir / SERVER_TEMPLATE
 
 
 def _restore_env(name: str, value: str | None) -> None:

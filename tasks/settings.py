@@ -40,6 +40,8 @@ DEFAULT_LISTING_URL = "https://s3-ap-northeast-1.amazonaws.com/data.binance.visi
 #: 9999-12-31 + 1 day would overflow).
 EARLIEST_DAY = date(2017, 1, 1)
 LATEST_DAY = date(2099, 12, 31)
+#: The bars a run computes unless told otherwise (see tasks/features.py PRESETS).
+DEFAULT_FEATURES: tuple[str, ...] = ("ema_dollar_imbalance",)
 #: At most this many `--features` per run (each one reads every symbol's trades).
 MAX_FEATURES = 32
 _ISO_DAY = re.compile(r"\A[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
@@ -120,7 +122,7 @@ class Settings(BaseSettings):
         description="A day whose first or last trade is farther than this from its bounds is flagged.",
     )
     features: Annotated[tuple[str, ...], NoDecode] = Field(
-        ("ema_dollar_imbalance",),
+        DEFAULT_FEATURES,
         description="Bar kinds to compute, each `kind[:field=value,...]` (see tasks/features.py PRESETS); "
         "in one string, specs are separated by `;` or spaces.",
     )
@@ -168,7 +170,9 @@ class Settings(BaseSettings):
     @field_validator("features")
     @classmethod
     def _check_features(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        from tasks.features import parse_feature  # numba compiles lazily: importing is cheap
+        if value == DEFAULT_FEATURES:
+            return value  # a preset: no need to import the bars module (pandas, Numba: 1.3 s) to check it
+        from tasks.features import parse_feature
 
         if len(value) > MAX_FEATURES:
             raise ValueError(f"{len(value)} features given: allowed at most {MAX_FEATURES}")

@@ -1,0 +1,126 @@
+"""The command line of `python -m flows.full_pipeline`: arguments checked before the heavy imports.
+
+Importing this module costs what pydantic costs (a few tenths of a second); Prefect,
+pyarrow, Dask and Numba (about 4 s) are imported only once the arguments and the data dir
+are known to be good, while the temporary API server boots beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Collection, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+
+from flows.api_server import launch_early, server_template
+from flows.interrupt import Interrupted
+from tasks.datadir import open_data_dir
+from tasks.errors import DataDirRefused, TemporaryServerFailed, describe
+from tasks.settings import ALL_STEPS, STEPS, CliParser, Settings, describe_settings_error
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m flows.full_pipeline`."""
+    p = CliParser(
+        prog="python -m flows.full_pipeline",
+        description="Download Binance trade archives, verify their SHA-256, and land them in a Parquet lake "
+        "at <data-dir>/lake/trades/market=<m>/symbol=<S>/. Exits 1 if any archive was refused or failed.",
+    )
+    p.add_argument("--data-dir", required=True, type=Path, help="root of the lake, downloads and quarantine")
+    p.add_argument("--market", default="spot", choices=["spot", "um", "cm"],
+                   help="spot, um (USD-M futures) or cm (COIN-M futures); default spot")
+    p.add_argument("--symbols", nargs="+", required=True, help="one or more symbols, e.g. BTCUSDT ETHUSDT")
+    p.add_argument("--start", required=True, help="first day, YYYY-MM-DD (UTC, inclusive)")
+    p.add_argument("--end", required=True, help="last day, YYYY-MM-DD (UTC, inclusive)")
+    p.add_argument("--granularity", default="auto", choices=["daily", "monthly", "auto"],
+                   help="daily archives, monthly archives, or auto: monthly for whole published months and "
+                   "daily for the rest, never both for the same days (default)")
+    p.add_argument("--base-url", default=None, help="archive root (default https://data.binance.vision)")
+    p.add_argument("--listing-url", default=None,
+                   help="S3 listing endpoint (default https://s3-ap-northeast-1.amazonaws.com/data.binance.vision)")
+    p.add_argument("--concurrency", type=int, default=None, help="downloads in flight at once (default 8)")
+    p.add_argument("--steps", default=None,
+                   help=f"comma-separated subset of {','.join(ALL_STEPS)} (default {','.join(STEPS)}). Without "
+                   "download, archives already downloaded are converted; cleanup deletes downloaded archives "
+                   "whose rows are verified in the lake")
+    p.add_argument("--features", nargs="+", default=None, metavar="KIND[:FIELD=VALUE,...]",
+                   help="bar kinds to compute from the lake (default ema_dollar_imbalance), e.g. "
+                   "ema_dollar_imbalance:exp_num_ticks_init=5000,min_ticks=20 dollar:threshold=1e7,name=dollar_10m; "
+                   "kinds: ema_dollar_imbalance, ema_volume_imbalance, ema_tick_imbalance, ema_dollar_run, dollar, "
+                   "volume, tick")
+    p.add_argument("--target-file-bytes", type=int, default=None,
+                   help="lake files are packed up to this size (default 1073741824, 1 GiB)")
+    p.add_argument("--dask-address", default=None, help="an existing Dask scheduler (default: a local cluster)")
+    return p
+
+
+def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
+    """Parse the command line into Settings (environment variables BINANCE_LAKE_* fill the rest)."""
+    return Settings(**_given_settings(build_parser().parse_args(argv)))
+
+
+def _given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The Settings fields the command line gives (the others come from the environment)."""
+    given: dict[str, Any] = {
+        "data_dir": args.data_dir, "market": args.market, "symbols": tuple(args.symbols), "start": args.start,
+        "end": args.end, "granularity": args.granularity,
+    }
+    for name in ("base_url", "listing_url", "concurrency", "steps", "dask_address", "target_file_bytes",
+                 "features"):
+        value = getattr(args, name)
+        if value is not None:
+            given[name] = tuple(value) if isinstance(value, list) else value
+    return given
+
+
+#: What a CLI says on Ctrl-C (exit 130): archives verified so far stay, and no half-written
+#: file is visible; the next run skips what landed and finishes or undoes a swap it finds.
+INTERRUPTED = "interrupted: what landed stays and nothing half-written is visible; run the same command to resume"
+
+
+def print_validation_error(exc: ValidationError | SettingsError, given: Collection[str] = ()) -> None:
+    """One `error: ...` line on stderr naming each invalid argument or variable, its value and what is allowed."""
+    if isinstance(exc, ValidationError):
+        print(describe_settings_error(exc, given), file=sys.stderr)
+    else:  # the environment could not be read at all
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry: returns the exit status (0 all good, 1 archives refused or failed, 2 bad arguments).
+
+    Bad arguments or `BINANCE_LAKE_*` variables are refused in one line on stderr, with exit
+    status 2, before anything is created or any server started, and before the seconds of
+    Prefect, pyarrow, Dask and Numba imports: only then does the temporary API server
+    start, and it boots while those imports run.
+    """
+    given = _given_settings(build_parser().parse_args(argv))
+    try:
+        settings = Settings(**given)
+    except (ValidationError, SettingsError) as exc:
+        print_validation_error(exc, given)
+        return 2
+    try:
+        # Before any server starts, so a typo fails in a second; marked, since the server keeps
+        # its schema template in it.
+        data_dir = open_data_dir(settings.data_dir)
+    except DataDirRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    interrupted = Interrupted(INTERRUPTED)
+    with interrupted:
+        try:
+            early = launch_early(server_template(data_dir))
+            from flows.full_pipeline import run_from_cli  # Prefect, pyarrow, Dask, Numba: seconds
+
+            return run_from_cli(settings, data_dir, early)
+        except TemporaryServerFailed as exc:
+            print(f"error: {describe(exc)}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            interrupted.announce()
+            return 130
