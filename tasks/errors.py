@@ -157,3 +157,9 @@ class NotDownloaded(PipelineError):
     """Conversion was asked for an archive that is not (or no longer) on disk."""
 
     kind = "archive not downloaded"
+
+
+class LakeReadError(PipelineError):
+    """Reading the lake (`tasks.read`) failed: an unknown market, symbol, feature, day or column, or a damaged file."""
+
+    kind = "cannot read the lake"
