@@ -1,4 +1,5 @@
-"""The README's main command, exactly as written, against the fake archive (only the URLs added)."""
+"""The README's main command, exactly as written, against the fake archive (only the URLs added); and every
+example of the README that reads the lake, run against a lake holding one symbol in two markets."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ import re
 import shlex
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
@@ -54,3 +59,100 @@ def test_readme_main_command_as_written(fake_archive: FakeArchive, tmp_path: Pat
     assert lake.count_rows() == 10_000
     assert sorted(lake.to_table(columns=["symbol"])["symbol"].unique().to_pylist()) == ["BTCUSDT", "ETHUSDT"]
     assert "2 ingested" in done.stdout and (tmp_path / "data" / "features" / "ema_dollar_imbalance").is_dir()
+
+
+# --- Reading the lake: every python block of the README that reads it, run as written ---------------
+
+#: Trade ids per market in the lake the examples read: disjoint, so a row of another market shows.
+EXAMPLE_IDS = {"spot": (1, 9000), "um": (50_000_001, 50_009_000)}
+
+
+def readme_lake_blocks() -> list[str]:
+    """Every ```python block of the README that reads the lake (names `data/lake` or the read API)."""
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    return [b for b in blocks if "data/lake" in b or re.search(r"\bread_(trades|bars)", b)]
+
+
+@pytest.fixture(scope="module")
+def example_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`./data` holding spot and USD-M BTCUSDT, 2024-01-01..03 (USD-M without is_best_match, as published),
+    merged by the lake's own merge, with the default feature's bars."""
+    from tasks.archive_spec import ArchiveSpec
+    from tasks.compact import compact_symbol
+    from tasks.features import PRESETS, Feature, compute_feature
+    from tasks.schema import TRADES_SCHEMA
+    from tests.test_compact import OPTS, day, stage, trades
+
+    cwd = tmp_path_factory.mktemp("readme-lake")
+    data = cwd / "data"
+    feature = Feature("ema_dollar_imbalance", replace(PRESETS["ema_dollar_imbalance"], exp_num_ticks_init=200.0,
+                                                      exp_num_ticks_min=20.0))
+    for market, (first_id, last_id) in EXAMPLE_IDS.items():
+        rows = (last_id - first_id + 1) // 3
+        for n in range(1, 4):
+            t = trades(first_id + (n - 1) * rows, rows, day(n), seed=n + (10 if market == "um" else 0))
+            if market == "um":
+                t = t.set_column(7, TRADES_SCHEMA.field("is_best_match"), pa.nulls(rows, pa.bool_()))
+            stage(data, ArchiveSpec(market, "BTCUSDT", "daily", day(n)), t)  # type: ignore[arg-type]
+        compact_symbol(data, market, "BTCUSDT", 1 << 30, OPTS, False)
+        compute_feature(data, market, "BTCUSDT", feature)
+    (data / ".binance-lake").write_text("")
+    return cwd
+
+
+def _as_arrow(value: object) -> pa.Table | None:
+    """A result of a README example as an Arrow table (None for what is not a result: modules, datasets)."""
+    if isinstance(value, pa.Table):
+        return value
+    if isinstance(value, pd.DataFrame):
+        return pa.Table.from_pandas(value, preserve_index=False)
+    module = type(value).__module__.split(".")[0]
+    if module == "dask":
+        return _as_arrow(value.compute())  # type: ignore[attr-defined]  # (checked as a pandas frame too)
+    if module == "polars":
+        frame = value.collect() if hasattr(value, "collect") else value
+        return frame.to_arrow()  # type: ignore[attr-defined, no-any-return]
+    if module in ("duckdb", "_duckdb"):
+        return value.to_arrow_table()  # type: ignore[attr-defined, no-any-return]
+    return None
+
+
+def test_readme_has_the_reading_examples() -> None:
+    blocks = readme_lake_blocks()
+    text = "\n".join(blocks)
+    for needed in ("read_trades(", "read_bars(", "read_trades_pandas(", "pd.read_parquet", "dd.read_parquet",
+                   "ds.dataset", "pl.", "duckdb.sql"):
+        assert needed in text, needed
+    assert len(blocks) >= 5
+
+
+@pytest.mark.parametrize("index", range(len(readme_lake_blocks())))
+def test_readme_reading_example_gives_only_the_market_asked(
+        example_lake: Path, index: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    block = readme_lake_blocks()[index]
+    for optional in ("polars", "duckdb"):  # dev extras: their examples run where they are installed
+        if re.search(rf"^import {optional}\b", block, re.M):
+            pytest.importorskip(optional)
+    monkeypatch.chdir(example_lake)
+    namespace: dict[str, object] = {}
+    exec(compile(block, f"README.md python block {index}", "exec"), namespace)
+    results = {name: t for name, value in namespace.items() if (t := _as_arrow(value)) is not None}
+    for name, value in namespace.items():  # pandas frames (and Dask's, computed): is_best_match stays typed
+        frame = value.compute() if type(value).__module__.startswith("dask") else value  # type: ignore[attr-defined]
+        if name in results and isinstance(frame, pd.DataFrame) and "is_best_match" in frame.columns:
+            assert str(frame["is_best_match"].dtype) == "boolean", f"{name}: {frame['is_best_match'].dtype}"
+    assert results, f"block {index} leaves no result to check:\n{block}"
+    lo, hi = EXAMPLE_IDS["spot"]
+    for name, table in results.items():
+        if "first_trade_id" in table.column_names:  # bars: built from spot trades only
+            ids = np.concatenate([table[c].to_numpy() for c in ("first_trade_id", "last_trade_id")])
+            assert table.num_rows > 10 and ((ids >= lo) & (ids <= hi)).all(), name
+            continue
+        assert "trade_id" in table.column_names, f"{name}: a result without trade ids cannot be checked"
+        ids = np.sort(table["trade_id"].to_numpy())
+        np.testing.assert_array_equal(ids, np.arange(lo, hi + 1), err_msg=f"{name} in block {index}: not the spot rows")
+        for column in ("market", "symbol"):
+            if column in table.column_names:
+                assert set(table[column].cast(pa.string()).to_pylist()) == {"spot" if column == "market" else "BTCUSDT"}
+        if "is_best_match" in table.column_names:
+            assert table["is_best_match"].type == pa.bool_(), f"{name}: is_best_match is {table['is_best_match'].type}"
