@@ -2,24 +2,30 @@
 
     PREFECT_API_URL=http://127.0.0.1:4200/api python -m deployments.serve --data-dir ./data --symbols BTCUSDT
 
-Runs started from the UI, and the daily schedule, execute here on the flows'
-DaskTaskRunner (`BINANCE_LAKE_DASK_ADDRESS` points it at an existing Dask scheduler).
+Runs started from the UI, and the daily schedule (06:30 UTC), execute here on the flows'
+DaskTaskRunner (`BINANCE_LAKE_DASK_ADDRESS` points it at an existing Dask scheduler). The
+back-fill's runs take the lake from `--data-dir` (exported as `BINANCE_LAKE_DATA_DIR`) and
+every setting not in its run form from the `BINANCE_LAKE_*` environment.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from typing import Any, cast
 
 from prefect import serve
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
+from prefect.schedules import Cron
 
+from flows.backfill import backfill
 from flows.daily_update import daily_update
-from flows.full_pipeline import full_pipeline
 
-#: When the daily update runs (UTC), and why: see prefect.yaml.
+#: When the daily update runs, and why: see prefect.yaml. Always in UTC, named explicitly
+#: (the days are UTC days), whatever the server's or the browser's time zone.
 DAILY_CRON = "30 6 * * *"
+DAILY_TIMEZONE = "UTC"
 
 
 def build(data_dir: str, market: str, symbols: Sequence[str]) -> list[RunnerDeployment]:
@@ -30,31 +36,37 @@ def build(data_dir: str, market: str, symbols: Sequence[str]) -> list[RunnerDepl
     # `to_deployment` returns a coroutine only when called from async code.
     daily: RunnerDeployment = cast(Any, daily_update.to_deployment)(
         name="daily-update",
-        description="Fetch new and late days up to yesterday (UTC), merge, validate, report gaps.",
+        description="Every day at 06:30 UTC: fetch new and late days up to yesterday (UTC), merge, validate, "
+        "report gaps.",
         tags=["binance-lake", "daily"],
-        cron=DAILY_CRON,
+        schedules=[Cron(DAILY_CRON, timezone=DAILY_TIMEZONE)],
         entrypoint_type=EntrypointType.MODULE_PATH,
         parameters={"data_dir": data_dir, "market": market, "symbols": list(symbols), "reprobe_days": 3},
         concurrency_limit=1,
     )
-    backfill: RunnerDeployment = cast(Any, full_pipeline.to_deployment)(
-        name="full-pipeline",
-        description="Back-fill Binance trade archives into the lake (manual runs from the UI).",
+    backfill_deployment: RunnerDeployment = cast(Any, backfill.to_deployment)(
+        name="backfill",
+        description="Back-fill Binance trade archives into the lake for a market, symbols and days (UTC); "
+        "started by hand from the UI.",
         tags=["binance-lake", "backfill"],
         concurrency_limit=1,
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
-    return [daily, backfill]
+    return [daily, backfill_deployment]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Serve both deployments until interrupted."""
     p = argparse.ArgumentParser(prog="python -m deployments.serve", description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", default="./data")
-    p.add_argument("--market", default="spot", choices=["spot", "um", "cm"])
-    p.add_argument("--symbols", nargs="+", default=["BTCUSDT", "ETHUSDT"])
+    p.add_argument("--data-dir", default=None,
+                   help="the lake of both deployments (default: $BINANCE_LAKE_DATA_DIR, else ./data)")
+    p.add_argument("--market", default="spot", choices=["spot", "um", "cm"], help="the daily update's market")
+    p.add_argument("--symbols", nargs="+", default=["BTCUSDT", "ETHUSDT"], help="the daily update's symbols")
     args = p.parse_args(argv)
-    serve(*build(args.data_dir, args.market, args.symbols))
+    data_dir = os.path.abspath(args.data_dir or os.environ.get("BINANCE_LAKE_DATA_DIR") or "./data")
+    # The back-fill's runs (subprocesses of this one) read their lake from the environment.
+    os.environ["BINANCE_LAKE_DATA_DIR"] = data_dir
+    serve(*build(data_dir, args.market, args.symbols))
 
 
 if __name__ == "__main__":

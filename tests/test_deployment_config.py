@@ -51,7 +51,7 @@ def test_daily_update_is_scheduled_after_publication_in_utc() -> None:
     server_cron = ServerCronSchedule(cron=cron.cron, timezone=cron.timezone)
     [nxt] = asyncio.run(server_cron.get_dates(n=1, start=datetime(2024, 1, 1, tzinfo=UTC)))
     assert (nxt.hour, nxt.minute) == (6, 30)
-    full = next(d for d in deployments() if d["name"] == "full-pipeline")
+    full = next(d for d in deployments() if d["name"] == "backfill")
     assert "schedules" not in full  # back-fills are started by hand
 
 
@@ -60,9 +60,10 @@ def test_serve_deployments_build() -> None:
 
     daily, backfill = build("./data", "spot", ["BTCUSDT"])
     assert daily.entrypoint == "flows.daily_update.daily_update"  # the runner's module-path form
-    assert backfill.entrypoint == "flows.full_pipeline.full_pipeline"
+    assert backfill.entrypoint == "flows.backfill.backfill"
     assert daily.schedules and daily.schedules[0].schedule.cron == DAILY_CRON
-    from flows.full_pipeline import full_pipeline
+    assert daily.schedules[0].schedule.timezone == "UTC"
+    from flows.backfill import backfill as backfill_flow
 
-    schema = parameter_schema(full_pipeline.fn)
-    assert schema.required == ["settings"] and "Settings" in schema.definitions
+    schema = parameter_schema(backfill_flow.fn)
+    assert schema.required == ["symbols", "start", "end"] and not schema.definitions

@@ -156,11 +156,17 @@ def publish(fa: FakeArchive, first_day: date) -> list[PublishedArchive]:
             for i in range(DAYS)]
 
 
-def settings_for(fa: FakeArchive, data: Path, first_day: date) -> dict[str, Any]:
-    """The flow's `settings` parameter for DAYS daily spot archives from the fake archive."""
-    return {"data_dir": str(data), "market": "spot", "symbols": ["BTCUSDT"], "start": first_day.isoformat(),
-            "end": (first_day + timedelta(days=DAYS - 1)).isoformat(), "granularity": "daily",
-            "base_url": fa.base_url, "listing_url": fa.listing_url, "retries": 1, "retry_base_delay": 0.1}
+def backfill_parameters(first_day: date) -> dict[str, Any]:
+    """The back-fill's run-form parameters for DAYS daily spot archives."""
+    return {"market": "spot", "symbols": ["BTCUSDT"], "start": first_day.isoformat(),
+            "end": (first_day + timedelta(days=DAYS - 1)).isoformat(), "granularity": "daily"}
+
+
+def backfill_env(fa: FakeArchive, data: Path) -> dict[str, Any]:
+    """What the back-fill takes from the worker's environment, given to this run as job variables."""
+    return {"env": {"BINANCE_LAKE_DATA_DIR": str(data), "BINANCE_LAKE_BASE_URL": fa.base_url,
+                    "BINANCE_LAKE_LISTING_URL": fa.listing_url, "BINANCE_LAKE_RETRIES": "1",
+                    "BINANCE_LAKE_RETRY_BASE_DELAY": "0.1"}}
 
 
 def assert_lake_holds(data: Path, pubs: list[PublishedArchive]) -> None:
@@ -190,7 +196,7 @@ def assert_completed_with_artifact(api_url: str, flow_run_id: uuid.UUID) -> None
         assert [a.type for a in artifacts] == ["table"], artifacts
         # Task runs reported from the Dask worker processes reached this server too.
         task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
-        ingests = [t for t in task_runs if t.name.startswith("ingest")]
+        ingests = [t for t in task_runs if t.name.startswith("convert ")]
         assert len(ingests) == DAYS and all(t.state is not None and t.state.is_completed() for t in ingests), [
             (t.name, t.state_name) for t in task_runs]
 
@@ -265,6 +271,8 @@ class DeploymentCase:
     flow: str  # its flow's name: the run is addressed as "<flow>/<name>"
     publish: Callable[[FakeArchive], list[PublishedArchive]]
     parameters: Callable[[FakeArchive, Path], dict[str, Any]]
+    #: The run's job variables (the process worker's environment for it), if any.
+    job_variables: Callable[[FakeArchive, Path], dict[str, Any]] | None = None
 
 
 BACKFILL_FROM = date(2024, 2, 1)
@@ -272,8 +280,8 @@ BACKFILL_FROM = date(2024, 2, 1)
 # DAYS days it fetches the DAYS days before it.
 DAILY_TODAY = date(2024, 3, 1) + timedelta(days=DAYS)
 DEPLOYMENTS = [
-    DeploymentCase("full-pipeline", "full-pipeline", lambda fa: publish(fa, BACKFILL_FROM),
-                   lambda fa, data: {"settings": settings_for(fa, data, BACKFILL_FROM)}),
+    DeploymentCase("backfill", "backfill", lambda fa: publish(fa, BACKFILL_FROM),
+                   lambda fa, data: backfill_parameters(BACKFILL_FROM), backfill_env),
     DeploymentCase("daily-update", "daily-update", lambda fa: publish(fa, DAILY_TODAY - timedelta(days=DAYS)),
                    lambda fa, data: {"data_dir": str(data), "market": "spot", "symbols": ["BTCUSDT"],
                                      "reprobe_days": DAYS, "today": DAILY_TODAY.isoformat(),
@@ -305,6 +313,7 @@ def test_deployment_runs_on_the_process_worker(
     before = scheduler_transitions(infra.dask_address)
     with temporary_settings(updates={PREFECT_API_URL: infra.api_url}):
         run = run_deployment(f"{case.flow}/{case.name}", parameters=case.parameters(fake_archive, data),
+                             job_variables=case.job_variables(fake_archive, data) if case.job_variables else None,
                              timeout=150, poll_interval=1, as_subflow=False)
     assert run.state is not None and run.state.is_final(), f"{run.state}\n{infra.logs()}"
     assert run.state.is_completed(), f"{run.state}\n{infra.logs()}"
