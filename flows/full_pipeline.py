@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, cast
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.filesystems import LocalFileSystem
 from prefect.futures import PrefectFuture, as_completed
 from prefect.logging import get_run_logger
@@ -33,6 +32,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.api_server import TemporaryApiServer
+from flows.artifacts import publish_artifacts
 
 # The command line lives in flows.cli (it imports no Prefect); its names stay importable here.
 from flows.cli import INTERRUPTED as INTERRUPTED
@@ -63,6 +63,7 @@ from tasks.errors import (
 from tasks.features import parse_feature
 from tasks.http import HttpOptions
 from tasks.ingest import IngestResult, SymbolValidation
+from tasks.labels import batch_label
 from tasks.lake import coverage, lake_inventory
 from tasks.listing import Discovery
 from tasks.lock import data_dir_lock
@@ -157,7 +158,7 @@ def run_pipeline(settings: Settings, notes: Sequence[str] = ()) -> PipelineRepor
             report.stage_started("cleanup")
             _cleanup(settings, data_dir, report)
             report.stage_ended("cleanup")
-        _publish_artifacts(report)
+        publish_artifacts(report)  # flows/artifacts.py: run-summary, lake-gaps and the tables
     if settings.dask_address or settings.dask_processes:
         flush_worker_logs()  # other processes' logs; an in-process cluster's are this process's own
     logger.info("%s", report.summary())
@@ -285,7 +286,7 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
 
     def submit_batch(specs: list[ArchiveSpec]) -> None:
         report.stage_started("convert")
-        label = specs[0].key.rsplit("/", 1)[-1] + (f" and {len(specs) - 1} more" if len(specs) > 1 else "")
+        label = batch_label(specs)  # the task run's name: `convert BTCUSDT 2024-01-01..2024-01-07 (7 archives)`
         fut = ingest_batch_task.submit(
             items=[(s, shas[s]) for s in specs], data_dir=data_dir, options=settings.convert_options, label=label
         )
@@ -566,28 +567,6 @@ def _cleanup(settings: Settings, data_dir: Path, report: PipelineReport) -> None
         for symbol in settings.symbols
     ]
     report.cleanups.extend(_results(futures, report.upkeep_errors))
-
-
-def _publish_artifacts(report: PipelineReport) -> None:
-    if report.outcomes:
-        create_table_artifact(
-            key="ingest-archives", table=report.table(), description="Per archive: status, rows, bytes, seconds."
-        )
-    if report.compactions:
-        create_table_artifact(key="lake-files", table=report.compaction_table(),
-                              description="Per symbol: lake files written and removed by merge/optimize.")
-    if report.features:
-        create_table_artifact(
-            key="features", description="Per feature and symbol: mode (extended/recomputed), trades read, bars.",
-            table=[{"feature": f.feature, "symbol": f"{f.market}/{f.symbol}", "mode": f.mode, "trades": f.trades,
-                    "bars": f.bars, "parts": f.parts, "seconds": round(f.seconds, 3), "why": f.reason}
-                   for f in report.features],
-        )
-    if report.gap_reports:
-        create_table_artifact(key="lake-gaps", table=report.gap_table(),
-                              description="Per symbol: days not published, refused, id gaps, truncated days.")
-    create_markdown_artifact(key="run-summary", markdown="```\n" + report.summary() + "\n```",
-                             description="What this run changed in the lake: archives, files, gaps, features.")
 
 
 def run_from_cli(settings: Settings, data_dir: Path, early: TemporaryApiServer | None = None) -> int:

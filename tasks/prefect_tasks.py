@@ -65,7 +65,8 @@ def archive_cache_key(stage: str) -> Any:
     return key
 
 
-@task(name="discover", persist_result=False, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_if_transient)
+@task(name="discover", task_run_name="discover {market}", persist_result=False, retries=2, retry_delay_seconds=5,
+      retry_condition_fn=retry_if_transient)
 def discover_task(
     listing_url: str, market: Market, symbols: list[str], granularities: list[Granularity], http: HttpOptions,
     concurrency: int,
@@ -84,7 +85,7 @@ def discover_task(
     return found
 
 
-@task(name="fetch-checksums", persist_result=False, retries=2, retry_delay_seconds=5,
+@task(name="fetch-checksums", task_run_name="fetch checksums", persist_result=False, retries=2, retry_delay_seconds=5,
       retry_condition_fn=retry_if_transient)
 def checksums_task(specs: list[ArchiveSpec], base_url: str, http: HttpOptions, concurrency: int) -> list[Published]:
     """Fetch the published sha256 of every planned archive (tiny files, fetched concurrently, each failing alone)."""
@@ -98,7 +99,8 @@ def checksums_task(specs: list[ArchiveSpec], base_url: str, http: HttpOptions, c
 
 @task(
     name="download-archive",
-    task_run_name="download {spec.key}",
+    # Symbol and day first: the log panel cuts names (`download data/spot/daily.` said nothing).
+    task_run_name="download {spec.symbol} {spec.label}",
     cache_key_fn=archive_cache_key("download"),
     persist_result=True,
     result_serializer=LakeJSONSerializer(),
@@ -113,7 +115,7 @@ def download_task(
     return result
 
 
-@task(name="ingest-archives", task_run_name="ingest {label}", persist_result=False)
+@task(name="ingest-archives", task_run_name="convert {label}", persist_result=False)
 def ingest_batch_task(
     items: list[tuple[ArchiveSpec, str]], data_dir: Path, options: ConvertOptions, label: str = ""
 ) -> list[IngestResult | PipelineError]:

@@ -319,6 +319,6 @@ def test_flow_names_each_hostile_answer_and_lands_the_good_archives(
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
-    ingests = [r for r in runs if r.name.startswith("ingest ")]
+    ingests = [r for r in runs if r.name.startswith("convert ")]
     assert ingests and all(r.start_time is not None and r.start_time.timestamp() < cuts[-1] for r in ingests), \
         ([(r.name, r.start_time.timestamp() - cuts[-1] if r.start_time else None) for r in ingests], report.stages)
