@@ -9,6 +9,7 @@ carry thousands separators: the UI prints table cells as given.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from datetime import date
 
@@ -44,6 +45,15 @@ def short(text: str, limit: int = MAX_REASON) -> str:
     """One line of at most `limit` characters."""
     line = " ".join(text.split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+#: An archive's URL inside a reason (`checksum mismatch: http://.../X.zip: sha256 ...`): the row names it already.
+_ARCHIVE_URL = re.compile(r"https?://\S+?\.zip(?:\.CHECKSUM)?:?\s*")
+
+
+def reason(detail: str, limit: int = MAX_REASON) -> str:
+    """A refusal's reason for a table cell: without the archive's URL (the row names the archive), one line."""
+    return short(_ARCHIVE_URL.sub("", detail), limit)
 
 
 def archive_name(key: str) -> str:
@@ -113,7 +123,7 @@ def changes_rows(report: PipelineReport) -> list[list[object]]:
 
 def problem_rows(report: PipelineReport) -> list[list[object]]:
     """What failed or was refused: [what, which, why], archives first."""
-    out: list[list[object]] = [[o.status, archive_name(o.archive), short(o.detail)] for o in report.failures]
+    out: list[list[object]] = [[o.status, archive_name(o.archive), reason(o.detail)] for o in report.failures]
     out.extend(["validation failed", "", short(err)] for err in report.validation_errors)
     for err in report.upkeep_errors:
         which, _, why = err.partition(": ")
@@ -264,7 +274,7 @@ def gap_findings(g: GapReport) -> list[tuple[str, str]]:
     for archive, rs in refused.items():
         days = sorted(date.fromisoformat(r["day"]) for r in rs)
         found.append((days[0], span_with_count(days[0], days[-1]),
-                      f"refused {archive_name(archive)}: {short(rs[0]['reason'], 100)}"))
+                      f"refused {archive_name(archive)}: {reason(rs[0]['reason'], 100)}"))
     for x in g.id_gaps_inside:
         day = date.fromisoformat(str(x["day"]))
         n = int(x["gaps"])
