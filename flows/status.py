@@ -145,8 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # e.g. lake/trades is a file, or a folder we may not read
         print(f"error: {args.data_dir}: cannot read the lake: {exc}", file=sys.stderr)
         return 2
-    if args.json:
-        print(json.dumps([r.__dict__ for r in rows], default=str, indent=1))
+    if args.json:  # version 2: gaps as data (days, kinds, sizes); see flows/status_json.py
+        from flows.status_json import status_document
+
+        print(json.dumps(status_document(args.data_dir.resolve(), rows), indent=1))
     elif not rows:
         print(f"{args.data_dir}: the lake is empty")
     else:

@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +22,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from flows.status import lake_status
+from flows.status_json import status_document
 from tasks.archive_spec import ArchiveSpec
 from tasks.compact import compact_symbol
 from tasks.errors import LakeReadError
 from tasks.features import compute_feature, parse_feature, read_feature
+from tasks.gaps import gap_report, write_gap_report
 from tasks.lake import lake_files, read_bars, read_trades, read_trades_pandas, to_pandas
 from tasks.schema import TRADES_SCHEMA
 from tests.conftest import REPO
@@ -281,3 +284,63 @@ def test_a_read_during_swaps_holds_one_whole_set_of_files(tmp_path: Path) -> Non
         out, _ = swapper.communicate(timeout=60)
     assert swapper.returncode == 0 and int(out) >= 20, out
     assert ok > retried_out
+
+
+def test_status_json_gives_gaps_as_days_kinds_and_sizes(tmp_path: Path) -> None:
+    # Days 1, 2 and 5 in the lake (day 5 missing 10 ids inside), 3, 6, 7 not published, 4 refused.
+    for n in (1, 2, 5):
+        t = market_trades("spot", n)
+        if n == 5:
+            t = pa.concat_tables([t.slice(0, 100), t.slice(110)])
+        stage(tmp_path, ArchiveSpec("spot", "BTCUSDT", "daily", day(n)), t)
+    compact_symbol(tmp_path, "spot", "BTCUSDT", 1 << 30, OPTS, False)
+    refused = ArchiveSpec("spot", "BTCUSDT", "daily", day(4))
+    note = refused.quarantine_note(tmp_path)
+    note.parent.mkdir(parents=True)
+    note.write_text(json.dumps({"archive": refused.key, "sha256": "c" * 64, "kind": "checksum mismatch",
+                                "reason": "checksum mismatch: sha256 differs from the published .CHECKSUM"}))
+    write_gap_report(tmp_path, gap_report(tmp_path, "spot", "BTCUSDT", day(1), day(7), {day(3), day(6), day(7)},
+                                          3600.0))
+    done = subprocess.run([sys.executable, "-m", "flows.status", "--data-dir", str(tmp_path), "--json"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["version"] == 2 and doc["data_dir"] == str(tmp_path.resolve())
+    [row] = doc["symbols"]
+    # The keys of version 1 keep their meaning (`gaps`, a sentence then, is `gaps_summary` now).
+    assert {k: row[k] for k in ("market", "symbol", "files", "days", "first_day", "last_day", "rows", "staged")} == {
+        "market": "spot", "symbol": "BTCUSDT", "files": 1, "days": 3, "first_day": "2024-01-01",
+        "last_day": "2024-01-05", "rows": 3 * ROWS - 10, "staged": 0}
+    assert "3 unpublished" in row["gaps_summary"] and "1 refused" in row["gaps_summary"]
+    assert row["next_update"].endswith(f"2024-01-06..{date.fromisoformat(doc['as_of']) - timedelta(days=1)}")
+    assert row["next_update_days"]["from"] == "2024-01-06" and row["next_update_days"]["days"] > 300
+    gaps = row["gaps"]
+    assert gaps["report"] == "reports/gaps/market=spot/symbol=BTCUSDT.json"
+    assert (gaps["start"], gaps["end"], gaps["days_in_lake"]) == ("2024-01-01", "2024-01-07", 3)
+    assert gaps["not_published"] == [{"from": "2024-01-03", "to": "2024-01-03", "days": 1},
+                                     {"from": "2024-01-06", "to": "2024-01-07", "days": 2}]
+    assert gaps["refused"] == [{"from": "2024-01-04", "to": "2024-01-04", "days": 1, "archive": refused.key,
+                                "reason": "checksum mismatch: sha256 differs from the published .CHECKSUM"}]
+    assert gaps["id_gaps_inside"] == [{"day": "2024-01-05", "gaps": 1, "missing_ids": 10}]
+    assert gaps["id_gaps_between"] == [{"after_day": "2024-01-02", "before_day": "2024-01-05",
+                                        "after_id": 2 * ROWS, "before_id": 4 * ROWS + 1, "missing_ids": 2 * ROWS}]
+    assert gaps["not_in_lake"] == [] and gaps["no_trades"] == []
+    assert gaps["totals"] == {"not_published_days": 3, "refused_days": 1, "refused_archives": 1, "not_in_lake_days": 0,
+                              "no_trades_days": 0, "days_with_id_gaps": 1, "id_gaps_between": 1,
+                              "missing_ids": 2 * ROWS + 10, "truncated_days": len(gaps["truncated"])}
+
+
+def test_status_json_without_a_gap_report_still_names_refused_archives(tmp_path: Path) -> None:
+    stage(tmp_path, ArchiveSpec("um", "BTCUSDT", "daily", day(1)), market_trades("um", 1))
+    compact_symbol(tmp_path, "um", "BTCUSDT", 1 << 30, OPTS, False)
+    month = ArchiveSpec("um", "BTCUSDT", "monthly", date(2024, 2, 1))
+    month.quarantine_note(tmp_path).parent.mkdir(parents=True)
+    month.quarantine_note(tmp_path).write_text(json.dumps({"archive": month.key, "reason": "corrupt archive: bad zip"}))
+    doc = status_document(tmp_path, lake_status(tmp_path, today=date(2024, 1, 2)), as_of=date(2024, 1, 2))
+    [row] = doc["symbols"]
+    assert row["next_update"] == "up to date" and row["next_update_days"] is None
+    gaps = row["gaps"]
+    assert gaps["report"] is None and gaps["start"] is None and gaps["not_published"] == []
+    assert gaps["refused"] == [{"from": "2024-02-01", "to": "2024-02-29", "days": 29, "archive": month.key,
+                                "reason": "corrupt archive: bad zip"}]
+    assert gaps["totals"]["refused_days"] == 29 and gaps["totals"]["refused_archives"] == 1
