@@ -11,6 +11,7 @@ import sys
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -94,7 +95,7 @@ def example_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
             if market == "um":
                 t = t.set_column(7, TRADES_SCHEMA.field("is_best_match"), pa.nulls(rows, pa.bool_()))
             stage(data, ArchiveSpec(market, "BTCUSDT", "daily", day(n)), t)  # type: ignore[arg-type]
-        compact_symbol(data, market, "BTCUSDT", 1 << 30, OPTS, False)
+        compact_symbol(data, market, "BTCUSDT", 1 << 30, OPTS, False)  # type: ignore[arg-type]
         compute_feature(data, market, "BTCUSDT", feature)
     (data / ".binance-lake").write_text("")
     return cwd
@@ -110,8 +111,8 @@ def _as_arrow(value: object) -> pa.Table | None:
     if module == "dask":
         return _as_arrow(value.compute())  # type: ignore[attr-defined]  # (checked as a pandas frame too)
     if module == "polars":
-        frame = value.collect() if hasattr(value, "collect") else value
-        return frame.to_arrow()  # type: ignore[attr-defined, no-any-return]
+        frame: Any = value.collect() if hasattr(value, "collect") else value
+        return frame.to_arrow()  # type: ignore[no-any-return]
     if module in ("duckdb", "_duckdb"):
         return value.to_arrow_table()  # type: ignore[attr-defined, no-any-return]
     return None
