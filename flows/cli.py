@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-file-bytes", type=int, default=None,
                    help="lake files are packed up to this size (default 1073741824, 1 GiB)")
     p.add_argument("--dask-address", default=None, help="an existing Dask scheduler (default: a local cluster)")
+    p.add_argument("--strict", action="store_true", default=None,
+                   help="exit 1 on any refused archive, also one refused before under the same published checksum "
+                   "(by default such a known refusal is reported, and only new ones fail the run)")
     return p
 
 
@@ -70,7 +73,7 @@ def _given_settings(args: argparse.Namespace) -> dict[str, Any]:
         "end": args.end, "granularity": args.granularity,
     }
     for name in ("base_url", "listing_url", "concurrency", "steps", "dask_address", "target_file_bytes",
-                 "features"):
+                 "features", "strict"):
         value = getattr(args, name)
         if value is not None:
             given[name] = tuple(value) if isinstance(value, list) else value

@@ -79,17 +79,21 @@ def daily_update(
     base_url: str | None = None,
     listing_url: str | None = None,
     dask_address: str | None = None,
+    strict: bool | None = None,
 ) -> PipelineReport:
     """Bring every configured symbol up to yesterday (UTC) and re-probe the last `reprobe_days` days.
 
     `symbols` None: every symbol of the market in the listing, filtered by `include` /
     `exclude` (shell patterns). `today` defaults to the current UTC date (set it to replay a day).
+    `strict`: fail on any refused archive, also one refused before under the same published
+    checksum (default: such a known refusal is reported and does not fail the run again).
     Other settings (concurrency, target file size, ...) come from `BINANCE_LAKE_*` variables.
     """
     logger = get_run_logger()
     today = today or datetime.now(UTC).date()
     overrides: dict[str, Any] = {k: v for k, v in (("base_url", base_url), ("listing_url", listing_url),
-                                                   ("dask_address", dask_address)) if v is not None}
+                                                   ("dask_address", dask_address), ("strict", strict))
+                                 if v is not None}
     if symbols is None:
         found = list_symbols_task(listing_url or DEFAULT_LISTING_URL, market)
         symbols = select_symbols(found, include or [], exclude or [])
@@ -134,6 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--base-url", default=None)
     p.add_argument("--listing-url", default=None)
     p.add_argument("--dask-address", default=None)
+    p.add_argument("--strict", action="store_true", default=None,
+                   help="exit 1 on any refused archive, also one refused before under the same published checksum "
+                   "(by default such a known refusal is reported, and only new ones fail the run)")
     args = p.parse_args(argv)
     if not 1 <= args.reprobe_days <= MAX_REPROBE_DAYS:
         p.error(f"argument --reprobe-days: {args.reprobe_days} is out of range: allowed 1..{MAX_REPROBE_DAYS}")

@@ -57,10 +57,11 @@ from tasks.errors import (
     DamagedLakeFile,
     NotPublished,
     PipelineError,
+    TradeIdCollision,
     TransientNetworkError,
     describe,
 )
-from tasks.features import parse_feature
+from tasks.features import from_cache, parse_feature
 from tasks.http import HttpOptions
 from tasks.ingest import IngestResult, SymbolValidation
 from tasks.labels import batch_label
@@ -81,6 +82,7 @@ from tasks.prefect_tasks import (
     repair_symbol_task,
     validate_symbol_task,
 )
+from tasks.refusals import mark_known, prior_refusals
 from tasks.repair import damage_on_record, intact_sources, restore_specs
 from tasks.report import ArchiveOutcome, GapNote, PipelineReport, RunFailed
 from tasks.settings import Settings
@@ -123,7 +125,7 @@ def run_pipeline(settings: Settings, notes: Sequence[str] = ()) -> PipelineRepor
     with data_dir_lock(data_dir, settings.lock_wait_s, run=str(flow_run.name or "")):
         recovered, leftovers = recover_lake(data_dir)
         stale = remove_stale_temporaries(data_dir, check_owner=False)  # the lock: no other run is writing
-        report = PipelineReport(notes=list(notes))
+        report = PipelineReport(notes=list(notes), strict=settings.strict)
         startup = [f"warning: {line}" for line in leftovers]
         if recovered:
             startup.insert(0, f"repaired: {recovered} lake or feature swaps left by a killed run were finished or "
@@ -161,7 +163,8 @@ def run_pipeline(settings: Settings, notes: Sequence[str] = ()) -> PipelineRepor
         publish_artifacts(report)  # flows/artifacts.py: run-summary, lake-gaps and the tables
     if settings.dask_address or settings.dask_processes:
         flush_worker_logs()  # other processes' logs; an in-process cluster's are this process's own
-    logger.info("%s", report.summary())
+    # One line: the CLI prints the whole summary, and a UI run has it as the run-summary artifact.
+    logger.info("%s", report.log_line())
     return report
 
 
@@ -277,6 +280,8 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
             )
         else:
             todo.append((p.spec, p.sha256))
+    # Read before anything is fetched: a refusal recorded under the same published checksum is known.
+    prior = prior_refusals(data_dir, todo)
 
     ingests: dict[PrefectFuture[Any], list[ArchiveSpec]] = {}
     downloads: dict[PrefectFuture[Any], ArchiveSpec] = {}
@@ -319,7 +324,8 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
             held = in_lake.get(spec.symbol, {}).get((spec.key, sha))
             if held is not None:
                 # Already in the lake from this very archive: nothing to fetch or convert.
-                report.outcomes.append(ArchiveOutcome(spec.key, "cached", rows=held.rows, bytes=sizes.get(spec)))
+                report.outcomes.append(ArchiveOutcome(spec.key, "cached", rows=held.rows, bytes=sizes.get(spec),
+                                                      where="lake"))
             elif downloading:
                 fresh = not local_archive_matches(spec, data_dir, sha)
                 dl_future: PrefectFuture[Any] = io_runner.submit(
@@ -363,7 +369,8 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
                 report.outcomes.append(
                     ArchiveOutcome(spec.key, "cached" if cached else "downloaded", bytes=result.bytes,
                                    seconds=0.0 if cached else result.seconds,
-                                   detail="kept for the repair of a damaged lake file" if spec in restoring else "")
+                                   detail="kept for the repair of a damaged lake file" if spec in restoring else "",
+                                   where="downloads")
                 )
         if downloading:
             report.stage_ended("download")
@@ -383,11 +390,14 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
             assert isinstance(result, IngestResult)
             dl = download_results.get(spec)
             seconds = 0.0 if result.reused else result.seconds + (dl.seconds if dl is not None else 0.0)
+            staged = result.lake_path.is_relative_to(data_dir / "staging")  # else the lake held it already
             report.outcomes.append(
                 ArchiveOutcome(spec.key, "cached" if result.reused else "ingested", rows=result.rows,
-                               bytes=sizes.get(spec), seconds=seconds, detail=_ingest_detail(result))
+                               bytes=sizes.get(spec), seconds=seconds, detail=_ingest_detail(result),
+                               where="staging" if staged else "lake")
             )
     report.outcomes.sort(key=lambda o: o.archive)
+    mark_known(report.outcomes, prior)
 
 
 def _ingest_detail(result: IngestResult) -> str:
@@ -401,8 +411,9 @@ def _ingest_detail(result: IngestResult) -> str:
 
 def _failed_outcome(spec: ArchiveSpec, exc: BaseException, size: int | None) -> ArchiveOutcome:
     if isinstance(exc, PipelineError) and not isinstance(exc, TransientNetworkError):
-        return ArchiveOutcome(spec.key, "refused", bytes=size, detail=describe(exc))
-    return ArchiveOutcome(spec.key, "failed", bytes=size, detail=describe(exc))
+        return ArchiveOutcome(spec.key, "refused", bytes=size, detail=describe(exc), kind=exc.kind)
+    return ArchiveOutcome(spec.key, "failed", bytes=size, detail=describe(exc),
+                          kind=exc.kind if isinstance(exc, PipelineError) else type(exc).__name__)
 
 
 def _validate(settings: Settings, data_dir: Path, report: PipelineReport) -> Callable[[], None]:
@@ -439,6 +450,8 @@ def _validate(settings: Settings, data_dir: Path, report: PipelineReport) -> Cal
                 add(before)
                 continue
             report.repairs.append(repaired[0])
+            if repaired[0].compaction is not None:  # the repair merged what waited in staging
+                report.landed(repaired[0].compaction.staged_merged, "merged")
             add(repaired[1])
             if not repaired[0].unrepaired and before.symbol in report.deferred_merges:
                 merge_error = report.deferred_merges.pop(before.symbol)
@@ -517,14 +530,16 @@ def _compact(settings: Settings, data_dir: Path, report: PipelineReport) -> None
         else:
             report.compactions.append(result)
     for c in report.compactions:
+        report.landed(c.staged_merged, "merged")
+        report.landed(c.staged_dropped, "lake")
         for archive, reason in c.quarantined:
-            report.refuse(archive, f"trade ids collide: {reason}")
+            report.refuse(archive, f"trade ids collide: {reason}", kind=TradeIdCollision.kind)
 
 
 def _refused_days(settings: Settings, report: PipelineReport) -> dict[str, dict[date, dict[str, str]]]:
     """Days of the archives this run refused, per symbol, for the gap report."""
     out: dict[str, dict[date, dict[str, str]]] = {}
-    for o in report.failures:
+    for o in report.not_ingested:  # known refusals too: their days are not in the lake either
         parts = o.archive.split("/")
         if len(parts) < 5 or parts[-4] not in ("daily", "monthly"):
             continue  # a refused listing key, not an archive
@@ -557,7 +572,16 @@ def _features(settings: Settings, data_dir: Path, report: PipelineReport,
             task = features_task.with_options(refresh_cache=not has_output, result_storage=cache)
             futures.append((f"features {feature.name} {settings.market}/{symbol}",
                             task.submit(data_dir, settings.market, symbol, feature)))
-    return lambda: report.features.extend(_results(futures, report.upkeep_errors))
+
+    def collect() -> None:
+        for label, fut in futures:
+            result = fut.result(raise_on_failure=False)
+            if isinstance(result, BaseException):
+                report.upkeep_errors.append(f"{label}: {describe(result)}")
+            else:  # a cache hit returns the result of the run that computed the bars: say what this run did
+                report.features.append(from_cache(result) if fut.state.name == "Cached" else result)
+
+    return collect
 
 
 def _cleanup(settings: Settings, data_dir: Path, report: PipelineReport) -> None:

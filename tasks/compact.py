@@ -30,7 +30,6 @@ that deletion) is dropped, not merged twice.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import closing
@@ -45,12 +44,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tasks.archive_spec import Market, lake_symbol_dir, parse_archive_name, range_file_name
-from tasks.atomic import SwapOutcome, fsync_dir, recover_swaps, swap_folder, temp_path_for, write_bytes_atomic
+from tasks.atomic import SwapOutcome, fsync_dir, recover_swaps, swap_folder, temp_path_for
 from tasks.digest_nb import DAY_US, day_runs
 from tasks.errors import DamagedLakeFile, LakeConflict, LakeValidationError, TradeIdCollision
 from tasks.lake import LakeEntry, lake_inventory, read_sources, staged_inventory
 from tasks.lake_writer import lake_writer, source_metadata_doc
 from tasks.read_ahead import read_ahead
+from tasks.refusals import write_note
 from tasks.schema import TRADES_SCHEMA
 from tasks.settings import ConvertOptions
 from tasks.sorted_merge import DuplicateTradeIds, SortedStream, merge_sorted_streams
@@ -648,7 +648,7 @@ def quarantine_staged(
         raise cause
     note = {"archive": src.archive, "sha256": src.sha256, "kind": "lake conflict",
             "reason": f"{reason}; not merged (the merge went on without it)"}
-    write_bytes_atomic(spec.quarantine_note(data_dir), json.dumps(note, indent=2).encode())
+    write_note(spec, data_dir, note)
     entry.path.unlink(missing_ok=True)
     fsync_dir(entry.path.parent)
     return src.archive, note["reason"]

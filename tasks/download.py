@@ -34,6 +34,7 @@ from tasks.errors import (
     describe,
 )
 from tasks.http import HttpOptions, fetch_bytes, make_session, stream_to_file, with_retries
+from tasks.refusals import write_note
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -188,8 +189,9 @@ def _quarantine(tmp: Path, spec: ArchiveSpec, data_dir: Path, reason: str, got: 
     dest = spec.quarantine_zip(data_dir)
     with atomic_path(dest) as q:  # another folder: moved in under a temporary name, then committed
         tmp.replace(q)
-    note = {"archive": spec.key, "reason": reason, "sha256": got, "published_sha256": expected}
-    write_bytes_atomic(spec.quarantine_note(data_dir), json.dumps(note, indent=2).encode())
+    # The published checksum makes the refusal known to later runs (tasks.refusals) until Binance changes it.
+    write_note(spec, data_dir, {"kind": ChecksumMismatch.kind, "reason": reason, "sha256": got,
+                                "published_sha256": expected})
 
 
 def _note_oversized(spec: ArchiveSpec, data_dir: Path, url: str, reason: str, listed: int | None) -> None:

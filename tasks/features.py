@@ -21,6 +21,7 @@ and what a killed run left is finished or undone by the next one.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import re
@@ -166,6 +167,15 @@ class FeatureResult:
     parts: int
     seconds: float
     reason: str = ""
+
+
+def from_cache(result: FeatureResult) -> FeatureResult:
+    """What a run that hit the feature's cache record did: nothing, the bars were up to date.
+
+    The record holds the result of the run that computed them ("recomputed", "extended"),
+    which is not what this run did.
+    """
+    return dataclasses.replace(result, mode="up to date", trades=0, bars=0, seconds=0.0, reason="from cache")
 
 
 def _parts(folder: Path) -> list[Path]:

@@ -17,6 +17,7 @@ from tasks.archive_spec import ArchiveSpec, Market
 from tasks.convert import convert_archive
 from tasks.errors import ChecksumMismatch, LakeValidationError, NotDownloaded, PipelineError, TradeIdCollision
 from tasks.lake import LakeEntry, lake_inventory, lake_source, staging_holds
+from tasks.refusals import ARCHIVE_CONTENT_KINDS, note_content_refusal
 from tasks.settings import ConvertOptions
 from tasks.validate import ExpectedFile, FileReport, VerifiedFile, continuity_gaps, validate_parquet_file
 
@@ -83,7 +84,14 @@ def ingest_archive(spec: ArchiveSpec, sha256: str, data_dir: Path, options: Conv
     actual = sha256_of(zip_path)
     if actual != sha256:
         raise ChecksumMismatch(str(zip_path), f"sha256 {actual} on disk, published {sha256}")
-    res = convert_archive(zip_path, spec, sha256, out, options)
+    try:
+        res = convert_archive(zip_path, spec, sha256, out, options)
+    except PipelineError as exc:
+        if exc.kind in ARCHIVE_CONTENT_KINDS:
+            # The published bytes themselves are refused: noted, so that a later run refusing the
+            # same bytes (same checksum) reports a known refusal (tasks.refusals).
+            note_content_refusal(spec, sha256, data_dir, exc.kind, str(exc))
+        raise
     return IngestResult(
         spec, sha256, out, res.rows, res.duplicates_dropped, res.id_gaps.count, res.id_gaps.missing_ids, res.bytes,
         time.perf_counter() - started,

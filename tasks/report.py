@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from typing import Literal
 
 from tasks.cleanup import CleanupResult
@@ -15,6 +17,10 @@ from tasks.repair import RepairResult
 
 Status = Literal["ingested", "cached", "downloaded", "missing", "refused", "failed"]
 FAILED_STATUSES = ("refused", "failed")
+#: Where an archive's rows are at the end of the run: in the lake before the run ("lake"), put
+#: into the lake by this run's merge ("merged"), converted but not merged ("staging"), or only
+#: downloaded and verified ("downloads"); "" when not set (then rows counted are in the lake).
+Where = Literal["", "lake", "merged", "staging", "downloads"]
 
 
 @dataclass
@@ -27,6 +33,22 @@ class ArchiveOutcome:
     bytes: int | None = None
     seconds: float = 0.0
     detail: str = ""
+    #: The error's kind for a refused or failed archive (`PipelineError.kind`, e.g. "checksum mismatch").
+    kind: str = ""
+    #: For a refusal already known (the same archive and published checksum refused before,
+    #: tasks.refusals): the ISO time of its first refusal. Known refusals fail the run only with --strict.
+    known_since: str | None = None
+    where: Where = ""
+
+    @property
+    def since_day(self) -> str:
+        """The day (UTC) a known refusal was first made, `YYYY-MM-DD`; "" if not known."""
+        return (self.known_since or "")[:10]
+
+    @property
+    def known(self) -> bool:
+        """A refusal already known from an earlier run (see `known_since`)."""
+        return self.status == "refused" and self.known_since is not None
 
 
 @dataclass
@@ -66,6 +88,8 @@ class PipelineReport:
     #: (their ends are when the flow collected them, in that order, so gaps and features
     #: never end before validate).
     stages: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: Known refusals fail the run too (`--strict`); otherwise they are reported and the run goes on.
+    strict: bool = False
 
     def stage_started(self, name: str) -> None:
         """Mark a stage's start (the first mark counts)."""
@@ -93,6 +117,17 @@ class PipelineReport:
 
     @property
     def failures(self) -> list[ArchiveOutcome]:
+        """Refused or failed archives that fail the run: all but the known refusals, unless strict."""
+        return [o for o in self.outcomes if o.status in FAILED_STATUSES and (self.strict or not o.known)]
+
+    @property
+    def known_refusals(self) -> list[ArchiveOutcome]:
+        """Archives refused again exactly as an earlier run refused them (same published checksum)."""
+        return [o for o in self.outcomes if o.known]
+
+    @property
+    def not_ingested(self) -> list[ArchiveOutcome]:
+        """Every refused or failed archive, known refusals included."""
         return [o for o in self.outcomes if o.status in FAILED_STATUSES]
 
     @property
@@ -100,13 +135,20 @@ class PipelineReport:
         unrepaired = any(r.unrepaired for r in self.repairs)  # a damaged lake file left as it is
         return not self.failures and not self.validation_errors and not self.upkeep_errors and not unrepaired
 
-    def refuse(self, archive: str, detail: str) -> None:
+    def refuse(self, archive: str, detail: str, kind: str = "") -> None:
         """Mark an archive refused after the fact (the merge quarantined it): its rows are not in the lake."""
         for o in self.outcomes:
             if o.archive == archive:
-                o.status, o.rows, o.detail = "refused", None, detail
+                o.status, o.rows, o.detail, o.kind, o.where = "refused", None, detail, kind, ""
                 return
-        self.outcomes.append(ArchiveOutcome(archive, "refused", detail=detail))
+        self.outcomes.append(ArchiveOutcome(archive, "refused", detail=detail, kind=kind))
+
+    def landed(self, archives: Sequence[str], where: Where) -> None:
+        """Say where the rows of these archives are now (the merge put them into the lake, or found them there)."""
+        keys = set(archives)
+        for o in self.outcomes:
+            if o.archive in keys and o.status in ("ingested", "cached"):
+                o.where = where
 
     def counts(self) -> dict[str, int]:
         """Archives per status."""
@@ -125,6 +167,7 @@ class PipelineReport:
                 "bytes": o.bytes,
                 "seconds": round(o.seconds, 3),
                 "detail": o.detail,
+                "known since": o.since_day or None,
             }
             for o in self.outcomes
         ]
@@ -145,6 +188,7 @@ class PipelineReport:
         self.upkeep_errors.extend(other.upkeep_errors)
         self.deferred_merges.update(other.deferred_merges)
         self.notes.extend(other.notes)
+        self.strict = self.strict or other.strict
         for name, (a, b) in other.stages.items():
             mine = self.stages.get(name)
             self.stages[name] = (a, b) if mine is None else (min(mine[0], a), max(mine[1], b))
@@ -168,29 +212,76 @@ class PipelineReport:
             for g in self.gap_reports
         ]
 
-    def summary(self) -> str:
-        """A plain-text account for the terminal and the run's final markdown."""
-        lines = []
-        counts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts().items())) or "no archives"
-        rows = sum(o.rows or 0 for o in self.outcomes if o.status in ("ingested", "cached"))
-        lines.append(f"archives: {counts}; rows in the lake for them: {rows:,}")
-        lines.extend(self.notes)
-        if self.missing:
-            lines.append(f"missing days (not published): {len(self.missing)}")
-            for m in self.missing[:50]:
-                lines.append(f"  {m.market} {m.symbol} {m.day}: {m.reason}")
-            if len(self.missing) > 50:
-                lines.append(f"  ... and {len(self.missing) - 50} more")
-        if self.validated_files:
-            at_write = f" ({self.validated_at_write} as the merge wrote them)" if self.validated_at_write else ""
-            lines.append(f"validated lake files: {self.validated_files}{at_write}; trade-id gaps: {len(self.gaps)}")
-            for g in self.gaps[:20]:
-                lines.append(f"  gap {g.market} {g.symbol} {g.where}: ids {g.after_id} -> {g.before_id} "
-                             f"({g.missing_ids} missing)")
-            if len(self.gaps) > 20:
-                lines.append(f"  ... and {len(self.gaps) - 20} more")
+    def headline(self) -> str:
+        """One line on the archives: where their rows are now, and how many were refused or failed.
+
+        True after any subset of steps: rows are "in the lake" only once merged; converted
+        archives not merged are "waiting in staging"; downloads alone are "downloaded and verified".
+        """
+        if not self.outcomes:
+            return "archives: none"
+        groups: dict[str, list[ArchiveOutcome]] = {}
+        for o in self.outcomes:
+            groups.setdefault(_place(o), []).append(o)
+        parts = []
+        for place, label in _PLACES:
+            got = groups.get(place, [])
+            if not got:
+                continue
+            rows = sum(o.rows or 0 for o in got)
+            with_rows = place in ("merged", "lake", "staging") and rows
+            parts.append(f"{len(got)} {label}" + (f" ({rows:,} rows)" if with_rows else ""))
+        return "archives: " + ", ".join(parts)
+
+    def problem_lines(self) -> list[str]:
+        """What failed or was refused, first the new (they fail the run), then the known refusals."""
+        lines = [f"{f.status.upper()} {f.archive}: {f.detail}"
+                 + (f" (known since {f.since_day}; --strict fails the run on it)" if f.known else "")
+                 for f in self.failures]
+        if not self.strict:  # else they are among the failures above
+            lines.extend(f"refused again, known since {o.since_day}: {o.archive}: {o.detail}"
+                         for o in self.known_refusals)
+        lines.extend(f"VALIDATION FAILED {err}" for err in self.validation_errors)
+        lines.extend(f"FAILED {err}" for err in self.upkeep_errors)
         for rr in self.repairs:
-            lines.extend(rr.lines())
+            lines.extend(u.line(rr.market, rr.symbol) for u in rr.unrepaired)
+        return lines
+
+    def missing_lines(self, limit: int = 50) -> list[str]:
+        """The requested days no archive provides, as runs of consecutive days per market, symbol and reason."""
+        if not self.missing:
+            return []
+        days: dict[tuple[str, str, str], set[date]] = {}
+        for m in self.missing:
+            days.setdefault((m.market, m.symbol, m.reason), set()).add(m.day)
+        runs = [(market, symbol, first, last, reason)
+                for (market, symbol, reason), got in days.items() for first, last in day_runs(got)]
+        runs.sort(key=lambda r: (r[0], r[1], r[2]))
+        total = sum(len(v) for v in days.values())
+        lines = [f"missing days (no archive for them): {total}"]
+        for market, symbol, first, last, reason in runs[:limit]:
+            n = (last - first).days + 1
+            span = str(first) if first == last else f"{first}..{last}"
+            lines.append(f"  {market} {symbol} {span}: {n} day{'s' if n > 1 else ''}, {reason}")
+        if len(runs) > limit:
+            lines.append(f"  ... and {len(runs) - limit} more runs of days")
+        return lines
+
+    def summary(self) -> str:
+        """A plain-text account for the terminal and the run's final markdown.
+
+        In order: what failed or was refused (new, then known), what changed (archives, lake
+        files, repairs, features, cleanup), the days missing as ranges, then the rest
+        (validation, gap reports, the stages' timeline).
+        """
+        lines = self.problem_lines()
+        lines.append(self.headline())
+        lines.extend(self.notes)
+        for rr in self.repairs:
+            lines.extend(r.line(rr.market, rr.symbol) for r in rr.repaired)
+            if rr.compaction is not None and rr.repaired:
+                lines.append(f"  rebuilt as {', '.join(rr.compaction.files_written) or 'nothing'} "
+                             f"({rr.compaction.rows_written:,} rows)")
         for c in self.compactions:
             if c.files_written or c.files_removed:
                 lines.append(f"lake {c.market}/{c.symbol}: wrote {', '.join(c.files_written) or 'nothing'} "
@@ -203,24 +294,87 @@ class PipelineReport:
                              "the lake (left by a killed run): dropped from staging, not merged twice")
             if c.leftover:
                 lines.append(f"warning: lake {c.market}/{c.symbol}: {c.leftover}")
-        for gr in self.gap_reports:
-            lines.extend(gr.summary_lines())
-        for fr in self.features:
-            why = f" ({fr.reason})" if fr.reason else ""
-            lines.append(f"features {fr.feature} {fr.market}/{fr.symbol}: {fr.mode}, {fr.trades:,} trades -> "
-                         f"{fr.bars:,} bars ({fr.parts} parts){why}")
+        lines.extend(feature_line(fr) for fr in self.features)
         for cl in self.cleanups:
             lines.append(f"cleanup {cl.market}/{cl.symbol}: removed {len(cl.removed)} archives, "
                          f"{cl.bytes_freed:,} bytes freed; kept {len(cl.kept)}")
+        lines.extend(self.missing_lines())
+        if self.validated_files:
+            at_write = f" ({self.validated_at_write} as the merge wrote them)" if self.validated_at_write else ""
+            lines.append(f"validated lake files: {self.validated_files}{at_write}; trade-id gaps: {len(self.gaps)}")
+            for g in self.gaps[:20]:
+                lines.append(f"  gap {g.market} {g.symbol} {g.where}: ids {g.after_id} -> {g.before_id} "
+                             f"({g.missing_ids} missing)")
+            if len(self.gaps) > 20:
+                lines.append(f"  ... and {len(self.gaps) - 20} more")
+        for gr in self.gap_reports:
+            lines.extend(gr.summary_lines())
         if self.stages:
             lines.append(f"stages (wall clock, they overlap): {self.timeline()}")
-        for err in self.validation_errors:
-            lines.append(f"VALIDATION FAILED {err}")
-        for err in self.upkeep_errors:
-            lines.append(f"FAILED {err}")
-        for f in self.failures:
-            lines.append(f"{f.status.upper()} {f.archive}: {f.detail}")
         return "\n".join(lines)
+
+    def log_line(self) -> str:
+        """The one line the flow logs at its end: the headline and counts of problems (details: the artifact)."""
+        problems = []
+        if self.failures:
+            problems.append(f"{len(self.failures)} refused or failed")
+        if self.known_refusals and not self.strict:
+            problems.append(f"{len(self.known_refusals)} refused again (known)")
+        errors = len(self.validation_errors) + len(self.upkeep_errors)
+        if errors:
+            problems.append(f"{errors} upkeep or validation errors")
+        if self.missing:
+            problems.append(f"{len(self.missing)} days missing")
+        tail = f"; {', '.join(problems)}" if problems else ""
+        archives = self.headline().removeprefix("archives: ")
+        return f"run done, archives: {archives}{tail} (details: the run-summary artifact)"
+
+
+#: Headline groups, in the order they are told.
+_PLACES = (
+    ("merged", "landed in the lake"),
+    ("lake", "already in the lake"),
+    ("staging", "converted, waiting in staging"),
+    ("downloads", "downloaded and verified"),
+    ("missing", "listed but not published (404)"),
+    ("refused", "refused"),
+    ("known", "refused again (known)"),
+    ("failed", "failed"),
+)
+
+
+def _place(o: ArchiveOutcome) -> str:
+    if o.known:
+        return "known"
+    if o.status in ("refused", "failed", "missing"):
+        return o.status
+    if o.status == "downloaded":
+        return "downloads"
+    if o.where:
+        return o.where
+    return "merged" if o.status == "ingested" else "lake"  # a report built without `where`
+
+
+def day_runs(days: set[date]) -> list[tuple[date, date]]:
+    """Runs of consecutive days, as (first, last), in order."""
+    runs: list[tuple[date, date]] = []
+    for d in sorted(days):
+        if runs and d == runs[-1][1] + timedelta(days=1):
+            runs[-1] = (runs[-1][0], d)
+        else:
+            runs.append((d, d))
+    return runs
+
+
+def feature_line(fr: FeatureResult) -> str:
+    """One feature's line in the summary, saying what happened to its bars in this run."""
+    head = f"features {fr.feature} {fr.market}/{fr.symbol}: "
+    if fr.mode == "up to date":
+        how = fr.reason or "no new trades in the lake"
+        return head + f"up to date, {how} ({fr.parts} parts)"
+    why = f" ({fr.reason})" if fr.reason else ""
+    new = "new " if fr.mode == "extended" else ""
+    return head + f"{fr.mode}, {fr.trades:,} {new}trades -> {fr.bars:,} bars ({fr.parts} parts){why}"
 
 
 class RunFailed(Exception):

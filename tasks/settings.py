@@ -146,6 +146,10 @@ class Settings(BaseSettings):
     dask_processes: bool = Field(
         False, description="Local cluster of worker processes instead of threads in the flow's process.",
     )
+    strict: bool = Field(
+        False, description="Fail the run on any refused archive, also one already refused under the same "
+        "published checksum (by default such a known refusal is reported but fails only the run that found it).",
+    )
 
     @field_validator("symbols", "steps", mode="before")
     @classmethod
