@@ -306,9 +306,12 @@ def test_a_poison_pill_day_is_quarantined_and_the_later_days_land(
     ids = ds.dataset(data / "lake" / "trades", partitioning="hive").to_table(columns=["trade_id"])["trade_id"]
     assert len(ids) == 3 * rows  # days 1, 2 and 4 landed
     assert "refused" in report.summary() and poison in report.summary()
-    # The next run does not convert it again, still names it, and the gap report shows the day refused.
+    # The next run does not convert it again, still names it (a known refusal: the run does not fail
+    # again for it), and the gap report shows the day refused.
     state, report = run(fa, data, dask_address, steps=("download", "convert", "merge", "gaps"), **kw)
-    assert not state.is_completed() and statuses(report)[poison] == "refused"
+    assert state.is_completed() and statuses(report)[poison] == "refused"
+    assert [o.archive for o in report.known_refusals] == [poison]
     assert "quarantined by an earlier merge" in next(o.detail for o in report.outcomes if o.archive == poison)
+    assert "refused again, known since " in report.summary().splitlines()[0]
     gaps = json.loads((data / "reports" / "gaps" / "market=spot" / "symbol=BTCUSDT.json").read_text())
     assert [r["day"] for r in gaps["refused"]] == ["2024-01-03"]

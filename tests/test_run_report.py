@@ -1,0 +1,153 @@
+"""The run summary as the CLI prints it: problems first, days missing as ranges, printed once,
+true about where the rows are; a refusal already known does not fail the run again (unless --strict).
+
+The CLI runs as a subprocess (`python -m flows.full_pipeline`) against the fake archive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pyarrow.dataset as ds
+
+from tasks.plan import MissingDay
+from tasks.report import ArchiveOutcome, PipelineReport
+from tests.conftest import REPO
+from tests.fake_archive import FakeArchive, corrupt_zip, make_spec, publish_day, render_csv
+
+SYMBOL = "BTCUSDT"
+
+
+def cli(fa: FakeArchive, data: Path, prefect_api: str, home: Path, *extra: str,
+        start: str = "2024-01-01", end: str = "2024-01-10") -> subprocess.CompletedProcess[str]:
+    """One run of the ad hoc CLI; stdout and stderr together, as a terminal shows them."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(home)}
+    args = [sys.executable, "-m", "flows.full_pipeline", "--market", "spot", "--symbols", SYMBOL,
+            "--start", start, "--end", end, "--granularity", "daily", "--concurrency", "2", "--features",
+            "dollar:threshold=1e5", "--data-dir", str(data), "--base-url", fa.base_url,
+            "--listing-url", fa.listing_url, *extra]
+    return subprocess.run(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=300)
+
+
+def summary_of(out: str) -> list[str]:
+    """The printed summary: from its first line (a problem or the headline) to the end."""
+    lines = out.splitlines()
+    first = next(i for i, line in enumerate(lines)
+                 if line.startswith(("REFUSED ", "FAILED ", "refused again, ", "archives: ")))
+    return lines[first:]
+
+
+def test_summary_orders_problems_first_and_collapses_missing_days() -> None:
+    report = PipelineReport()
+    report.outcomes = [
+        ArchiveOutcome("data/spot/daily/trades/BTCUSDT/BTCUSDT-trades-2024-12-28.zip", "ingested", rows=10,
+                       where="merged"),
+        ArchiveOutcome("data/spot/daily/trades/BTCUSDT/BTCUSDT-trades-2024-12-29.zip", "refused",
+                       detail="checksum mismatch: x", kind="checksum mismatch"),
+    ]
+    report.missing = [MissingDay("spot", "BTCUSDT", date(2024, 12, d), "daily archive not published")
+                      for d in range(1, 28)]
+    report.missing.append(MissingDay("spot", "BTCUSDT", date(2024, 12, 30), "archive answers 404"))
+    lines = report.summary().splitlines()
+    assert lines[0] == "REFUSED data/spot/daily/trades/BTCUSDT/BTCUSDT-trades-2024-12-29.zip: checksum mismatch: x"
+    assert lines[1] == "archives: 1 landed in the lake (10 rows), 1 refused"
+    assert "  spot BTCUSDT 2024-12-01..2024-12-27: 27 days, daily archive not published" in lines
+    assert "  spot BTCUSDT 2024-12-30: 1 day, archive answers 404" in lines
+    assert not report.ok
+    # The same refusal known from an earlier run: reported, not failing; --strict fails on it.
+    report.outcomes[1].known_since = "2024-12-30T01:02:03+00:00"
+    assert report.ok and report.summary().splitlines()[0] == (
+        "refused again, known since 2024-12-30: data/spot/daily/trades/BTCUSDT/BTCUSDT-trades-2024-12-29.zip: "
+        "checksum mismatch: x")
+    report.strict = True
+    assert not report.ok and report.summary().startswith("REFUSED ") and "known since 2024-12-30" in report.summary()
+
+
+def test_a_known_refusal_does_not_fail_the_run_again_unless_strict(
+    prefect_api: str, fake_archive: FakeArchive, tmp_path: Path
+) -> None:
+    fa, data, home = fake_archive, tmp_path / "data", tmp_path / "home"
+    good = publish_day(fa, "spot", SYMBOL, date(2024, 1, 1), 500, 1, 1)
+    mismatch = publish_day(fa, "spot", SYMBOL, date(2024, 1, 2), 500, 501, 2, bad_checksum=True)
+    broken = make_spec("spot", SYMBOL, "2024-01-03")  # its checksum is right: the ZIP itself is broken
+    fa.publish_zip(broken, corrupt_zip(render_csv(good.trades, "spot", date(2024, 1, 1)), broken.csv_name,
+                                       mode="bad_crc"))
+    # 2024-01-04..2024-01-10: not published.
+
+    first = cli(fa, data, prefect_api, home)
+    assert first.returncode == 1, first.stdout[-3000:]
+    summary = summary_of(first.stdout)
+    # Problems first, each archive named; both new, so the run fails.
+    assert summary[0].startswith(f"REFUSED {mismatch.key}: checksum mismatch"), summary
+    assert summary[1].startswith(f"REFUSED {broken.key}: corrupt archive"), summary
+    assert summary[2] == "archives: 1 landed in the lake (500 rows), 2 refused", summary
+    assert "  spot BTCUSDT 2024-01-04..2024-01-10: 7 days, daily archive not published" in summary
+    # Printed once: the log's last line is one line of counts, not the summary again.
+    lines = first.stdout.splitlines()
+    assert lines.count(summary[2]) == 1 and sum(line.startswith("stages (wall clock") for line in lines) == 1
+    assert "run done, archives: 1 landed in the lake (500 rows), 2 refused; 2 refused or failed" in first.stdout
+    note = json.loads(mismatch.spec.quarantine_note(data).read_text())
+    assert note["kind"] == "checksum mismatch" and note["published_sha256"] == mismatch.advertised_sha256
+    first_refused = note["refused_at"]
+
+    # Binance never fixes them: the next run refuses them again, says they are known, and succeeds.
+    second = cli(fa, data, prefect_api, home)
+    assert second.returncode == 0, second.stdout[-3000:]
+    summary = summary_of(second.stdout)
+    today = datetime.now(UTC).date().isoformat()
+    assert summary[0].startswith(f"refused again, known since {today}: {mismatch.key}: checksum mismatch"), summary
+    assert summary[1].startswith(f"refused again, known since {today}: {broken.key}: corrupt archive"), summary
+    assert summary[2] == "archives: 1 already in the lake (500 rows), 2 refused again (known)", summary
+    # The date of the first refusal is kept when the same refusal is recorded again.
+    assert json.loads(mismatch.spec.quarantine_note(data).read_text())["refused_at"] == first_refused
+    # The features were up to date: said so, not "recomputed (no earlier result)" from the cache record.
+    assert any(line.startswith("features dollar") and ": up to date, " in line for line in summary), summary
+    assert "no earlier result" not in second.stdout
+
+    strict = cli(fa, data, prefect_api, home, "--strict")
+    assert strict.returncode == 1, strict.stdout[-3000:]
+    summary = summary_of(strict.stdout)
+    assert summary[0].startswith(f"REFUSED {mismatch.key}: checksum mismatch") and "known since" in summary[0]
+
+    # Binance re-publishes the day (a new checksum): it is fetched and lands.
+    fixed = publish_day(fa, "spot", SYMBOL, date(2024, 1, 2), 500, 501, 2)
+    assert fixed.advertised_sha256 != mismatch.advertised_sha256
+    third = cli(fa, data, prefect_api, home)
+    assert third.returncode == 0, third.stdout[-3000:]
+    summary = summary_of(third.stdout)
+    assert summary[0].startswith(f"refused again, known since {today}: {broken.key}"), summary
+    assert summary[1] == ("archives: 1 landed in the lake (500 rows), 1 already in the lake (500 rows), "
+                          "1 refused again (known)"), summary
+    rows = ds.dataset(data / "lake" / "trades", partitioning="hive").count_rows()
+    assert rows == 1000
+
+
+def test_the_headline_says_where_the_rows_are_after_each_step(
+    prefect_api: str, fake_archive: FakeArchive, tmp_path: Path
+) -> None:
+    fa, data, home = fake_archive, tmp_path / "data", tmp_path / "home"
+    for d in (1, 2):
+        publish_day(fa, "spot", SYMBOL, date(2024, 1, d), 300, 1 + 300 * (d - 1), d)
+    span = {"start": "2024-01-01", "end": "2024-01-02"}
+
+    run = cli(fa, data, prefect_api, home, "--steps", "download", **span)
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert summary_of(run.stdout)[0] == "archives: 2 downloaded and verified"
+    run = cli(fa, data, prefect_api, home, "--steps", "download,convert", **span)
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert summary_of(run.stdout)[0] == "archives: 2 converted, waiting in staging (600 rows)"
+    assert "in the lake" not in summary_of(run.stdout)[0]
+    run = cli(fa, data, prefect_api, home, "--steps", "download,convert,merge", **span)
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert summary_of(run.stdout)[0] == "archives: 2 landed in the lake (600 rows)"
+    run = cli(fa, data, prefect_api, home, **span)
+    assert run.returncode == 0, run.stdout[-3000:]
+    summary = summary_of(run.stdout)
+    assert summary[0] == "archives: 2 already in the lake (600 rows)"
+    assert any(line.startswith("features dollar") and ": recomputed, 600 trades" in line for line in summary)
