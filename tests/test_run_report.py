@@ -151,3 +151,28 @@ def test_the_headline_says_where_the_rows_are_after_each_step(
     summary = summary_of(run.stdout)
     assert summary[0] == "archives: 2 already in the lake (600 rows)"
     assert any(line.startswith("features dollar") and ": recomputed, 600 trades" in line for line in summary)
+
+
+def test_archives_landed_counts_this_runs_verified_downloads_and_staged_archives_once(tmp_path: Path) -> None:
+    from tasks.landed import archives_landed
+
+    data = tmp_path / "data"
+    old, new = [make_spec("spot", SYMBOL, f"2024-01-0{d}") for d in (1, 2)]
+    staged_only = make_spec("spot", SYMBOL, "2024-01-03")
+    for spec in (old, new):
+        spec.local_zip(data).parent.mkdir(parents=True, exist_ok=True)
+        spec.local_zip(data).write_bytes(b"PK")
+        spec.local_zip(data).with_name(spec.file_name + ".CHECKSUM").write_text("0" * 64)
+    half = make_spec("spot", SYMBOL, "2024-01-04")  # a download without its stored checksum: not verified
+    half.local_zip(data).write_bytes(b"PK")
+    for spec in (new, staged_only):
+        spec.staging_file(data).parent.mkdir(parents=True, exist_ok=True)
+        spec.staging_file(data).write_bytes(b"PAR1")
+    (new.staging_file(data).parent / ".tmp-x.parquet").write_bytes(b"")  # a temporary: not landed
+    stamp = old.local_zip(data).with_name(old.file_name + ".CHECKSUM").stat().st_mtime
+    os.utime(old.local_zip(data).with_name(old.file_name + ".CHECKSUM"), (stamp - 100, stamp - 100))
+    since = stamp - 50
+    # `new` downloaded and staged (once), `staged_only` staged; `old` landed before the run.
+    assert archives_landed(data, "spot", [SYMBOL], since) == 2
+    assert archives_landed(data, "spot", [SYMBOL], stamp - 200) == 3
+    assert archives_landed(data, "spot", ["ETHUSDT"], since) == 0
