@@ -214,7 +214,7 @@ def _feature_cache_key(context: TaskRunContext, inputs: dict[str, Any]) -> str |
                         repair_count(data_dir, inputs["market"], inputs["symbol"]))  # a repair recomputes
 
 
-@task(name="features", task_run_name="{feature.name} {market}/{symbol}", cache_key_fn=_feature_cache_key,
+@task(name="features", task_run_name="features {market}/{symbol} {feature.name}", cache_key_fn=_feature_cache_key,
       persist_result=True, result_serializer=LakeJSONSerializer())
 def features_task(data_dir: Path, market: Market, symbol: str, feature: Feature) -> FeatureResult:
     """Bring one feature of one symbol up to the lake's last trade (incremental, see tasks.features)."""

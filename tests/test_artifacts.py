@@ -142,7 +142,7 @@ def test_run_artifacts_name_changes_failures_gaps_and_task_runs(
     held = sum(int(m.group(1)) if (m := re.search(r"\((\d+) archives\)", n)) else 1 for n in converts)
     assert held == landed  # the refused archive failed its checksum: never converted
     assert {"optimize spot/BTCUSDT", "optimize spot/ETHUSDT", "validate spot/BTCUSDT", "gaps spot/ETHUSDT",
-            "discover spot", "fetch checksums"} <= set(task_names)
+            "discover spot", "fetch checksums", "features spot/BTCUSDT ema_dollar_imbalance"} <= set(task_names)
 
 
 def test_summary_and_gap_tables_from_a_report() -> None:
