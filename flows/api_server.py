@@ -339,3 +339,10 @@ def launch_early(template: Path | None) -> TemporaryApiServer | None:
         shutil.rmtree(server.scratch, ignore_errors=True)
         raise
     return server
+
+
+def discard(server: TemporaryApiServer | None) -> None:
+    """Stop a server from `launch_early` that will not be used, and remove its folder."""
+    if server is not None:
+        server.stop()
+        shutil.rmtree(server.scratch, ignore_errors=True)

@@ -8,16 +8,21 @@ are known to be good, while the temporary API server boots beside them.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Collection, Sequence
+import time
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from flows.api_server import launch_early, server_template
+from flows.api_server import discard, launch_early, server_template
 from flows.interrupt import Interrupted
+from tasks.archive_spec import ArchiveSpec
 from tasks.datadir import open_data_dir
 from tasks.errors import DataDirRefused, TemporaryServerFailed, describe
 from tasks.settings import ALL_STEPS, STEPS, CliParser, Settings, describe_settings_error
@@ -93,6 +98,62 @@ def print_validation_error(exc: ValidationError | SettingsError, given: Collecti
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
 
 
+def interrupted_line(settings: Settings, data_dir: Path, since: float) -> str:
+    """What a Ctrl-C'd run says: how many archives it downloaded and verified, and lake files it wrote.
+
+    Counted from the data dir (files of the requested symbols committed since `since`), so
+    it is true whichever thread was interrupted; quick, since it lists only those folders.
+    """
+    downloads = lake_files = 0
+    for symbol in settings.symbols:
+        for granularity in ("daily", "monthly"):
+            spec = ArchiveSpec(settings.market, symbol, granularity, settings.start.replace(day=1))
+            downloads += _newer(data_dir / "archive" / spec.folder_key, ".CHECKSUM", since)
+        lake_files += _newer(data_dir / "lake" / "trades" / f"market={settings.market}" / f"symbol={symbol}",
+                             ".parquet", since)
+    done = f"{downloads} archive{'s' if downloads != 1 else ''} downloaded and verified"
+    if lake_files:
+        done += f", {lake_files} lake file{'s' if lake_files != 1 else ''} written"
+    return f"interrupted: {done}; they stay, nothing half-written is visible; run the same command to resume"
+
+
+def _newer(folder: Path, suffix: str, since: float) -> int:
+    """Files in `folder` ending in `suffix` (not temporaries) modified at or after `since`."""
+    try:
+        with os.scandir(folder) as entries:
+            return sum(1 for e in entries if e.name.endswith(suffix) and not e.name.startswith(".")
+                       and e.stat().st_mtime >= since)
+    except OSError:
+        return 0
+
+
+@contextmanager
+def run_home(scratch: Path | None) -> Iterator[None]:
+    """Inside the block, Prefect's home is the run's temporary folder (set before Prefect is imported).
+
+    In a terminal, Prefect's client writes a device id and milestone markers under
+    `$PREFECT_HOME/.sdk_telemetry` whatever DO_NOT_TRACK says (Prefect 3.9); with a temporary
+    server nothing else of the user's Prefect home is needed, so nothing outlives the run
+    outside the data dir. The user's profiles are still read where they are. `None` (an API
+    is configured): the user's Prefect home, as it is.
+    """
+    if scratch is None:
+        yield
+        return
+    saved = {name: os.environ.get(name) for name in ("PREFECT_HOME", "PREFECT_PROFILES_PATH")}
+    user_home = Path(saved["PREFECT_HOME"] or "~/.prefect").expanduser()
+    os.environ.setdefault("PREFECT_PROFILES_PATH", str(user_home / "profiles.toml"))
+    os.environ["PREFECT_HOME"] = str(scratch / "client")
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry: returns the exit status (0 all good, 1 archives refused or failed, 2 bad arguments).
 
@@ -114,13 +175,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataDirRefused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    interrupted = Interrupted(INTERRUPTED)
+    since = time.time()
+    interrupted = Interrupted(partial(interrupted_line, settings, data_dir, since))
     with interrupted:
         try:
             early = launch_early(server_template(data_dir))
-            from flows.full_pipeline import run_from_cli  # Prefect, pyarrow, Dask, Numba: seconds
-
-            return run_from_cli(settings, data_dir, early)
+            with run_home(early.scratch if early is not None else None):
+                try:
+                    from flows.full_pipeline import run_from_cli  # Prefect, pyarrow, Dask, Numba: seconds
+                except BaseException:
+                    discard(early)
+                    raise
+                return run_from_cli(settings, data_dir, early)  # owns `early` from here on
         except TemporaryServerFailed as exc:
             print(f"error: {describe(exc)}", file=sys.stderr)
             return 1

@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 #: Seconds a run has, after Ctrl-C, to end by itself before the process ends at once.
@@ -23,16 +24,17 @@ class Interrupted:
     server and removes its folder, and the data dir's lock goes with the process.
     """
 
-    def __init__(self, message: str, grace_s: float = INTERRUPT_GRACE_S) -> None:
+    def __init__(self, message: str | Callable[[], str], grace_s: float = INTERRUPT_GRACE_S) -> None:
         self.message = message
         self.grace_s = grace_s
         self._said = threading.Lock()
         self._previous: Any = None
 
     def announce(self) -> None:
-        """Print the message, once, whoever ends the run (the main thread or the timer)."""
+        """Print the message (a text, or a function making it), once, whoever ends the run (main thread or timer)."""
         if self._said.acquire(blocking=False):
-            print(self.message, file=sys.stderr, flush=True)
+            text = self.message if isinstance(self.message, str) else _safely(self.message)
+            print(text, file=sys.stderr, flush=True)
 
     def _expire(self) -> None:
         self.announce()
@@ -53,3 +55,11 @@ class Interrupted:
     def __exit__(self, *exc: object) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
+
+
+def _safely(message: Callable[[], str]) -> str:
+    """The message, or a plain `interrupted` if making it fails (the process is ending either way)."""
+    try:
+        return message()
+    except Exception:
+        return "interrupted: run the same command to resume"

@@ -41,7 +41,7 @@ from prefect.settings import (
 # CLI uses them before its imports); their names are re-exported here, where they were.
 from flows.api_server import RUN_DIR_PREFIX as RUN_DIR_PREFIX
 from flows.api_server import SERVER_TEMPLATE as SERVER_TEMPLATE
-from flows.api_server import TemporaryApiServer, _guarded, _stop
+from flows.api_server import TemporaryApiServer, _guarded, _stop, discard
 from flows.api_server import schema_template_ok as schema_template_ok
 from flows.api_server import server_template as server_template
 from flows.interrupt import INTERRUPT_GRACE_S as INTERRUPT_GRACE_S
@@ -83,8 +83,7 @@ def shared_api_server(template: Path | None = None, early: TemporaryApiServer | 
     """
     server = early
     if early is not None and api_configured():
-        early.stop()
-        shutil.rmtree(early.scratch, ignore_errors=True)
+        discard(early)
         server = early = None
     scratch = early.scratch if early is not None else Path(tempfile.mkdtemp(prefix=RUN_DIR_PREFIX))
     guard: subprocess.Popen[bytes] | None = None
