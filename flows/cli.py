@@ -22,9 +22,9 @@ from pydantic_settings import SettingsError
 
 from flows.api_server import discard, launch_early, server_template
 from flows.interrupt import Interrupted
-from tasks.archive_spec import ArchiveSpec
 from tasks.datadir import open_data_dir
 from tasks.errors import DataDirRefused, TemporaryServerFailed, describe
+from tasks.landed import archives_landed
 from tasks.settings import ALL_STEPS, STEPS, CliParser, Settings, describe_settings_error
 
 
@@ -99,32 +99,14 @@ def print_validation_error(exc: ValidationError | SettingsError, given: Collecti
 
 
 def interrupted_line(settings: Settings, data_dir: Path, since: float) -> str:
-    """What a Ctrl-C'd run says: how many archives it downloaded and verified, and lake files it wrote.
+    """What a Ctrl-C'd run says: how many archives it landed (verified or converted) and kept.
 
-    Counted from the data dir (files of the requested symbols committed since `since`), so
-    it is true whichever thread was interrupted; quick, since it lists only those folders.
+    Counted from the data dir (`tasks.landed`), so it is true whichever thread was
+    interrupted, and quick: it lists only the requested symbols' folders.
     """
-    downloads = lake_files = 0
-    for symbol in settings.symbols:
-        for granularity in ("daily", "monthly"):
-            spec = ArchiveSpec(settings.market, symbol, granularity, settings.start.replace(day=1))
-            downloads += _newer(data_dir / "archive" / spec.folder_key, ".CHECKSUM", since)
-        lake_files += _newer(data_dir / "lake" / "trades" / f"market={settings.market}" / f"symbol={symbol}",
-                             ".parquet", since)
-    done = f"{downloads} archive{'s' if downloads != 1 else ''} downloaded and verified"
-    if lake_files:
-        done += f", {lake_files} lake file{'s' if lake_files != 1 else ''} written"
-    return f"interrupted: {done}; they stay, nothing half-written is visible; run the same command to resume"
-
-
-def _newer(folder: Path, suffix: str, since: float) -> int:
-    """Files in `folder` ending in `suffix` (not temporaries) modified at or after `since`."""
-    try:
-        with os.scandir(folder) as entries:
-            return sum(1 for e in entries if e.name.endswith(suffix) and not e.name.startswith(".")
-                       and e.stat().st_mtime >= since)
-    except OSError:
-        return 0
+    n = archives_landed(data_dir, settings.market, settings.symbols, since)
+    return (f"interrupted: {n} archive{'' if n == 1 else 's'} landed (verified, kept for the next run); "
+            "nothing half-written is visible; run the same command to resume")
 
 
 @contextmanager

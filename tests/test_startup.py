@@ -111,8 +111,8 @@ def test_ctrl_c_in_a_terminal_says_what_it_kept_exits_130_leaves_nothing_and_the
     shown = run.text
     assert code == 130, shown[-3000:]
     ours = [line for line in shown.splitlines() if line.startswith("interrupted:")]
-    assert ours == [f"interrupted: {DAYS - 1} archives downloaded and verified; they stay, nothing half-written "
-                    "is visible; run the same command to resume"], shown[-3000:]
+    assert ours == [f"interrupted: {DAYS - 1} archives landed (verified, kept for the next run); nothing "
+                    "half-written is visible; run the same command to resume"], shown[-3000:]
     assert "Traceback" not in shown and "Crash detected" not in shown, shown[-3000:]
     assert wait_gone(started) == [], [p.cmdline() for p in started if p.is_running()]
     assert leftovers(tmp) == [] and leftovers(home) == [], (leftovers(tmp), leftovers(home))
