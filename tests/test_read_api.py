@@ -32,6 +32,8 @@ from tasks.gaps import gap_report, write_gap_report
 from tasks.lake import lake_files, read_bars, read_trades, read_trades_pandas, to_pandas
 from tasks.schema import TRADES_SCHEMA
 from tests.conftest import REPO
+from tests.fake_archive import FakeArchive, publish_day, publish_month
+from tests.fake_archive.scenarios import PublishedArchive
 from tests.test_compact import OPTS, ROWS, day, stage, trades
 from tests.test_validate import flip_byte_in_column
 
@@ -344,3 +346,44 @@ def test_status_json_without_a_gap_report_still_names_refused_archives(tmp_path:
     assert gaps["refused"] == [{"from": "2024-02-01", "to": "2024-02-29", "days": 29, "archive": month.key,
                                 "reason": "corrupt archive: bad zip"}]
     assert gaps["totals"]["refused_days"] == 29 and gaps["totals"]["refused_archives"] == 1
+
+
+@pytest.mark.slow
+def test_read_trades_on_a_lake_built_by_the_pipeline(
+        prefect_api: str, dask_address: str, fake_archive: FakeArchive, tmp_path: Path) -> None:
+    """Spot days and a USD-M month (interleaved ids, duplicates) of BTCUSDT, through the real flow."""
+    from tests.test_flow_e2e import run
+
+    data = tmp_path / "data"
+    spot = [publish_day(fake_archive, "spot", "BTCUSDT", date(2024, 1, n), 2000, 1 + (n - 1) * 2000, n)
+            for n in (1, 2, 3)]
+    month = publish_month(fake_archive, "um", "BTCUSDT", "2024-01", 6000, 5_000_001, 7, interleave_block=500,
+                          duplicates=2)
+    steps = ("download", "convert", "merge", "validate")
+    for market, granularity, end in (("spot", "daily", date(2024, 1, 3)), ("um", "monthly", date(2024, 1, 31))):
+        state, _ = run(fake_archive, data, dask_address, market=market, symbols=("BTCUSDT",),
+                       start=date(2024, 1, 1), end=end, granularity=granularity, steps=steps)
+        assert state.is_completed(), state.message
+    assert [p.name for p in lake_files(data, "um", "BTCUSDT")] == ["2024-01-01_2024-01-31.parquet"]
+
+    def expected(pubs: list[PublishedArchive], first: date, last: date) -> tuple[np.ndarray, np.ndarray]:
+        ids, times = [], []
+        for pub in pubs:
+            exp = pub.expected()
+            us = exp.time(pub.time_unit) * (1 if pub.time_unit == "us" else 1000)
+            lo, hi = (int(datetime.combine(d, datetime.min.time(), tzinfo=UTC).timestamp()) * 1_000_000
+                      for d in (first, last + timedelta(days=1)))
+            keep = (us >= lo) & (us < hi)
+            ids.append(exp.id[keep])
+            times.append(us[keep])
+        return np.concatenate(ids), np.concatenate(times)
+
+    for market, pubs, first, last in (("spot", spot, day(2), day(3)), ("um", [month], date(2024, 1, 10),
+                                                                       date(2024, 1, 11)),
+                                      ("um", [month], date(2024, 1, 1), date(2024, 1, 31))):
+        got = read_trades(data, market, "BTCUSDT", first, last, columns=["trade_id", "time"])
+        want_ids, want_times = expected(pubs, first, last)
+        assert 0 < got.num_rows < 7000
+        np.testing.assert_array_equal(got["trade_id"].to_numpy(), want_ids)
+        np.testing.assert_array_equal(got["time"].cast(pa.int64()).to_numpy(), want_times)
+    assert str(read_trades_pandas(data, "um", "BTCUSDT")["is_best_match"].dtype) == "boolean"
