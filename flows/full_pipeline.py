@@ -11,9 +11,9 @@ import sys
 if __name__ == "__main__":
     # The command line checks its arguments and launches the API server before this module's
     # imports (seconds of Prefect, pyarrow, Dask, Numba), which it then imports by name.
-    from flows.cli import main
+    from flows.cli import finish, main
 
-    sys.exit(main())
+    finish(main())
 
 import hashlib
 import logging
