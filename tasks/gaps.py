@@ -74,7 +74,8 @@ class GapReport:
 
     def summary_lines(self) -> list[str]:
         """One line per kind of finding, for the terminal."""
-        head = f"{self.market} {self.symbol} {self.start}..{self.end}: {self.days_in_lake} days in the lake"
+        held = f"{self.days_in_lake} day{'' if self.days_in_lake == 1 else 's'} in the lake"
+        head = f"{self.market} {self.symbol} {self.start}..{self.end}: {held}"
         lines = [head]
         if self.not_published:
             lines.append(f"  not published: {len(self.not_published)} days ({_ranges(self.not_published)})")

@@ -286,7 +286,7 @@ class PipelineReport:
             if c.files_written or c.files_removed:
                 lines.append(f"lake {c.market}/{c.symbol}: wrote {', '.join(c.files_written) or 'nothing'} "
                              f"({c.rows_written:,} rows, {c.bytes_written:,} bytes), removed {len(c.files_removed)} "
-                             f"files, merged {len(c.staged_merged)} archives")
+                             f"files, merged {_n(len(c.staged_merged), 'archive')}")
             for a in c.replaced_archives:
                 lines.append(f"  re-published, re-ingested: {a}")
             if c.staged_dropped:
@@ -336,6 +336,7 @@ _PLACES = (
     ("lake", "already in the lake"),
     ("staging", "converted, waiting in staging"),
     ("downloads", "downloaded and verified"),
+    ("kept", "already downloaded and verified"),
     ("missing", "listed but not published (404)"),
     ("refused", "refused"),
     ("known", "refused again (known)"),
@@ -350,9 +351,15 @@ def _place(o: ArchiveOutcome) -> str:
         return o.status
     if o.status == "downloaded":
         return "downloads"
+    if o.where == "downloads":  # a cached download: verified by an earlier run, not fetched again
+        return "kept"
     if o.where:
         return o.where
     return "merged" if o.status == "ingested" else "lake"  # a report built without `where`
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def day_runs(days: set[date]) -> list[tuple[date, date]]:

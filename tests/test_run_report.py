@@ -139,6 +139,9 @@ def test_the_headline_says_where_the_rows_are_after_each_step(
     run = cli(fa, data, prefect_api, home, "--steps", "download", **span)
     assert run.returncode == 0, run.stdout[-3000:]
     assert summary_of(run.stdout)[0] == "archives: 2 downloaded and verified"
+    run = cli(fa, data, prefect_api, home, "--steps", "download", **span)
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert summary_of(run.stdout)[0] == "archives: 2 already downloaded and verified"
     run = cli(fa, data, prefect_api, home, "--steps", "download,convert", **span)
     assert run.returncode == 0, run.stdout[-3000:]
     assert summary_of(run.stdout)[0] == "archives: 2 converted, waiting in staging (600 rows)"
