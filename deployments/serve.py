@@ -10,9 +10,16 @@ every setting not in its run form from the `BINANCE_LAKE_*` environment.
 
 from __future__ import annotations
 
-import argparse
 import os
+import sys
+
+if __name__ == "__main__":  # `--version` and a bad `--data-dir` answer before Prefect's import (seconds)
+    from tasks.preflight import early_exit
+
+    early_exit(sys.argv[1:])
+
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, cast
 
 from prefect import serve
@@ -21,6 +28,9 @@ from prefect.schedules import Cron
 
 from flows.backfill import backfill
 from flows.daily_update import daily_update
+from tasks.errors import DataDirRefused
+from tasks.preflight import open_usable_data_dir, version_line
+from tasks.settings import CliParser
 
 #: When the daily update runs, and why: see prefect.yaml. Always in UTC, named explicitly
 #: (the days are UTC days), whatever the server's or the browser's time zone.
@@ -55,19 +65,33 @@ def build(data_dir: str, market: str, symbols: Sequence[str]) -> list[RunnerDepl
     return [daily, backfill_deployment]
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Serve both deployments until interrupted."""
-    p = argparse.ArgumentParser(prog="python -m deployments.serve", description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve both deployments until interrupted; exit 2 with one line for an unusable data dir."""
+    p = CliParser(prog="python -m deployments.serve", description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=None,
                    help="the lake of both deployments (default: $BINANCE_LAKE_DATA_DIR, else ./data)")
-    p.add_argument("--market", default="spot", choices=["spot", "um", "cm"], help="the daily update's market")
-    p.add_argument("--symbols", nargs="+", default=["BTCUSDT", "ETHUSDT"], help="the daily update's symbols")
+    p.add_argument("--market", default="spot", choices=["spot", "um", "cm"],
+                   help="the daily update's market: spot, um (USD-M futures) or cm (COIN-M futures); default spot")
+    p.add_argument("--symbols", nargs="+", default=["BTCUSDT", "ETHUSDT"],
+                   help="the daily update's symbols (default BTCUSDT ETHUSDT)")
+    p.add_argument("--create", action="store_true",
+                   help="create the data dir's missing parent folders too (without it, a missing parent is "
+                   "refused as a likely typo)")
+    p.add_argument("--version", action="version", version=version_line(), help="print the version and exit")
     args = p.parse_args(argv)
-    data_dir = os.path.abspath(args.data_dir or os.environ.get("BINANCE_LAKE_DATA_DIR") or "./data")
+    given = args.data_dir or os.environ.get("BINANCE_LAKE_DATA_DIR")
+    data_dir = os.path.abspath(given or "./data")
+    try:
+        # Before the runner starts: a typo or a read-only folder is said now, not at 06:30 UTC.
+        open_usable_data_dir(Path(given or data_dir), create=args.create or given is None)
+    except DataDirRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     # The back-fill's runs (subprocesses of this one) read their lake from the environment.
     os.environ["BINANCE_LAKE_DATA_DIR"] = data_dir
     serve(*build(data_dir, args.market, args.symbols))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -24,9 +24,9 @@ from pydantic_settings import SettingsError
 
 from flows.api_server import discard, launch_early, server_template
 from flows.interrupt import Interrupted
-from tasks.datadir import open_data_dir
-from tasks.errors import DataDirRefused, TemporaryServerFailed, describe
+from tasks.errors import DataDirRefused, DateRangeRefused, SymbolNotListed, TemporaryServerFailed, describe
 from tasks.landed import archives_landed
+from tasks.preflight import check_run, version_line
 from tasks.settings import ALL_STEPS, STEPS, CliParser, Settings, describe_settings_error
 
 
@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", default=None,
                    help="exit 1 on any refused archive, also one refused before under the same published checksum "
                    "(by default such a known refusal is reported, and only new ones fail the run)")
+    p.add_argument("--create", action="store_true",
+                   help="create the data dir's missing parent folders too (without it, a missing parent is "
+                   "refused as a likely typo; the data dir itself is always created)")
+    p.add_argument("--version", action="version", version=version_line(), help="print the version and exit")
     return p
 
 
@@ -90,6 +94,8 @@ def _given_settings(args: argparse.Namespace) -> dict[str, Any]:
 #: What a CLI says on Ctrl-C (exit 130): archives verified so far stay, and no half-written
 #: file is visible; the next run skips what landed and finishes or undoes a swap it finds.
 INTERRUPTED = "interrupted: what landed stays and nothing half-written is visible; run the same command to resume"
+#: What a CLI says on Ctrl-C during its checks, before any run started (exit 130).
+NOTHING_STARTED = "interrupted: before the run started; nothing was changed"
 
 
 def print_validation_error(exc: ValidationError | SettingsError, given: Collection[str] = ()) -> None:
@@ -178,19 +184,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     Prefect, pyarrow, Dask and Numba imports: only then does the temporary API server
     start, and it boots while those imports run.
     """
-    given = _given_settings(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    given = _given_settings(args)
     try:
         settings = Settings(**given)
     except (ValidationError, SettingsError) as exc:
         print_validation_error(exc, given)
         return 2
     try:
-        # Before any server starts, so a typo fails in a second; marked, since the server keeps
-        # its schema template in it.
-        data_dir = open_data_dir(settings.data_dir)
-    except DataDirRefused as exc:
+        # Before any server starts, so a typo fails in a second (tasks/preflight.py): the data dir
+        # (then created and marked: the server keeps its schema template in it), the days (an end
+        # after yesterday is capped), the symbols (asked of the listing).
+        settings, data_dir, notes = check_run(settings, create=args.create)
+    except (DataDirRefused, DateRangeRefused, SymbolNotListed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # while the listing is asked about the symbols: nothing started yet
+        print(NOTHING_STARTED, file=sys.stderr)
+        return 130
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     since = time.time()
     interrupted = Interrupted(partial(interrupted_line, settings, data_dir, since))
     with interrupted:

@@ -3,6 +3,10 @@
 For each symbol it takes every day after the last day in the lake up to yesterday (UTC),
 plus a re-probe of the last `reprobe_days` days, because Binance publishes late at times
 (#151, #411) and re-publishes corrected archives (a changed checksum is re-ingested).
+A symbol the lake has no history of yet is back-filled: from its first published day
+(daily or monthly archive, whichever is earlier), monthly archives for whole months,
+and the summary says "new symbol XYZ: back-filled from <day>" (`backfill_new_symbols`
+False, or `--no-backfill`: only the re-probe window, as for the others).
 Symbols are the given ones, or every symbol of the market that the listing shows,
 filtered by include/exclude patterns (shell-style, e.g. `*USDT`). Days not published yet
 are not failures; a day still missing once it is older than the re-probe window is
@@ -13,13 +17,19 @@ Run it ad hoc:  python -m flows.daily_update --data-dir ./data --symbols BTCUSDT
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # `--version` and a bad `--data-dir` answer before Prefect's import (seconds)
+    from tasks.preflight import early_exit
+
+    early_exit(sys.argv[1:])
+
 import asyncio
 import fnmatch
-import sys
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, task
 from prefect.logging import get_run_logger
@@ -28,12 +38,13 @@ from pydantic_settings import SettingsError
 
 from flows.full_pipeline import INTERRUPTED, print_validation_error, run_pipeline
 from flows.runtime import Interrupted, dask_runner, default_dask_runner, server_template, shared_api_server
-from tasks.archive_spec import Market
-from tasks.datadir import open_data_dir
-from tasks.errors import DataDirRefused, TemporaryServerFailed, describe
+from tasks.archive_spec import Granularity, Market
+from tasks.errors import DataDirRefused, DateRangeRefused, SymbolNotListed, TemporaryServerFailed, describe
 from tasks.http import HttpOptions
 from tasks.lake import coverage, lake_inventory, staged_inventory
-from tasks.listing import list_symbols
+from tasks.listing import Discovery, list_symbols
+from tasks.prefect_tasks import discover_task
+from tasks.preflight import check_run, version_line
 from tasks.report import PipelineReport, RunFailed
 from tasks.settings import DEFAULT_LISTING_URL, CliParser, Settings, parse_day
 
@@ -53,6 +64,20 @@ def update_window(last: date | None, today: date, reprobe_days: int) -> tuple[da
     reprobe_from = yesterday - timedelta(days=max(reprobe_days, 1) - 1)
     start = reprobe_from if last is None else min(last + timedelta(days=1), reprobe_from)
     return start, yesterday
+
+
+def first_published_days(discoveries: Sequence[Discovery]) -> dict[str, date | None]:
+    """Per symbol, its first published day (daily or monthly archive); None if nothing is published or a
+    folder could not be listed (then the first day is not known)."""
+    out: dict[str, date | None] = {}
+    unknown: set[str] = set()
+    for d in discoveries:
+        if d.error:
+            unknown.add(d.symbol)
+        first = min(d.periods(), default=None)
+        mine = out.get(d.symbol)
+        out[d.symbol] = first if mine is None else mine if first is None else min(mine, first)
+    return {s: None if s in unknown else day for s, day in out.items()}
 
 
 def select_symbols(found: Sequence[str], include: Sequence[str], exclude: Sequence[str]) -> list[str]:
@@ -80,6 +105,7 @@ def daily_update(
     listing_url: str | None = None,
     dask_address: str | None = None,
     strict: bool | None = None,
+    backfill_new_symbols: bool = True,
 ) -> PipelineReport:
     """Bring every configured symbol up to yesterday (UTC) and re-probe the last `reprobe_days` days.
 
@@ -87,6 +113,8 @@ def daily_update(
     `exclude` (shell patterns). `today` defaults to the current UTC date (set it to replay a day).
     `strict`: fail on any refused archive, also one refused before under the same published
     checksum (default: such a known refusal is reported and does not fail the run again).
+    A symbol without history in the lake is back-filled from its first published day
+    (granularity auto) unless `backfill_new_symbols` is False.
     Other settings (concurrency, target file size, ...) come from `BINANCE_LAKE_*` variables.
     """
     logger = get_run_logger()
@@ -99,19 +127,32 @@ def daily_update(
         symbols = select_symbols(found, include or [], exclude or [])
         logger.info("%d of %d listed %s symbols selected", len(symbols), len(found), market)
     data_dir = data_dir.resolve()
-    windows = {s: update_window(last_day_held(data_dir, market, s), today, reprobe_days) for s in symbols}
     notes = []
     if not symbols:
         notes.append("no symbol selected: nothing to do")
         return PipelineReport(notes=notes)
+    held = {s: last_day_held(data_dir, market, s) for s in symbols}
+    windows: dict[str, tuple[date, date, Granularity | Literal["auto"]]] = {
+        s: (*update_window(held[s], today, reprobe_days), "daily") for s in symbols}
+    new = [s for s in symbols if held[s] is None]
+    if new and backfill_new_symbols:
+        listed = discover_task(listing_url or DEFAULT_LISTING_URL, market, new, ["daily", "monthly"], HttpOptions(), 8)
+        yesterday = today - timedelta(days=1)
+        for s, first in first_published_days(listed).items():
+            if first is not None and first <= yesterday:
+                windows[s] = (first, yesterday, "auto")
+                notes.append(f"new symbol {s}: back-filled from {first}")
+            elif first is None and any(d.error for d in listed if d.symbol == s):
+                notes.append(f"new symbol {s}: its listing could not be read, so it was not back-filled; "
+                             f"a later update back-fills it while the lake holds nothing of it")
     # Symbols sharing a window (normally all: every one up to date) run together.
-    groups: dict[tuple[date, date], list[str]] = {}
+    groups: dict[tuple[date, date, Granularity | Literal["auto"]], list[str]] = {}
     for s in symbols:
         groups.setdefault(windows[s], []).append(s)
     report = PipelineReport(notes=notes)
-    for (start, end), group in sorted(groups.items()):
+    for (start, end, granularity), group in sorted(groups.items()):
         settings = Settings(data_dir=data_dir, market=market, symbols=tuple(group), start=start, end=end,
-                            granularity="daily", **overrides)
+                            granularity=granularity, **overrides)
         logger.info("daily update of %d %s symbols over %s..%s", len(group), market, start, end)
         report.merge(run_pipeline(settings))
     window_start = today - timedelta(days=max(reprobe_days, 1))
@@ -127,17 +168,31 @@ def daily_update(
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry: exit 0 when all went well, 1 when an archive was refused or failed, 2 for bad arguments."""
     p = CliParser(prog="python -m flows.daily_update", description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", required=True, type=Path)
-    p.add_argument("--market", default="spot", choices=["spot", "um", "cm"])
-    p.add_argument("--symbols", nargs="+", default=None, help="default: every listed symbol (see --include)")
-    p.add_argument("--include", nargs="+", default=None, help="shell patterns of listed symbols to take")
-    p.add_argument("--exclude", nargs="+", default=None, help="shell patterns of listed symbols to skip")
+    p.add_argument("--data-dir", required=True, type=Path,
+                   help="root of the lake, downloads and quarantine (the one given to flows.full_pipeline)")
+    p.add_argument("--market", default="spot", choices=["spot", "um", "cm"],
+                   help="spot, um (USD-M futures) or cm (COIN-M futures); default spot")
+    p.add_argument("--symbols", nargs="+", default=None,
+                   help="symbols to update, e.g. BTCUSDT ETHUSDT (default: every listed symbol, see --include)")
+    p.add_argument("--include", nargs="+", default=None,
+                   help="without --symbols: shell patterns of listed symbols to take, e.g. '*USDT'")
+    p.add_argument("--exclude", nargs="+", default=None,
+                   help="without --symbols: shell patterns of listed symbols to skip, e.g. '*UPUSDT'")
     p.add_argument("--reprobe-days", type=int, default=3,
-                   help=f"re-check the last N days (default 3, at most {MAX_REPROBE_DAYS})")
-    p.add_argument("--today", default=None, help="replay as of this UTC date, YYYY-MM-DD")
-    p.add_argument("--base-url", default=None)
-    p.add_argument("--listing-url", default=None)
-    p.add_argument("--dask-address", default=None)
+                   help=f"re-check the last N days, which Binance may publish late (default 3, at most "
+                   f"{MAX_REPROBE_DAYS})")
+    p.add_argument("--today", default=None, help="replay as of this UTC date, YYYY-MM-DD (default: today)")
+    p.add_argument("--no-backfill", dest="backfill_new_symbols", action="store_false",
+                   help="a symbol without history in the lake gets only the re-probe window, instead of its "
+                   "whole published history from its first published day")
+    p.add_argument("--base-url", default=None, help="archive root (default https://data.binance.vision)")
+    p.add_argument("--listing-url", default=None,
+                   help="S3 listing endpoint (default https://s3-ap-northeast-1.amazonaws.com/data.binance.vision)")
+    p.add_argument("--dask-address", default=None, help="an existing Dask scheduler (default: a local cluster)")
+    p.add_argument("--create", action="store_true",
+                   help="create the data dir's missing parent folders too (without it, a missing parent is "
+                   "refused as a likely typo; the data dir itself is always created)")
+    p.add_argument("--version", action="version", version=version_line(), help="print the version and exit")
     p.add_argument("--strict", action="store_true", default=None,
                    help="exit 1 on any refused archive, also one refused before under the same published checksum "
                    "(by default such a known refusal is reported, and only new ones fail the run)")
@@ -150,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             p.error(f"argument --today: {exc}")
     kwargs = dict(vars(args))
+    create = kwargs.pop("create")
     given = {k: v for k in ("base_url", "listing_url", "dask_address") if (v := kwargs[k])}
     try:
         probe = Settings(data_dir=args.data_dir, market=args.market, symbols=tuple(args.symbols or ["PROBE"]),
@@ -158,10 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_validation_error(exc, {"data_dir", "market", "symbols", "start", "end", *given})
         return 2
     try:
-        # Before any server starts, so a typo fails in a second; marked, since the server keeps
-        # its schema template in it.
-        data_dir = open_data_dir(probe.data_dir)
-    except DataDirRefused as exc:
+        # Before any server starts, so a typo fails in a second: the data dir (then created and
+        # marked: the server keeps its schema template in it), and the symbols given.
+        _, data_dir, _ = check_run(probe, create=create, check_symbols=args.symbols is not None)
+    except (DataDirRefused, DateRangeRefused, SymbolNotListed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     interrupted = Interrupted(INTERRUPTED)

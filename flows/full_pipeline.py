@@ -82,6 +82,7 @@ from tasks.prefect_tasks import (
     repair_symbol_task,
     validate_symbol_task,
 )
+from tasks.preflight import cap_settings, find_unlisted, probe_options, run_coroutine, unlisted_message
 from tasks.refusals import mark_known, prior_refusals
 from tasks.repair import damage_on_record, intact_sources, restore_specs
 from tasks.report import ArchiveOutcome, GapNote, PipelineReport, RunFailed
@@ -102,7 +103,8 @@ def full_pipeline(settings: Settings) -> PipelineReport:
     even when others are refused; the run then ends Failed, naming each refused archive.
     One run at a time per data dir (a lock); a run killed mid-swap is rolled forward here.
     """
-    report = run_pipeline(settings)
+    settings, capped = cap_settings(settings)  # a run from the UI: the CLI capped it already
+    report = run_pipeline(settings, [capped] if capped else [])
     if not report.ok:
         raise RunFailed(report)
     return report
@@ -222,6 +224,16 @@ def _local_discoveries(settings: Settings, data_dir: Path) -> list[Discovery]:
     return found
 
 
+def _unlisted(settings: Settings, discoveries: list[Discovery], http: HttpOptions) -> dict[str, str]:
+    """Symbols whose listed folders hold nothing and that the listing does not know: symbol -> what to say."""
+    empty = [s for s in settings.symbols
+             if all(not d.error and not d.archives and not d.rejected for d in discoveries if d.symbol == s)]
+    if not empty:
+        return {}
+    found = run_coroutine(find_unlisted(settings.listing_url, settings.market, empty, probe_options(http)))
+    return {s: unlisted_message(s, settings.market, found[s]).split(": ", 1)[1] for s in found}
+
+
 def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: LocalFileSystem) -> None:
     logger = get_run_logger()
     http = _http(settings)
@@ -239,14 +251,18 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
     specs: list[ArchiveSpec] = []
     sizes: dict[ArchiveSpec, int] = {}
     restoring: set[ArchiveSpec] = set()  # archives of damaged lake files, no longer kept: fetched for the repair
+    unlisted = _unlisted(settings, discoveries, http) if downloading else {}
     for symbol in settings.symbols:
+        if symbol in unlisted:  # a typo (a run from the UI): one line, not every day "not published"
+            report.outcomes.append(ArchiveOutcome(symbol, "refused", detail=unlisted[symbol]))
+            continue
         mine = [d for d in discoveries if d.symbol == symbol]
-        unlisted = [d for d in mine if d.error]
-        if unlisted:
+        unread = [d for d in mine if d.error]
+        if unread:
             # Its listing could not be read: nothing of this symbol is planned (its days are not
             # "not published"), the other symbols go on, and the run ends Failed naming the folder.
             report.outcomes.extend(ArchiveOutcome(d.prefix, "failed" if d.transient else "refused",
-                                                  detail=d.error or "") for d in unlisted)
+                                                  detail=d.error or "") for d in unread)
             continue
         for d in mine:
             sizes.update(d.archives)

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import cast
 
 from tasks.archive_spec import Market
+from tasks.errors import DataDirRefused
 from tasks.gaps import quarantined, report_path
 from tasks.lake import coverage, lake_inventory, staged_inventory
+from tasks.preflight import check_status_data_dir, version_line
 from tasks.settings import CliParser
 
 
@@ -136,12 +138,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data-dir", required=True, type=Path, help="the data dir given to the pipeline")
     p.add_argument("--plain", action="store_true", help="tab-separated text even in a terminal")
     p.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    p.add_argument("--version", action="version", version=version_line(), help="print the version and exit")
     args = p.parse_args(argv)
-    if not args.data_dir.is_dir():
-        print(f"error: {args.data_dir}: no such data dir", file=sys.stderr)
+    try:
+        data_dir = check_status_data_dir(args.data_dir)  # a reader: never creates anything
+    except DataDirRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        rows = lake_status(args.data_dir.resolve())
+        rows = lake_status(data_dir)
     except OSError as exc:  # e.g. lake/trades is a file, or a folder we may not read
         print(f"error: {args.data_dir}: cannot read the lake: {exc}", file=sys.stderr)
         return 2

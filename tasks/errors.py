@@ -163,3 +163,15 @@ class LakeReadError(PipelineError):
     """Reading the lake (`tasks.read`) failed: an unknown market, symbol, feature, day or column, or a damaged file."""
 
     kind = "cannot read the lake"
+
+
+class DateRangeRefused(PipelineError):
+    """The requested days cannot be published yet (a start after yesterday, UTC)."""
+
+    kind = "date range refused"
+
+
+class SymbolNotListed(PipelineError):
+    """A well-formed symbol that the market's listing does not know (a typo, or another market's)."""
+
+    kind = "symbol not listed"
