@@ -36,6 +36,7 @@ from prefect.logging import get_run_logger
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
+from flows.cli import NOTHING_STARTED
 from flows.full_pipeline import INTERRUPTED, print_validation_error, run_pipeline
 from flows.runtime import Interrupted, dask_runner, default_dask_runner, server_template, shared_api_server
 from tasks.archive_spec import Granularity, Market
@@ -220,6 +221,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DataDirRefused, DateRangeRefused, SymbolNotListed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # while the listing is asked about the symbols: nothing started yet
+        print(NOTHING_STARTED, file=sys.stderr)
+        return 130
     interrupted = Interrupted(INTERRUPTED)
     try:
         with interrupted, shared_api_server(server_template(data_dir)):

@@ -471,7 +471,9 @@ def test_a_server_that_cannot_start_is_one_line_and_leaves_nothing(tmp_path: Pat
     env = fresh_env(home, tmp)
     env["PYTHONPATH"] = os.pathsep.join([str(fake.parent), str(REPO)])
     done = subprocess.run([sys.executable, "-m", "flows.full_pipeline", "--symbols", "BTCUSDT", "--start",
-                           "2024-01-01", "--end", "2024-01-01", "--data-dir", str(tmp_path / "data")],
+                           "2024-01-01", "--end", "2024-01-01", "--data-dir", str(tmp_path / "data"),
+                           # never reached (the server fails first), but not the internet were it to be
+                           "--base-url", "http://127.0.0.1:9", "--listing-url", "http://127.0.0.1:9"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=180, check=False)
     assert done.returncode == 1, done.stdout + done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith(
