@@ -57,6 +57,7 @@ from tasks.errors import (
     DamagedLakeFile,
     NotPublished,
     PipelineError,
+    SymbolNotListed,
     TradeIdCollision,
     TransientNetworkError,
     describe,
@@ -254,7 +255,8 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
     unlisted = _unlisted(settings, discoveries, http) if downloading else {}
     for symbol in settings.symbols:
         if symbol in unlisted:  # a typo (a run from the UI): one line, not every day "not published"
-            report.outcomes.append(ArchiveOutcome(symbol, "refused", detail=unlisted[symbol]))
+            report.outcomes.append(ArchiveOutcome(symbol, "refused", detail=unlisted[symbol],
+                                                  kind=SymbolNotListed.kind))
             continue
         mine = [d for d in discoveries if d.symbol == symbol]
         unread = [d for d in mine if d.error]
