@@ -179,3 +179,31 @@ def test_archives_landed_counts_this_runs_verified_downloads_and_staged_archives
     assert archives_landed(data, "spot", [SYMBOL], since) == 2
     assert archives_landed(data, "spot", [SYMBOL], stamp - 200) == 3
     assert archives_landed(data, "spot", ["ETHUSDT"], since) == 0
+
+
+def test_daily_update_cli_a_known_refusal_exits_0_and_strict_exits_1(
+    prefect_api: str, fake_archive: FakeArchive, tmp_path: Path
+) -> None:
+    fa, data = fake_archive, tmp_path / "data"
+    publish_day(fa, "spot", SYMBOL, date(2024, 1, 1), 300, 1, 1)
+    bad = publish_day(fa, "spot", SYMBOL, date(2024, 1, 2), 300, 301, 2, bad_checksum=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_API_URL": prefect_api,
+           "PREFECT_HOME": str(tmp_path / "home"), "BINANCE_LAKE_FEATURES": "dollar:threshold=1e5"}
+    args = [sys.executable, "-m", "flows.daily_update", "--data-dir", str(data), "--symbols", SYMBOL,
+            "--today", "2024-01-03", "--reprobe-days", "2", "--base-url", fa.base_url,
+            "--listing-url", fa.listing_url]
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*args, *extra], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, timeout=300)
+
+    first = run()
+    assert first.returncode == 1, first.stdout[-3000:]
+    assert summary_of(first.stdout)[0].startswith(f"REFUSED {bad.key}: checksum mismatch")
+    again = run()
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert summary_of(again.stdout)[0].startswith("refused again, known since ")
+    assert bad.key in summary_of(again.stdout)[0]
+    strict = run("--strict")
+    assert strict.returncode == 1, strict.stdout[-3000:]
+    assert summary_of(strict.stdout)[0].startswith(f"REFUSED {bad.key}: checksum mismatch")
