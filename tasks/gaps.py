@@ -79,8 +79,12 @@ class GapReport:
         lines = [head]
         if self.not_published:
             lines.append(f"  not published: {len(self.not_published)} days ({_ranges(self.not_published)})")
+        # One line per refused archive (a month's archive covers up to 31 days).
+        by_archive: dict[tuple[str, str], list[date]] = {}
         for r in self.refused:
-            lines.append(f"  refused {r['day']}: {r['archive']}: {r['reason']}")
+            by_archive.setdefault((r["archive"], r["reason"]), []).append(date.fromisoformat(r["day"]))
+        for (archive, why), days in by_archive.items():
+            lines.append(f"  refused {_ranges(days)}: {archive}: {why}")
         if self.not_in_lake:
             lines.append(f"  not in the lake: {len(self.not_in_lake)} days ({_ranges(self.not_in_lake)})")
         if self.no_trades:
