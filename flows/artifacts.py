@@ -16,7 +16,7 @@ from datetime import date
 from tasks.gaps import GapReport
 from tasks.labels import day_runs, span, span_with_count
 from tasks.plan import MissingDay
-from tasks.report import PipelineReport
+from tasks.report import ArchiveOutcome, PipelineReport
 
 #: At most this many rows in the lake-gaps table (then one row says how many more, and where they are).
 MAX_GAP_ROWS = 200
@@ -82,22 +82,44 @@ def _capped(rows: list[list[object]], width: int, what: str) -> list[list[object
 
 # --- run-summary ------------------------------------------------------------------------------
 
-def changes_rows(report: PipelineReport) -> list[list[object]]:
-    """What changed, one row per kind: [what, count, rows, bytes] (only the kinds that happened)."""
-    by_status: dict[str, list[int]] = {}
+#: Where the archives' rows are at the end of the run, in the order the summary tells them.
+_PLACES = (
+    ("merged", "archives landed in the lake (new rows)", True),
+    ("staging", "archives converted, waiting in staging (not merged)", True),
+    ("downloads", "archives downloaded and verified, not converted", False),
+)
+
+
+def _place(o: ArchiveOutcome) -> str | None:
+    """`merged`, `staging`, `lake` or `downloads` for an archive that is not a problem, else None."""
+    if o.status == "downloaded":
+        return "downloads"
+    if o.status in ("ingested", "cached"):
+        return o.where or ("merged" if o.status == "ingested" else "lake")  # "": a report built without it
+    return None
+
+
+def _by_place(report: PipelineReport) -> dict[str, list[int]]:
+    """[archives, rows, bytes] per place (`_place`) of the run's archives."""
+    by_place: dict[str, list[int]] = {}
     for o in report.outcomes:
-        got = by_status.setdefault(o.status, [0, 0, 0])
+        place = _place(o)
+        if place is None:
+            continue
+        got = by_place.setdefault(place, [0, 0, 0])
         got[0] += 1
         got[1] += o.rows or 0
         got[2] += o.bytes or 0
+    return by_place
+
+
+def changes_rows(report: PipelineReport) -> list[list[object]]:
+    """What changed, one row per kind: [what, count, rows, bytes] (only the kinds that happened)."""
+    by_place = _by_place(report)
     out: list[list[object]] = []
-    for status, label, with_rows in (
-        ("ingested", "archives converted (verified, new rows)", True),
-        ("cached", "archives already converted (nothing to do)", True),
-        ("downloaded", "archives downloaded and verified, not converted", False),
-    ):
-        if status in by_status:
-            n, rows, size = by_status[status]
+    for place, label, with_rows in _PLACES:
+        if place in by_place:
+            n, rows, size = by_place[place]
             out.append([label, num(n), num(rows) if with_rows else "", num(size) if size else ""])
     written = [c for c in report.compactions if c.files_written]
     if written:
@@ -106,15 +128,16 @@ def changes_rows(report: PipelineReport) -> list[list[object]]:
     removed = sum(len(c.files_removed) for c in report.compactions)
     if removed:
         out.append(["lake files replaced", num(removed), "", ""])
-    merged = sum(len(c.staged_merged) for c in report.compactions)
-    if merged:
-        out.append(["archives merged into the lake", num(merged), "", ""])
+    earlier = sum(len(c.staged_merged) for c in report.compactions) - by_place.get("merged", [0])[0]
+    if earlier > 0:  # staged by an earlier run (e.g. one with --steps download,convert)
+        out.append(["archives converted earlier, merged now", num(earlier), "", ""])
     repaired = sum(len(r.repaired) for r in report.repairs)
     if repaired:
         out.append(["damaged lake files rebuilt", num(repaired), "", ""])
-    if report.features:
-        out.append([f"feature runs ({', '.join(sorted({f.mode for f in report.features}))})",
-                    num(len(report.features)), num(sum(f.bars for f in report.features)) + " bars", ""])
+    computed = [f for f in report.features if f.mode != "up to date"]
+    if computed:
+        out.append([f"feature runs that wrote bars ({', '.join(sorted({f.mode for f in computed}))})",
+                    num(len(computed)), num(sum(f.bars for f in computed)) + " bars", ""])
     if report.cleanups:
         out.append(["downloaded archives deleted (cleanup)", num(sum(len(c.removed) for c in report.cleanups)), "",
                     num(sum(c.bytes_freed for c in report.cleanups)) + " freed"])
@@ -122,8 +145,8 @@ def changes_rows(report: PipelineReport) -> list[list[object]]:
 
 
 def problem_rows(report: PipelineReport) -> list[list[object]]:
-    """What failed or was refused: [what, which, why], archives first."""
-    out: list[list[object]] = [[o.status, archive_name(o.archive), reason(o.detail)] for o in report.failures]
+    """What failed or was refused: [what, which, why]; what fails the run first, then the known refusals."""
+    out: list[list[object]] = [[_status(o), archive_name(o.archive), reason(o.detail)] for o in report.failures]
     out.extend(["validation failed", "", short(err)] for err in report.validation_errors)
     for err in report.upkeep_errors:
         which, _, why = err.partition(": ")
@@ -131,21 +154,37 @@ def problem_rows(report: PipelineReport) -> list[list[object]]:
     for r in report.repairs:
         out.extend(["not repaired", f"{r.market}/{r.symbol}", short(u.line(r.market, r.symbol))]
                    for u in r.unrepaired)
+    if not report.strict:  # else they are among the failures above
+        out.extend([_status(o), archive_name(o.archive), reason(o.detail)] for o in report.known_refusals)
     return out
 
 
+def _status(o: ArchiveOutcome) -> str:
+    if not o.known:
+        return o.status
+    return f"refused again (known since {o.since_day})" if o.since_day else "refused again (known)"
+
+
 def headline(report: PipelineReport) -> str:
-    """The first line: did the run succeed, how many archives landed, what failed."""
-    landed = [o for o in report.outcomes if o.status == "ingested"]
-    rows = sum(o.rows or 0 for o in landed)
-    parts = [f"{num(len(landed))} archives converted ({num(rows)} rows)"]
+    """The first line: did the run succeed, where the archives' rows are now, what failed."""
+    counts = _by_place(report)
+    said = {"merged": "landed in the lake", "staging": "converted, waiting in staging",
+            "downloads": "downloaded and verified"}
+    parts = [f"{plural(counts[p][0], 'archive')} {said[p]}"
+             + (f" ({num(counts[p][1])} rows)" if p != "downloads" else "") for p in said if p in counts]
+    if not parts:
+        parts.append("no new archives")
     written = sum(len(c.files_written) for c in report.compactions)
     if written:
-        parts.append(f"{num(written)} lake files written")
-    if report.features:
-        parts.append(f"{num(len(report.features))} feature runs")
-    problems = len(problem_rows(report))
-    state = "**Run OK**" if report.ok else f"**Run failed: {plural(problems, 'problem')}**"
+        parts.append(f"{plural(written, 'lake file')} written")
+    computed = [f for f in report.features if f.mode != "up to date"]
+    if computed:
+        parts.append(f"{plural(len(computed), 'feature run')} wrote bars")
+    failing = len(problem_rows(report)) - (0 if report.strict else len(report.known_refusals))
+    state = "**Run OK**" if report.ok else f"**Run failed: {plural(failing, 'problem')}**"
+    known = len(report.known_refusals)
+    if known and not report.strict:
+        state += f" ({plural(known, 'known refusal')}, not failing the run)"
     return f"{state}: " + ", ".join(parts) + "."
 
 
@@ -193,8 +232,12 @@ def summary_markdown(report: PipelineReport) -> str:
     """The run-summary artifact: what changed and what failed first, then gaps, timings and notes."""
     parts = [headline(report)]
     changes = changes_rows(report)
+    held = _by_place(report).get("lake")
+    untouched = (f"Already in the lake, left as they were: {plural(held[0], 'archive')} ({num(held[1])} rows)."
+                 if held else "")
     parts.append("### What changed\n\n" + (markdown_table(["what", "count", "rows", "bytes"], changes, right=(1, 2, 3))
-                                          if changes else "Nothing: the lake was already up to date."))
+                                          if changes else "Nothing: the lake was already up to date.")
+                 + (f"\n\n{untouched}" if untouched else ""))
     problems = problem_rows(report)
     if problems:
         parts.append("### Failed or refused\n\n"
@@ -208,7 +251,7 @@ def summary_markdown(report: PipelineReport) -> str:
             right=(2, 3, 4)))
     if report.features:
         parts.append("### Features\n\n" + markdown_table(
-            ["feature", "symbol", "result", "trades", "bars"],
+            ["feature", "symbol", "result", "trades read", "bars written"],
             _capped([[f.feature, f"{f.market}/{f.symbol}", f.mode + (f" ({short(f.reason, 80)})" if f.reason else ""),
                       num(f.trades), num(f.bars)] for f in report.features], 5, "feature runs"),
             right=(3, 4)))
@@ -242,7 +285,8 @@ def _names(names: Sequence[str]) -> str:
 def archive_rows(report: PipelineReport) -> list[dict[str, object]]:
     """The ingest-archives table: one row per archive, numbers with separators."""
     return [{"archive": o.archive, "status": o.status, "rows": num(o.rows), "bytes": num(o.bytes),
-             "seconds": secs(o.seconds), "detail": short(o.detail)} for o in report.outcomes]
+             "seconds": secs(o.seconds), "detail": short(o.detail), "known since": o.since_day}
+            for o in report.outcomes]
 
 
 def lake_file_rows(report: PipelineReport) -> list[dict[str, object]]:

@@ -74,6 +74,7 @@ def test_run_artifacts_name_changes_failures_gaps_and_task_runs(
     prefect_api: str, dask_address: str, fake_archive: FakeArchive, tmp_path: Path
 ) -> None:
     world = publish_week(fake_archive)
+    started = datetime.now(UTC).date()
     settings = settings_for(fake_archive, tmp_path / "data", dask_address, market="spot",
                             symbols=("BTCUSDT", "ETHUSDT"), start=date(2024, 1, 1), end=date(2024, 1, 7),
                             granularity="daily")
@@ -89,12 +90,13 @@ def test_run_artifacts_name_changes_failures_gaps_and_task_runs(
     md = arts["run-summary"]
     assert "```" not in md
     landed = 5  # four BTCUSDT days, one ETHUSDT day
-    assert md.startswith(f"**Run failed: 1 problem**: {landed} archives converted ({landed * N:,} rows)")
+    assert md.startswith(f"**Run failed: 1 problem**: {landed} archives landed in the lake ({landed * N:,} rows), "
+                         "2 lake files written, 2 feature runs wrote bars.")
     heads = [line for line in md.splitlines() if line.startswith("### ")]
     assert heads[:2] == ["### What changed", "### Failed or refused"]
     assert heads.index("### Gaps (details: the lake-gaps artifact)") < heads.index(
         "### Timings (wall clock; stages overlap)")
-    assert f"| archives converted (verified, new rows) | {landed} | {landed * N:,} |" in md
+    assert f"| archives landed in the lake (new rows) | {landed} | {landed * N:,} |" in md
     assert "| refused | ETHUSDT-trades-2024-01-02 | checksum mismatch" in md
     bytes_written = sum(c.bytes_written for c in report.compactions)
     assert bytes_written > 999 and f"| lake files written | 2 | {landed * N:,} | {bytes_written:,} |" in md
@@ -144,6 +146,19 @@ def test_run_artifacts_name_changes_failures_gaps_and_task_runs(
     assert {"optimize spot/BTCUSDT", "optimize spot/ETHUSDT", "validate spot/BTCUSDT", "gaps spot/ETHUSDT",
             "discover spot", "fetch checksums", "features spot/BTCUSDT ema_dollar_imbalance"} <= set(task_names)
 
+    # Run again: the same archive refused again under the same published checksum is a known
+    # refusal. The run succeeds, and the summary says so first, with nothing new changed.
+    again = full_pipeline.with_options(task_runner=dask_runner(settings))(settings=settings, return_state=True)
+    assert again.is_completed(), again.message
+    arts, _ = read_back(again.state_details.flow_run_id)
+    md = arts["run-summary"]
+    since = {r["archive"]: r["known since"] for r in arts["ingest-archives"]}[world["bad"].key]
+    assert since in {str(started), str(datetime.now(UTC).date())}  # the first refusal's day (UTC)
+    assert md.startswith("**Run OK** (1 known refusal, not failing the run): no new archives.")
+    assert f"| refused again (known since {since}) | ETHUSDT-trades-2024-01-02 | checksum mismatch" in md
+    assert ("### What changed\n\nNothing: the lake was already up to date.\n\nAlready in the lake, left as they "
+            f"were: {landed} archives ({landed * N:,} rows).") in md
+
 
 def test_summary_and_gap_tables_from_a_report() -> None:
     """The plain functions alone: ranges with their day counts, gap sizes, a cap on long tables."""
@@ -163,7 +178,7 @@ def test_summary_and_gap_tables_from_a_report() -> None:
     assert len(rows) == MAX_GAP_ROWS and rows[-1]["gap"] == f"{400 + 1 - MAX_GAP_ROWS + 1:,} more rows: see " \
         "reports/gaps/ in the data dir"
     md = summary_markdown(PipelineReport(gap_reports=[g]))
-    assert md.startswith("**Run OK**: 0 archives converted (0 rows).")
+    assert md.startswith("**Run OK**: no new archives.")
     assert "Nothing: the lake was already up to date." in md
     assert "| spot/BTCUSDT | 2024-01-01..2024-01-31 | 27 of 31 | 4 days not published; 1 trade-id gap (1,234 ids) |" \
         in md
@@ -255,7 +270,7 @@ def test_backfill_flow_runs_the_pipeline_from_its_form(
     assert state.is_completed(), state.message
     assert ds.dataset(data / "lake" / "trades", format="parquet", partitioning="hive").count_rows() == 2 * N
     arts, names = read_back(state.state_details.flow_run_id)
-    assert arts["run-summary"].startswith(f"**Run OK**: 2 archives converted ({2 * N:,} rows)")
+    assert arts["run-summary"].startswith(f"**Run OK**: 2 archives landed in the lake ({2 * N:,} rows)")
     assert f"download BTCUSDT {world['btc'][0].spec.label}" in names
 
     from prefect.client.orchestration import get_client
