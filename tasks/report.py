@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date
 from typing import Literal
 
 from tasks.cleanup import CleanupResult
 from tasks.compact import CompactionResult
 from tasks.features import FeatureResult
 from tasks.gaps import GapReport
+from tasks.labels import day_runs
 from tasks.plan import MissingDay
 from tasks.repair import RepairResult
 
@@ -157,21 +158,6 @@ class PipelineReport:
             out[o.status] = out.get(o.status, 0) + 1
         return out
 
-    def table(self) -> list[dict[str, object]]:
-        """Rows for a Prefect table artifact."""
-        return [
-            {
-                "archive": o.archive,
-                "status": o.status,
-                "rows": o.rows,
-                "bytes": o.bytes,
-                "seconds": round(o.seconds, 3),
-                "detail": o.detail,
-                "known since": o.since_day or None,
-            }
-            for o in self.outcomes
-        ]
-
     def merge(self, other: PipelineReport) -> None:
         """Add another run's findings to this report (the daily update runs one per window)."""
         self.outcomes.extend(other.outcomes)
@@ -192,25 +178,6 @@ class PipelineReport:
         for name, (a, b) in other.stages.items():
             mine = self.stages.get(name)
             self.stages[name] = (a, b) if mine is None else (min(mine[0], a), max(mine[1], b))
-
-    def compaction_table(self) -> list[dict[str, object]]:
-        """Rows for the lake-files artifact."""
-        return [
-            {"symbol": f"{c.market}/{c.symbol}", "written": ", ".join(c.files_written), "rows": c.rows_written,
-             "bytes": c.bytes_written, "removed": len(c.files_removed), "merged archives": len(c.staged_merged),
-             "re-published": ", ".join(c.replaced_archives), "seconds": round(c.seconds, 3)}
-            for c in self.compactions
-        ]
-
-    def gap_table(self) -> list[dict[str, object]]:
-        """Rows for the lake-gaps artifact."""
-        return [
-            {"symbol": f"{g.market}/{g.symbol}", "days": f"{g.start}..{g.end}", "in lake": g.days_in_lake,
-             "not published": len(g.not_published), "refused": len(g.refused), "not in lake": len(g.not_in_lake),
-             "no trades": len(g.no_trades), "days with id gaps": len(g.id_gaps_inside),
-             "gaps between days": len(g.id_gaps_between), "truncated?": len(g.truncated)}
-            for g in self.gap_reports
-        ]
 
     def headline(self) -> str:
         """One line on the archives: where their rows are now, and how many were refused or failed.
@@ -360,17 +327,6 @@ def _place(o: ArchiveOutcome) -> str:
 
 def _n(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
-def day_runs(days: set[date]) -> list[tuple[date, date]]:
-    """Runs of consecutive days, as (first, last), in order."""
-    runs: list[tuple[date, date]] = []
-    for d in sorted(days):
-        if runs and d == runs[-1][1] + timedelta(days=1):
-            runs[-1] = (runs[-1][0], d)
-        else:
-            runs.append((d, d))
-    return runs
 
 
 def feature_line(fr: FeatureResult) -> str:
