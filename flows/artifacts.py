@@ -91,9 +91,12 @@ _PLACES = (
 
 
 def _place(o: ArchiveOutcome) -> str | None:
-    """`merged`, `staging`, `lake` or `downloads` for an archive that is not a problem, else None."""
+    """`merged`, `staging`, `downloads` (this run's), `lake` or `kept` (earlier runs') for an archive; None for a
+    problem."""
     if o.status == "downloaded":
         return "downloads"
+    if o.status == "cached" and o.where == "downloads":  # verified by an earlier run, not fetched again
+        return "kept"
     if o.status in ("ingested", "cached"):
         return o.where or ("merged" if o.status == "ingested" else "lake")  # "": a report built without it
     return None
@@ -232,9 +235,12 @@ def summary_markdown(report: PipelineReport) -> str:
     """The run-summary artifact: what changed and what failed first, then gaps, timings and notes."""
     parts = [headline(report)]
     changes = changes_rows(report)
-    held = _by_place(report).get("lake")
-    untouched = (f"Already in the lake, left as they were: {plural(held[0], 'archive')} ({num(held[1])} rows)."
-                 if held else "")
+    places = _by_place(report)
+    untouched = " ".join(text for text in (
+        f"Already in the lake, left as they were: {plural(places['lake'][0], 'archive')} "
+        f"({num(places['lake'][1])} rows)." if "lake" in places else "",
+        f"Already downloaded and verified by an earlier run: {plural(places['kept'][0], 'archive')}."
+        if "kept" in places else "") if text)
     parts.append("### What changed\n\n" + (markdown_table(["what", "count", "rows", "bytes"], changes, right=(1, 2, 3))
                                           if changes else "Nothing: the lake was already up to date.")
                  + (f"\n\n{untouched}" if untouched else ""))

@@ -24,7 +24,7 @@ from flows.runtime import dask_runner, dask_runner_for
 from tasks.archive_spec import ArchiveSpec
 from tasks.gaps import GapReport
 from tasks.labels import batch_label, day_runs
-from tasks.report import PipelineReport, RunFailed
+from tasks.report import ArchiveOutcome, PipelineReport, RunFailed
 from tasks.settings import Settings
 from tests.conftest import REPO
 from tests.fake_archive import FakeArchive, publish_day
@@ -183,6 +183,15 @@ def test_summary_and_gap_tables_from_a_report() -> None:
     assert "| spot/BTCUSDT | 2024-01-01..2024-01-31 | 27 of 31 | 4 days not published; 1 trade-id gap (1,234 ids) |" \
         in md
     assert markdown_table(["a"], [["x | y\nz"]]).splitlines()[-1] == "| x \\| y z |"
+    # After --steps download: what this run verified, apart from what earlier runs did.
+    key = "data/spot/daily/trades/BTCUSDT/BTCUSDT-trades-2024-01-0{}.zip"
+    md = summary_markdown(PipelineReport(outcomes=[
+        ArchiveOutcome(key.format(1), "cached", bytes=1000, where="downloads"),
+        ArchiveOutcome(key.format(2), "downloaded", bytes=2000, where="downloads"),
+        ArchiveOutcome(key.format(3), "cached", rows=5000, bytes=3000, where="lake")]))
+    assert md.startswith("**Run OK**: 1 archive downloaded and verified.")
+    assert "| archives downloaded and verified, not converted | 1 |  | 2,000 |\n\nAlready in the lake, left as " \
+        "they were: 1 archive (5,000 rows). Already downloaded and verified by an earlier run: 1 archive." in md
 
 
 def test_batch_labels_name_symbols_and_days() -> None:
