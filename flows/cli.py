@@ -144,21 +144,17 @@ def run_home(scratch: Path | None) -> Iterator[None]:
                 os.environ[name] = value
 
 
-class _QuickExit:
-    """Whether the process may end without the interpreter's teardown (see `finish`)."""
-
-    def __init__(self) -> None:
-        self.allowed = False
-
-    def set(self, allowed: bool) -> None:
-        self.allowed = allowed
+#: Whether the process may end without the interpreter's teardown (see `finish`).
+_QUICK_EXIT = {"allowed": False}
 
 
-_quick_exit = _QuickExit()
+def allow_quick_exit(allowed: bool) -> None:
+    """Say whether `finish` may end the process at once (after a run on a temporary server, or a Ctrl-C)."""
+    _QUICK_EXIT["allowed"] = allowed
 
 
 def finish(code: int) -> NoReturn:
-    """End `python -m flows.full_pipeline` with `code`; at once when nothing is left to do.
+    """End a CLI (`python -m flows.full_pipeline`, `flows.daily_update`) with `code`; at once if nothing is left.
 
     After a run on a temporary server (or a Ctrl-C) everything that matters is done: files
     committed, the lock released, the run's last logs sent and the server stopped. What the
@@ -167,7 +163,7 @@ def finish(code: int) -> NoReturn:
     `os._exit` once its output is flushed. With a configured API, Prefect's exit hooks still
     send the last logs and events: a normal exit.
     """
-    if not _quick_exit.allowed:
+    if not _QUICK_EXIT["allowed"]:
         sys.exit(code)
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
@@ -216,12 +212,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     discard(early)
                     raise
                 code = run_from_cli(settings, data_dir, early)  # owns `early` from here on
-                _quick_exit.set(early is not None)
+                allow_quick_exit(early is not None)
                 return code
         except TemporaryServerFailed as exc:
             print(f"error: {describe(exc)}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             interrupted.announce()
-            _quick_exit.set(True)
+            allow_quick_exit(True)
             return 130

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import sys
 
-if __name__ == "__main__":  # `--version` and a bad `--data-dir` answer before Prefect's import (seconds)
-    from tasks.preflight import early_exit
+if __name__ == "__main__":
+    # The command line checks its arguments and launches the API server before this module's
+    # imports (seconds of Prefect, pyarrow, Dask, Numba), which it then imports by name.
+    from flows.cli import finish
+    from flows.daily_cli import main
 
-    early_exit(sys.argv[1:])
+    finish(main())
 
 import asyncio
 import fnmatch
@@ -33,24 +36,21 @@ from typing import Any, Literal
 
 from prefect import flow, task
 from prefect.logging import get_run_logger
-from pydantic import ValidationError
-from pydantic_settings import SettingsError
 
-from flows.cli import NOTHING_STARTED
-from flows.full_pipeline import INTERRUPTED, print_validation_error, run_pipeline
-from flows.runtime import Interrupted, dask_runner, default_dask_runner, server_template, shared_api_server
+from flows.api_server import TemporaryApiServer
+
+# The command line lives in flows.daily_cli (it imports no Prefect); its names stay importable here.
+from flows.daily_cli import MAX_REPROBE_DAYS as MAX_REPROBE_DAYS
+from flows.daily_cli import main as main
+from flows.full_pipeline import run_pipeline
+from flows.runtime import dask_runner, default_dask_runner, server_template, shared_api_server
 from tasks.archive_spec import Granularity, Market
-from tasks.errors import DataDirRefused, DateRangeRefused, SymbolNotListed, TemporaryServerFailed, describe
 from tasks.http import HttpOptions
 from tasks.lake import coverage, lake_inventory, staged_inventory
 from tasks.listing import Discovery, list_symbols
 from tasks.prefect_tasks import discover_task
-from tasks.preflight import check_run, version_line
 from tasks.report import PipelineReport, RunFailed
-from tasks.settings import DEFAULT_LISTING_URL, CliParser, Settings, parse_day
-
-#: `--reprobe-days` bounds: a year of re-probing is far more than Binance's late uploads need.
-MAX_REPROBE_DAYS = 366
+from tasks.settings import DEFAULT_LISTING_URL, Settings
 
 
 def last_day_held(data_dir: Path, market: Market, symbol: str) -> date | None:
@@ -166,74 +166,14 @@ def daily_update(
     return report
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry: exit 0 when all went well, 1 when an archive was refused or failed, 2 for bad arguments."""
-    p = CliParser(prog="python -m flows.daily_update", description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", required=True, type=Path,
-                   help="root of the lake, downloads and quarantine (the one given to flows.full_pipeline)")
-    p.add_argument("--market", default="spot", choices=["spot", "um", "cm"],
-                   help="spot, um (USD-M futures) or cm (COIN-M futures); default spot")
-    p.add_argument("--symbols", nargs="+", default=None,
-                   help="symbols to update, e.g. BTCUSDT ETHUSDT (default: every listed symbol, see --include)")
-    p.add_argument("--include", nargs="+", default=None,
-                   help="without --symbols: shell patterns of listed symbols to take, e.g. '*USDT'")
-    p.add_argument("--exclude", nargs="+", default=None,
-                   help="without --symbols: shell patterns of listed symbols to skip, e.g. '*UPUSDT'")
-    p.add_argument("--reprobe-days", type=int, default=3,
-                   help=f"re-check the last N days, which Binance may publish late (default 3, at most "
-                   f"{MAX_REPROBE_DAYS})")
-    p.add_argument("--today", default=None, help="replay as of this UTC date, YYYY-MM-DD (default: today)")
-    p.add_argument("--no-backfill", dest="backfill_new_symbols", action="store_false",
-                   help="a symbol without history in the lake gets only the re-probe window, instead of its "
-                   "whole published history from its first published day")
-    p.add_argument("--base-url", default=None, help="archive root (default https://data.binance.vision)")
-    p.add_argument("--listing-url", default=None,
-                   help="S3 listing endpoint (default https://s3-ap-northeast-1.amazonaws.com/data.binance.vision)")
-    p.add_argument("--dask-address", default=None, help="an existing Dask scheduler (default: a local cluster)")
-    p.add_argument("--create", action="store_true",
-                   help="create the data dir's missing parent folders too (without it, a missing parent is "
-                   "refused as a likely typo; the data dir itself is always created)")
-    p.add_argument("--version", action="version", version=version_line(), help="print the version and exit")
-    p.add_argument("--strict", action="store_true", default=None,
-                   help="exit 1 on any refused archive, also one refused before under the same published checksum "
-                   "(by default such a known refusal is reported, and only new ones fail the run)")
-    args = p.parse_args(argv)
-    if not 1 <= args.reprobe_days <= MAX_REPROBE_DAYS:
-        p.error(f"argument --reprobe-days: {args.reprobe_days} is out of range: allowed 1..{MAX_REPROBE_DAYS}")
-    if args.today is not None:
-        try:
-            args.today = parse_day(args.today)
-        except ValueError as exc:
-            p.error(f"argument --today: {exc}")
-    kwargs = dict(vars(args))
-    create = kwargs.pop("create")
-    given = {k: v for k in ("base_url", "listing_url", "dask_address") if (v := kwargs[k])}
-    try:
-        probe = Settings(data_dir=args.data_dir, market=args.market, symbols=tuple(args.symbols or ["PROBE"]),
-                         start=date(2020, 1, 1), end=date(2020, 1, 1), **given)
-    except (ValidationError, SettingsError) as exc:
-        print_validation_error(exc, {"data_dir", "market", "symbols", "start", "end", *given})
-        return 2
-    try:
-        # Before any server starts, so a typo fails in a second: the data dir (then created and
-        # marked: the server keeps its schema template in it), and the symbols given.
-        _, data_dir, _ = check_run(probe, create=create, check_symbols=args.symbols is not None)
-    except (DataDirRefused, DateRangeRefused, SymbolNotListed) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # while the listing is asked about the symbols: nothing started yet
-        print(NOTHING_STARTED, file=sys.stderr)
-        return 130
-    interrupted = Interrupted(INTERRUPTED)
-    try:
-        with interrupted, shared_api_server(server_template(data_dir)):
-            state = daily_update.with_options(task_runner=dask_runner(probe))(**kwargs, return_state=True)
-    except TemporaryServerFailed as exc:
-        print(f"error: {describe(exc)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        interrupted.announce()
-        return 130
+def run_from_cli(kwargs: dict[str, Any], probe: Settings, data_dir: Path,
+                 early: TemporaryApiServer | None = None) -> int:
+    """The run of `python -m flows.daily_update` once its arguments are checked (`flows.daily_cli.main`).
+
+    Prints the summary; returns the exit status: 0 all good, 1 an archive refused or failed.
+    """
+    with shared_api_server(server_template(data_dir), early=early):
+        state = daily_update.with_options(task_runner=dask_runner(probe))(**kwargs, return_state=True)
     result = state.result(raise_on_failure=False)
     report = result.report if isinstance(result, RunFailed) else result
     if isinstance(report, PipelineReport):
@@ -241,7 +181,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if state.is_completed() else 1
     print(f"run ended {state.name}: {result}", file=sys.stderr)
     return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,132 @@
+"""The command line of `python -m flows.daily_update`: arguments checked before the heavy imports.
+
+As `flows.cli` does for `flows.full_pipeline`: the arguments, the data dir and the symbols
+are checked first (a typo is refused in a second), then the temporary API server is
+launched, and it boots while Prefect, pyarrow, Dask and Numba are imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from datetime import date
+from functools import partial
+from pathlib import Path
+
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+
+from flows.api_server import discard, launch_early, server_template
+from flows.cli import NOTHING_STARTED, allow_quick_exit, print_validation_error, run_home
+from flows.interrupt import Interrupted
+from tasks.errors import DataDirRefused, DateRangeRefused, SymbolNotListed, TemporaryServerFailed, describe
+from tasks.landed import archives_landed
+from tasks.preflight import check_run, version_line
+from tasks.settings import CliParser, Settings, parse_day
+
+DESCRIPTION = ("Bring the lake up to yesterday (UTC): fetch what is new or late for each symbol, back-fill "
+               "new symbols, then merge, validate and compute the features.")
+#: `--reprobe-days` bounds: a year of re-probing is far more than Binance's late uploads need.
+MAX_REPROBE_DAYS = 366
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m flows.daily_update`."""
+    p = CliParser(prog="python -m flows.daily_update", description=DESCRIPTION)
+    p.add_argument("--data-dir", required=True, type=Path,
+                   help="root of the lake, downloads and quarantine (the one given to flows.full_pipeline)")
+    p.add_argument("--market", default="spot", choices=["spot", "um", "cm"],
+                   help="spot, um (USD-M futures) or cm (COIN-M futures); default spot")
+    p.add_argument("--symbols", nargs="+", default=None,
+                   help="symbols to update, e.g. BTCUSDT ETHUSDT (default: every listed symbol, see --include)")
+    p.add_argument("--include", nargs="+", default=None,
+                   help="without --symbols: shell patterns of listed symbols to take, e.g. '*USDT'")
+    p.add_argument("--exclude", nargs="+", default=None,
+                   help="without --symbols: shell patterns of listed symbols to skip, e.g. '*UPUSDT'")
+    p.add_argument("--reprobe-days", type=int, default=3,
+                   help=f"re-check the last N days, which Binance may publish late (default 3, at most "
+                   f"{MAX_REPROBE_DAYS})")
+    p.add_argument("--today", default=None, help="replay as of this UTC date, YYYY-MM-DD (default: today)")
+    p.add_argument("--no-backfill", dest="backfill_new_symbols", action="store_false",
+                   help="a symbol without history in the lake gets only the re-probe window, instead of its "
+                   "whole published history from its first published day")
+    p.add_argument("--base-url", default=None, help="archive root (default https://data.binance.vision)")
+    p.add_argument("--listing-url", default=None,
+                   help="S3 listing endpoint (default https://s3-ap-northeast-1.amazonaws.com/data.binance.vision)")
+    p.add_argument("--dask-address", default=None, help="an existing Dask scheduler (default: a local cluster)")
+    p.add_argument("--create", action="store_true",
+                   help="create the data dir's missing parent folders too (without it, a missing parent is "
+                   "refused as a likely typo; the data dir itself is always created)")
+    p.add_argument("--version", action="version", version=version_line(), help="print the version and exit")
+    p.add_argument("--strict", action="store_true", default=None,
+                   help="exit 1 on any refused archive, also one refused before under the same published checksum "
+                   "(by default such a known refusal is reported, and only new ones fail the run)")
+    return p
+
+
+def interrupted_line(market: str, symbols: Sequence[str] | None, data_dir: Path, since: float) -> str:
+    """What a Ctrl-C'd daily update says: the archives it landed (verified or converted) and kept."""
+    if symbols is None:  # every listed symbol: those with downloads in the data dir
+        try:
+            symbols = os.listdir(data_dir / "archive" / "data" / market / "daily" / "trades")
+        except OSError:
+            symbols = []
+    n = archives_landed(data_dir, market, symbols, since)
+    return (f"interrupted: {n} archive{'' if n == 1 else 's'} landed (verified, kept for the next run); "
+            "nothing half-written is visible; run the same command to resume")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry: exit 0 when all went well, 1 when an archive was refused or failed, 2 for bad arguments."""
+    p = build_parser()
+    args = p.parse_args(argv)
+    if not 1 <= args.reprobe_days <= MAX_REPROBE_DAYS:
+        p.error(f"argument --reprobe-days: {args.reprobe_days} is out of range: allowed 1..{MAX_REPROBE_DAYS}")
+    if args.today is not None:
+        try:
+            args.today = parse_day(args.today)
+        except ValueError as exc:
+            p.error(f"argument --today: {exc}")
+    kwargs = dict(vars(args))
+    create = kwargs.pop("create")
+    given = {k: v for k in ("base_url", "listing_url", "dask_address") if (v := kwargs[k])}
+    try:
+        probe = Settings(data_dir=args.data_dir, market=args.market, symbols=tuple(args.symbols or ["PROBE"]),
+                         start=date(2020, 1, 1), end=date(2020, 1, 1), **given)
+    except (ValidationError, SettingsError) as exc:
+        print_validation_error(exc, {"data_dir", "market", "symbols", "start", "end", *given})
+        return 2
+    try:
+        # Before any server starts, so a typo fails in a second: the data dir (then created and
+        # marked: the server keeps its schema template in it), and the symbols given.
+        _, data_dir, _ = check_run(probe, create=create, check_symbols=args.symbols is not None)
+    except (DataDirRefused, DateRangeRefused, SymbolNotListed) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # while the listing is asked about the symbols: nothing started yet
+        print(NOTHING_STARTED, file=sys.stderr)
+        return 130
+    since = time.time()
+    interrupted = Interrupted(partial(interrupted_line, probe.market, args.symbols, data_dir, since))
+    with interrupted:
+        try:
+            early = launch_early(server_template(data_dir))
+            with run_home(early.scratch if early is not None else None):
+                try:
+                    from flows.daily_update import run_from_cli  # Prefect, pyarrow, Dask, Numba: seconds
+                except BaseException:
+                    discard(early)
+                    raise
+                code = run_from_cli(kwargs, probe, data_dir, early)  # owns `early` from here on
+                allow_quick_exit(early is not None)
+                return code
+        except TemporaryServerFailed as exc:
+            print(f"error: {describe(exc)}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            interrupted.announce()
+            allow_quick_exit(True)
+            return 130
