@@ -15,6 +15,7 @@ from datetime import date
 from typing import Any, Literal
 
 from prefect import flow
+from prefect.client.schemas.objects import State
 from prefect.logging import get_run_logger
 from pydantic import ValidationError
 
@@ -39,7 +40,7 @@ def backfill(
     granularity: Literal["auto", "daily", "monthly"] = "auto",
     steps: tuple[Step, ...] = STEPS,
     features: tuple[str, ...] = DEFAULT_FEATURES,
-) -> PipelineReport:
+) -> PipelineReport | State[PipelineReport]:
     """Back-fill Binance trade archives into the lake for a market, symbols and a range of days.
 
     The lake is the worker's `BINANCE_LAKE_DATA_DIR` (default `./data` in the checkout);

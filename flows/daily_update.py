@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow, task
+from prefect.client.schemas.objects import State
 from prefect.logging import get_run_logger
 
 from flows.api_server import TemporaryApiServer
@@ -42,7 +43,7 @@ from flows.api_server import TemporaryApiServer
 # The command line lives in flows.daily_cli (it imports no Prefect); its names stay importable here.
 from flows.daily_cli import MAX_REPROBE_DAYS as MAX_REPROBE_DAYS
 from flows.daily_cli import main as main
-from flows.full_pipeline import run_pipeline
+from flows.full_pipeline import final_state, run_pipeline
 from flows.runtime import dask_runner, default_dask_runner, server_template, shared_api_server
 from tasks.archive_spec import Granularity, Market
 from tasks.http import HttpOptions
@@ -107,7 +108,7 @@ def daily_update(
     dask_address: str | None = None,
     strict: bool | None = None,
     backfill_new_symbols: bool = True,
-) -> PipelineReport:
+) -> PipelineReport | State[PipelineReport]:
     """Bring every configured symbol up to yesterday (UTC) and re-probe the last `reprobe_days` days.
 
     `symbols` None: every symbol of the market in the listing, filtered by `include` /
@@ -161,9 +162,7 @@ def daily_update(
     if late:
         report.notes.append(f"missing for longer than the {reprobe_days}-day re-probe window: {len(late)} days")
         report.notes.extend(f"  {s} {d}" for s, d in late[:50])
-    if not report.ok:
-        raise RunFailed(report)
-    return report
+    return final_state(report)
 
 
 def run_from_cli(kwargs: dict[str, Any], probe: Settings, data_dir: Path,

@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Any, cast
 
 from prefect import flow
+from prefect.client.schemas.objects import State
 from prefect.filesystems import LocalFileSystem
 from prefect.futures import PrefectFuture, as_completed
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
+from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.api_server import TemporaryApiServer
@@ -95,7 +97,7 @@ CACHE_DIR = ".prefect-cache"
 
 
 @flow(name="full-pipeline", task_runner=default_dask_runner())
-def full_pipeline(settings: Settings) -> PipelineReport:
+def full_pipeline(settings: Settings) -> PipelineReport | State[PipelineReport]:
     """Bring the lake up to date for the requested market, symbols and days.
 
     Steps, in order (each selectable): download, convert (into staging), merge (staged
@@ -106,9 +108,19 @@ def full_pipeline(settings: Settings) -> PipelineReport:
     """
     settings, capped = cap_settings(settings)  # a run from the UI: the CLI capped it already
     report = run_pipeline(settings, [capped] if capped else [])
-    if not report.ok:
-        raise RunFailed(report)
-    return report
+    return final_state(report)
+
+
+def final_state(report: PipelineReport) -> PipelineReport | State[PipelineReport]:
+    """What a flow returns: its report, or a Failed state holding it when anything was refused or failed.
+
+    A returned Failed state ends the run Failed (red in the UI) with the reasons as its message,
+    without the traceback Prefect logs for a raised exception (twice, in the terminal). Its
+    result is still the report: `state.result(raise_on_failure=False)`.
+    """
+    if report.ok:
+        return report
+    return Failed(message=str(RunFailed(report)), data=report)
 
 
 def run_pipeline(settings: Settings, notes: Sequence[str] = ()) -> PipelineReport:
@@ -623,10 +635,9 @@ def run_from_cli(settings: Settings, data_dir: Path, early: TemporaryApiServer |
         state = full_pipeline.with_options(task_runner=dask_runner(settings))(settings=settings, return_state=True)
     result = state.result(raise_on_failure=False)
     if isinstance(result, RunFailed):
-        print(result.report.summary())
-        return 1
+        result = result.report
     if isinstance(result, PipelineReport):
         print(result.summary())
-        return 0
+        return 0 if state.is_completed() else 1
     print(f"run ended {state.name}: {result}", file=sys.stderr)
     return 1
