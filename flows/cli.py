@@ -17,7 +17,7 @@ from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
@@ -28,6 +28,8 @@ from tasks.errors import DataDirRefused, DateRangeRefused, SymbolNotListed, Temp
 from tasks.landed import archives_landed
 from tasks.preflight import check_run, version_line
 from tasks.settings import ALL_STEPS, STEPS, CliParser, Settings, describe_settings_error
+
+Verbosity = Literal["quiet", "normal", "verbose"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,7 +71,53 @@ def build_parser() -> argparse.ArgumentParser:
                    help="create the data dir's missing parent folders too (without it, a missing parent is "
                    "refused as a likely typo; the data dir itself is always created)")
     p.add_argument("--version", action="version", version=version_line(), help="print the version and exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (archives per symbol and granularity, bytes to download, days not "
+                   "published, what the lake holds) and exit; writes nothing, starts no server")
+    add_verbosity_arguments(p)
     return p
+
+
+def add_verbosity_arguments(p: argparse.ArgumentParser) -> None:
+    """`--quiet` and `--verbose`, shared by the CLIs."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--quiet", "-q", action="store_true",
+                       help="print only the summary and errors (no progress, no plan)")
+    group.add_argument("--verbose", "-v", action="store_true",
+                       help="also print Prefect's log lines of every task (by default: warnings and errors only)")
+
+
+def verbosity(args: argparse.Namespace) -> Verbosity:
+    """What `--quiet` / `--verbose` ask for."""
+    return "quiet" if args.quiet else "verbose" if args.verbose else "normal"
+
+
+def dry_run_cli(settings: Settings, create: bool = False) -> int:
+    """`--dry-run`: print the plan; 0, or 1 when a listing could not be read (a real run fails then too).
+
+    The run's own checks (tasks/preflight.py) without their writes: a data dir a run would
+    refuse, or a symbol the listing does not know, exits 2; an end after yesterday is capped.
+    Nothing is written (the data dir is not created) and no server starts.
+    """
+    from tasks.preflight import cap_settings, check_data_dir_usable, refuse_unlisted
+    from tasks.run_plan import dry_run, http_options  # pyarrow (lake footers), aiohttp: not Prefect
+
+    try:
+        check_data_dir_usable(settings.data_dir, create)
+        settings, note = cap_settings(settings)
+        if "download" in settings.steps:
+            refuse_unlisted(settings.listing_url, settings.market, settings.symbols, http_options(settings))
+    except (DataDirRefused, DateRangeRefused, SymbolNotListed) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    try:
+        plan = dry_run(settings, sys.stdout)
+    except DataDirRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 1 if any(p.unlisted for p in plan.symbols) else 0
 
 
 def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
@@ -187,6 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValidationError, SettingsError) as exc:
         print_validation_error(exc, given)
         return 2
+    if args.dry_run:
+        return dry_run_cli(settings, args.create)
     try:
         # Before any server starts, so a typo fails in a second (tasks/preflight.py): the data dir
         # (then created and marked: the server keeps its schema template in it), the days (an end
@@ -211,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 except BaseException:
                     discard(early)
                     raise
-                code = run_from_cli(settings, data_dir, early)  # owns `early` from here on
+                code = run_from_cli(settings, data_dir, early, verbosity(args))  # owns `early` from here on
                 allow_quick_exit(early is not None)
                 return code
         except TemporaryServerFailed as exc:

@@ -20,7 +20,14 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from flows.api_server import discard, launch_early, server_template
-from flows.cli import NOTHING_STARTED, allow_quick_exit, print_validation_error, run_home
+from flows.cli import (
+    NOTHING_STARTED,
+    add_verbosity_arguments,
+    allow_quick_exit,
+    print_validation_error,
+    run_home,
+    verbosity,
+)
 from flows.interrupt import Interrupted
 from tasks.errors import DataDirRefused, DateRangeRefused, SymbolNotListed, TemporaryServerFailed, describe
 from tasks.landed import archives_landed
@@ -64,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", default=None,
                    help="exit 1 on any refused archive, also one refused before under the same published checksum "
                    "(by default such a known refusal is reported, and only new ones fail the run)")
+    add_verbosity_arguments(p)
     return p
 
 
@@ -90,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.today = parse_day(args.today)
         except ValueError as exc:
             p.error(f"argument --today: {exc}")
-    kwargs = dict(vars(args))
+    kwargs = {k: v for k, v in vars(args).items() if k not in ("quiet", "verbose")}  # the terminal's, not the flow's
     create = kwargs.pop("create")
     given = {k: v for k in ("base_url", "listing_url", "dask_address") if (v := kwargs[k])}
     try:
@@ -120,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 except BaseException:
                     discard(early)
                     raise
-                code = run_from_cli(kwargs, probe, data_dir, early)  # owns `early` from here on
+                code = run_from_cli(kwargs, probe, data_dir, early, verbosity(args))  # owns `early` from here on
                 allow_quick_exit(early is not None)
                 return code
         except TemporaryServerFailed as exc:

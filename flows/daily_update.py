@@ -39,11 +39,13 @@ from prefect.client.schemas.objects import State
 from prefect.logging import get_run_logger
 
 from flows.api_server import TemporaryApiServer
+from flows.cli import Verbosity
 
 # The command line lives in flows.daily_cli (it imports no Prefect); its names stay importable here.
 from flows.daily_cli import MAX_REPROBE_DAYS as MAX_REPROBE_DAYS
 from flows.daily_cli import main as main
 from flows.full_pipeline import final_state, run_pipeline
+from flows.progress import cli_progress
 from flows.runtime import dask_runner, default_dask_runner, server_template, shared_api_server
 from tasks.archive_spec import Granularity, Market
 from tasks.http import HttpOptions
@@ -166,12 +168,13 @@ def daily_update(
 
 
 def run_from_cli(kwargs: dict[str, Any], probe: Settings, data_dir: Path,
-                 early: TemporaryApiServer | None = None) -> int:
+                 early: TemporaryApiServer | None = None, verbosity: Verbosity = "normal") -> int:
     """The run of `python -m flows.daily_update` once its arguments are checked (`flows.daily_cli.main`).
 
     Prints the summary; returns the exit status: 0 all good, 1 an archive refused or failed.
+    `verbosity`: progress and Prefect's console lines (`flows.progress.cli_progress`).
     """
-    with shared_api_server(server_template(data_dir), early=early):
+    with cli_progress(verbosity), shared_api_server(server_template(data_dir), early=early):
         state = daily_update.with_options(task_runner=dask_runner(probe))(**kwargs, return_state=True)
     result = state.result(raise_on_failure=False)
     report = result.report if isinstance(result, RunFailed) else result

@@ -38,10 +38,12 @@ from flows.artifacts import publish_artifacts
 
 # The command line lives in flows.cli (it imports no Prefect); its names stay importable here.
 from flows.cli import INTERRUPTED as INTERRUPTED
+from flows.cli import Verbosity
 from flows.cli import build_parser as build_parser
 from flows.cli import main as main
 from flows.cli import print_validation_error as print_validation_error
 from flows.cli import settings_from_args as settings_from_args
+from flows.progress import Progress, cli_progress, current
 from flows.runtime import (
     check_workers_share,
     dask_runner,
@@ -54,7 +56,7 @@ from tasks.archive_spec import ArchiveSpec, Granularity, parse_archive_name
 from tasks.atomic import remove_stale_temporaries
 from tasks.compact import recover_lake
 from tasks.datadir import open_data_dir
-from tasks.download import Published, local_archive_matches, local_archives, stored_checksum
+from tasks.download import Published, local_archive_matches, stored_checksum
 from tasks.errors import (
     DamagedLakeFile,
     NotPublished,
@@ -68,10 +70,9 @@ from tasks.features import from_cache, parse_feature
 from tasks.http import HttpOptions
 from tasks.ingest import IngestResult, SymbolValidation
 from tasks.labels import batch_label
-from tasks.lake import coverage, lake_inventory
 from tasks.listing import Discovery
 from tasks.lock import data_dir_lock
-from tasks.plan import MissingDay, plan_symbol
+from tasks.plan import MissingDay
 from tasks.prefect_cache import LakeCacheStorage
 from tasks.prefect_tasks import (
     checksums_task,
@@ -87,8 +88,9 @@ from tasks.prefect_tasks import (
 )
 from tasks.preflight import cap_settings, find_unlisted, probe_options, run_coroutine, unlisted_message
 from tasks.refusals import mark_known, prior_refusals
-from tasks.repair import damage_on_record, intact_sources, restore_specs
+from tasks.repair import damage_on_record, intact_sources
 from tasks.report import ArchiveOutcome, GapNote, PipelineReport, RunFailed
+from tasks.run_plan import granularities, http_options, local_discoveries, plan_run
 from tasks.settings import Settings
 from tasks.warmup import warm_up_in_background
 
@@ -208,33 +210,7 @@ def cache_storage(data_dir: Path) -> LocalFileSystem:
 
 
 def _http(settings: Settings) -> HttpOptions:
-    return HttpOptions(
-        settings.connect_timeout, settings.read_timeout, settings.retries, settings.retry_base_delay,
-        min_rate=settings.min_download_rate, deadline_floor=settings.download_deadline_floor_s,
-        size_margin=settings.download_size_margin_bytes, retry_after_cap=settings.retry_after_cap_s,
-        cross_host_redirects=settings.allow_cross_host_redirects,
-    )
-
-
-def _granularities(settings: Settings) -> list[Granularity]:
-    if settings.granularity == "auto":
-        return ["daily", "monthly"]
-    return [settings.granularity]
-
-
-def _local_discoveries(settings: Settings, data_dir: Path) -> list[Discovery]:
-    """What was downloaded before, for runs without the download step."""
-    found = []
-    for symbol in settings.symbols:
-        for g in _granularities(settings):
-            probe = ArchiveSpec(settings.market, symbol, g, settings.start.replace(day=1))
-            specs = {}
-            for path in local_archives(data_dir, probe.folder_key):
-                spec = parse_archive_name(settings.market, g, path.name)
-                if spec is not None and spec.symbol == symbol:
-                    specs[spec] = path.stat().st_size
-            found.append(Discovery(settings.market, symbol, g, specs))
-    return found
+    return http_options(settings)
 
 
 def _unlisted(settings: Settings, discoveries: list[Discovery], http: HttpOptions) -> dict[str, str]:
@@ -252,51 +228,46 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
     http = _http(settings)
     downloading = "download" in settings.steps
     converting = "convert" in settings.steps
+    progress = current()
     if downloading:
         report.stage_started("download")  # discovery, checksums and the downloads themselves
+        progress.begin("list", len(settings.symbols) * len(granularities(settings)), "folders")
         discoveries = discover_task(
-            settings.listing_url, settings.market, list(settings.symbols), _granularities(settings), http,
+            settings.listing_url, settings.market, list(settings.symbols), granularities(settings), http,
             settings.concurrency,
         )
+        progress.advance("list", len(discoveries))
+        progress.end("list")
     else:
-        discoveries = _local_discoveries(settings, data_dir)
+        discoveries = local_discoveries(settings, data_dir)
 
-    specs: list[ArchiveSpec] = []
+    unlisted = _unlisted(settings, discoveries, http) if downloading else {}
+    plan = plan_run(settings, discoveries, data_dir, unlisted)
+    specs: list[ArchiveSpec] = plan.archives
     sizes: dict[ArchiveSpec, int] = {}
     restoring: set[ArchiveSpec] = set()  # archives of damaged lake files, no longer kept: fetched for the repair
-    unlisted = _unlisted(settings, discoveries, http) if downloading else {}
-    for symbol in settings.symbols:
-        if symbol in unlisted:  # a typo (a run from the UI): one line, not every day "not published"
-            report.outcomes.append(ArchiveOutcome(symbol, "refused", detail=unlisted[symbol],
+    for sp in plan.symbols:
+        if sp.not_listed is not None:  # a typo (a run from the UI): one line, not every day "not published"
+            report.outcomes.append(ArchiveOutcome(sp.symbol, "refused", detail=sp.not_listed,
                                                   kind=SymbolNotListed.kind))
             continue
-        mine = [d for d in discoveries if d.symbol == symbol]
-        unread = [d for d in mine if d.error]
-        if unread:
-            # Its listing could not be read: nothing of this symbol is planned (its days are not
-            # "not published"), the other symbols go on, and the run ends Failed naming the folder.
-            report.outcomes.extend(ArchiveOutcome(d.prefix, "failed" if d.transient else "refused",
-                                                  detail=d.error or "") for d in unread)
-            continue
-        for d in mine:
-            sizes.update(d.archives)
-            report.outcomes.extend(ArchiveOutcome(key, "refused", detail=reason) for key, reason in d.rejected)
-        daily = set().union(*(d.periods() for d in mine if d.granularity == "daily"))
-        monthly = set().union(*(d.periods() for d in mine if d.granularity == "monthly"))
-        plan = plan_symbol(
-            settings.market, symbol, settings.start, settings.end, settings.granularity, daily, monthly,
-            coverage(lake_inventory(data_dir, settings.market, symbol)),
-        )
-        specs.extend(plan.archives)
-        if downloading:
-            again = restore_specs(data_dir, settings.market, symbol)
-            specs.extend(s for s in again if s not in plan.archives)
-            restoring.update(again)
-        report.missing.extend(plan.missing)
-    logger.info("plan: %d archives, %d requested days not published", len(specs), len(report.missing))
+        # A listing that could not be read: nothing of this symbol is planned (its days are not
+        # "not published"), the other symbols go on, and the run ends Failed naming the folder.
+        report.outcomes.extend(ArchiveOutcome(d.prefix, "failed" if d.transient else "refused",
+                                              detail=d.error or "") for d in sp.unlisted)
+        report.outcomes.extend(ArchiveOutcome(key, "refused", detail=reason) for key, reason in sp.rejected)
+        sizes.update(sp.sizes)
+        restoring.update(sp.restoring)
+        report.missing.extend(sp.missing)
+    rendered = plan.render()  # what `--dry-run` prints
+    logger.info("%s", rendered)
+    progress.note(rendered)
 
     if downloading:
+        progress.begin("checksums", len(specs))
         published = checksums_task(specs, settings.base_url, http, settings.concurrency) if specs else []
+        progress.advance("checksums", len(published))
+        progress.end("checksums")
     else:
         published = [Published(s, stored_checksum(s, data_dir), "no verified local archive") for s in specs]
     todo: list[tuple[ArchiveSpec, str]] = []
@@ -326,6 +297,8 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
             items=[(s, shas[s]) for s in specs], data_dir=data_dir, options=settings.convert_options, label=label
         )
         ingests[fut] = list(specs)
+        # Counted as the batch ends (in Dask's thread), not when the loop below gets to it.
+        fut.add_done_callback(partial(_count_done, progress, "convert", len(specs)))
 
     def add_to_batch(spec: ArchiveSpec) -> None:
         """Queue an archive for conversion; a batch goes to Dask once it is big enough."""
@@ -349,6 +322,9 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
     io_runner: ThreadPoolTaskRunner[Any]
     # A damaged lake file (on record from an earlier validation) does not count as holding its archives.
     in_lake = {s: intact_sources(data_dir, settings.market, s) for s in settings.symbols} if converting else {}
+    fetching: set[ArchiveSpec] = set()  # downloads whose bytes come over the network (no verified local copy)
+    if converting:
+        progress.begin("convert", 0)  # before the first batch can end; grown as archives are queued
     with ThreadPoolTaskRunner(max_workers=settings.concurrency) as io_runner:
         for spec, sha in todo:
             held = in_lake.get(spec.symbol, {}).get((spec.key, sha))
@@ -358,14 +334,23 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
                                                       where="lake"))
             elif downloading:
                 fresh = not local_archive_matches(spec, data_dir, sha)
+                if fresh:
+                    fetching.add(spec)
+                # Bytes as they arrive, for the CLI's bar: only this process's threads run downloads.
+                on_bytes = partial(progress.in_flight, "download", spec.key) if progress.enabled else None
                 dl_future: PrefectFuture[Any] = io_runner.submit(
                     cast(Any, download.with_options(refresh_cache=fresh)),  # Prefect's overloads expect a coroutine
                     parameters={"spec": spec, "sha256": sha, "data_dir": data_dir, "base_url": settings.base_url,
-                                "http": http, "listed_size": sizes.get(spec)},
+                                "http": http, "listed_size": sizes.get(spec), "on_bytes": on_bytes},
                 )
                 downloads[dl_future] = spec
+                if converting and spec not in restoring:
+                    progress.grow("convert", 1)
             elif local_archive_matches(spec, data_dir, sha):
+                progress.grow("convert", 1)
                 add_to_batch(spec)
+        if downloads:
+            progress.begin("download", len(downloads), total_bytes=sum(sizes.get(s, 0) for s in fetching))
         # Conversion starts as soon as a batch of verified archives is ready, or once no download
         # has finished for `ingest_batch_wait_s`: a slow download never holds back the others' conversion.
         finished: queue.Queue[PrefectFuture[Any]] = queue.Queue()
@@ -381,6 +366,13 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
                         flush_batches()
             spec = downloads[done]
             result = done.result(raise_on_failure=False)
+            failed = isinstance(result, BaseException)
+            got = sizes.get(spec, 0) if spec in fetching else 0
+            progress.advance("download", done_bytes=0 if failed else got, key=spec.key)
+            if failed:  # its bytes will not come, nor its conversion
+                progress.grow("download", total_bytes=-got)
+                if converting and spec not in restoring:
+                    progress.grow("convert", -1)
             if isinstance(result, NotPublished):
                 # Listed, but the archive answers 404: not published (yet); never retried, not a failure.
                 report.outcomes.append(ArchiveOutcome(spec.key, "missing", detail=describe(result)))
@@ -404,6 +396,7 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
                 )
         if downloading:
             report.stage_ended("download")
+            progress.end("download")
         flush_batches()
 
     for fut in as_completed(list(ingests)):
@@ -426,8 +419,13 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
                                bytes=sizes.get(spec), seconds=seconds, detail=_ingest_detail(result),
                                where="staging" if staged else "lake")
             )
+    progress.end("convert")
     report.outcomes.sort(key=lambda o: o.archive)
     mark_known(report.outcomes, prior)
+
+
+def _count_done(progress: Progress, stage: str, n: int, _: object) -> None:
+    progress.advance(stage, n)
 
 
 def _ingest_detail(result: IngestResult) -> str:
@@ -549,8 +547,11 @@ def _compact(settings: Settings, data_dir: Path, report: PipelineReport) -> None
                              mode))
         for symbol in settings.symbols
     ]
+    progress = current()
+    progress.begin("merge", len(futures), "symbols")
     for symbol, label, fut in futures:
         result = fut.result(raise_on_failure=False)
+        progress.advance("merge")
         if isinstance(result, DamagedLakeFile) and "validate" in settings.steps:
             # The validate step rebuilds the damaged file from the kept archives and merges what is
             # staged with it: the run fails on this only if that repair does not happen.
@@ -559,6 +560,7 @@ def _compact(settings: Settings, data_dir: Path, report: PipelineReport) -> None
             report.upkeep_errors.append(f"{label}: {describe(result)}")
         else:
             report.compactions.append(result)
+    progress.end("merge")
     for c in report.compactions:
         report.landed(c.staged_merged, "merged")
         report.landed(c.staged_dropped, "lake")
@@ -623,15 +625,17 @@ def _cleanup(settings: Settings, data_dir: Path, report: PipelineReport) -> None
     report.cleanups.extend(_results(futures, report.upkeep_errors))
 
 
-def run_from_cli(settings: Settings, data_dir: Path, early: TemporaryApiServer | None = None) -> int:
+def run_from_cli(settings: Settings, data_dir: Path, early: TemporaryApiServer | None = None,
+                 verbosity: Verbosity = "normal") -> int:
     """The run of `python -m flows.full_pipeline` once its arguments are checked (`flows.cli.main`).
 
     Prints the summary; returns the exit status: 0 all good, 1 an archive refused or failed.
-    `early`: the temporary API server `flows.cli` launched before the imports.
+    `early`: the temporary API server `flows.cli` launched before the imports. `verbosity`:
+    progress and Prefect's console lines (`flows.progress.cli_progress`).
     """
     # Dask's INFO chatter (workers starting and stopping) would bury the run's own report.
     logging.getLogger("distributed").setLevel(logging.WARNING)
-    with shared_api_server(server_template(data_dir), early=early):
+    with cli_progress(verbosity), shared_api_server(server_template(data_dir), early=early):
         state = full_pipeline.with_options(task_runner=dask_runner(settings))(settings=settings, return_state=True)
     result = state.result(raise_on_failure=False)
     if isinstance(result, RunFailed):

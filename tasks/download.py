@@ -16,6 +16,7 @@ import asyncio
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -123,7 +124,7 @@ def local_archive_matches(spec: ArchiveSpec, data_dir: Path, sha256: str) -> boo
 
 async def download_archive(
     spec: ArchiveSpec, sha256: str, base_url: str, data_dir: Path, options: HttpOptions,
-    listed_size: int | None = None,
+    listed_size: int | None = None, on_bytes: Callable[[int], None] | None = None,
 ) -> DownloadResult:
     """Download `spec`, verify it against `sha256`, and commit it to `<data_dir>/archive/`.
 
@@ -134,6 +135,7 @@ async def download_archive(
     TransientNetworkError. A body longer than listed raises OversizedResponse at once and
     leaves only a `.reason.json` in quarantine. On a mismatch the checksum and the archive are
     fetched once more; if they still disagree the archive is quarantined and ChecksumMismatch is raised.
+    `on_bytes`: called with the bytes of the current attempt received so far (each attempt starts at 0).
     """
     started = time.perf_counter()
     final = spec.local_zip(data_dir)
@@ -146,7 +148,8 @@ async def download_archive(
             tmp = temp_path_for(final)
             try:
                 try:
-                    got = await with_retries(partial(stream_to_file, session, url, tmp, options, listed_size), options)
+                    stream = partial(stream_to_file, session, url, tmp, options, listed_size, on_bytes)
+                    got = await with_retries(stream, options)
                 except OversizedResponse as exc:
                     await asyncio.to_thread(_note_oversized, spec, data_dir, url, exc.reason, listed_size)
                     raise

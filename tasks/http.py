@@ -249,9 +249,12 @@ class Streamed:
 
 async def stream_to_file(
     session: aiohttp.ClientSession, url: str, dest: Path, options: HttpOptions | None = None,
-    listed_size: int | None = None,
+    listed_size: int | None = None, on_bytes: Callable[[int], None] | None = None,
 ) -> Streamed:
     """Stream `url` into `dest` while hashing, then fsync it.
+
+    `on_bytes`, if given, is called with the bytes received so far after each chunk (a progress
+    bar's feed; it must be cheap).
 
     Bounds (`options`): the whole transfer must end within `options.deadline_for(listed_size)`
     seconds (a trickling body is a transient fault, retried by the caller), and no more than
@@ -299,6 +302,8 @@ async def stream_to_file(
                             await pending  # one chunk in flight: memory stays at two chunks
                         pending = loop.run_in_executor(None, absorb, chunk)
                         size += len(chunk)
+                        if on_bytes is not None:
+                            on_bytes(size)
                     if pending is not None:
                         await pending
                     pending = None

@@ -13,6 +13,7 @@ defaults say, so no result is ever pickled to disk.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -107,10 +108,14 @@ def checksums_task(specs: list[ArchiveSpec], base_url: str, http: HttpOptions, c
     retry_condition_fn=retry_if_transient,
 )
 def download_task(
-    spec: ArchiveSpec, sha256: str, data_dir: Path, base_url: str, http: HttpOptions, listed_size: int | None = None
+    spec: ArchiveSpec, sha256: str, data_dir: Path, base_url: str, http: HttpOptions, listed_size: int | None = None,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> DownloadResult:
-    """Download and verify one archive, bounded by its listed size (transient faults retried inside: `http.retries`)."""
-    result = asyncio.run(download_archive(spec, sha256, base_url, data_dir, http, listed_size))
+    """Download and verify one archive, bounded by its listed size (transient faults retried inside: `http.retries`).
+
+    `on_bytes`: the bytes received so far, for a progress bar in the flow's process (not in the cache key).
+    """
+    result = asyncio.run(download_archive(spec, sha256, base_url, data_dir, http, listed_size, on_bytes))
     get_run_logger().info("%s: %d bytes verified in %.2fs", spec.key, result.bytes, result.seconds)
     return result
 
