@@ -277,12 +277,14 @@ def test_every_option_of_every_cli_is_explained_and_every_cli_answers_version(tm
 
 
 def test_daily_update_options_reach_the_flow() -> None:
-    # Every option of the CLI but --create is a parameter of the flow (main passes them on by name).
+    # Every option of the CLI but --create, --quiet and --verbose (what the terminal shows) is a
+    # parameter of the flow (main passes them on by name).
     from flows.daily_update import daily_update
 
     done = subprocess.run([sys.executable, "-m", DU, "--help"], cwd=REPO, env=dict(os.environ, COLUMNS="200"),
                           capture_output=True, text=True, timeout=120)
-    options = set(re.findall(r"--([a-z-]+)", done.stdout.split("options:", 1)[1])) - {"help", "version", "create"}
+    cli_only = {"help", "version", "create", "quiet", "verbose"}
+    options = set(re.findall(r"--([a-z-]+)", done.stdout.split("options:", 1)[1])) - cli_only
     params = {p.replace("_", "-") for p in daily_update.parameters.properties}
     assert options - {"no-backfill"} <= params and "backfill-new-symbols" in params
 
