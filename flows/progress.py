@@ -27,6 +27,8 @@ from typing import Any, TextIO
 from flows.cli import Verbosity
 from tasks.units import format_bytes, format_seconds
 
+#: The order the bars are shown in (stages not named here follow, in the order begun).
+STAGE_ORDER = ("list", "checksums", "download", "convert", "merge")
 #: Seconds between two progress lines when stderr is not a terminal: under 5, so that a log
 #: gets a line at least every 5 s however long printing takes.
 PLAIN_INTERVAL_S = 4.5
@@ -154,7 +156,7 @@ class Progress:
             display.say(text)
 
     def views(self) -> list[StageView]:
-        """Every stage begun so far, in the order begun."""
+        """Every stage begun so far with something to do, in the pipeline's order (`STAGE_ORDER`)."""
         now = time.monotonic()
         with self._lock:
             out = []
@@ -167,7 +169,8 @@ class Progress:
                     done_bytes = min(done_bytes, s.total_bytes)
                 out.append(StageView(name, s.unit, s.total, s.done, s.total_bytes, done_bytes,
                                      (s.ended or now) - s.started, s.ended is not None))
-            return out
+        rank = {name: i for i, name in enumerate(STAGE_ORDER)}
+        return sorted(out, key=lambda v: rank.get(v.name, len(rank)))  # stable: the others as begun
 
     def active(self) -> list[StageView]:
         """The stages running now."""

@@ -122,6 +122,10 @@ def test_counts_bytes_in_flight_and_the_plain_line() -> None:
     assert p.active() == [] and "done in" in p.views()[0].line()
     p.begin("merge", 2, "symbols")
     assert [v.line().split(",")[0] for v in p.active()] == ["merge 0/2 symbols"]
+    p.begin("convert", 0)  # begun before the downloads (as the flow does) and empty: no bar yet
+    assert [v.name for v in p.views()] == ["download", "merge"]
+    p.grow("convert", 3)
+    assert [v.name for v in p.views()] == ["download", "convert", "merge"]  # the pipeline's order
 
 
 def test_outside_a_cli_the_progress_is_inert(capsys: pytest.CaptureFixture[str]) -> None:
