@@ -59,7 +59,8 @@ def test_readme_main_command_as_written(fake_archive: FakeArchive, tmp_path: Pat
     lake = ds.dataset(tmp_path / "data" / "lake" / "trades", format="parquet", partitioning="hive")
     assert lake.count_rows() == 10_000
     assert sorted(lake.to_table(columns=["symbol"])["symbol"].unique().to_pylist()) == ["BTCUSDT", "ETHUSDT"]
-    assert "archives: 2 landed in the lake (10,000 rows)" in done.stdout and (tmp_path / "data" / "features" / "ema_dollar_imbalance").is_dir()
+    assert "archives: 2 landed in the lake (10,000 rows)" in done.stdout
+    assert (tmp_path / "data" / "features" / "ema_dollar_imbalance").is_dir()
 
 
 # --- Reading the lake: every python block of the README that reads it, run as written ---------------
