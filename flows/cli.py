@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -22,7 +22,7 @@ from typing import Any, Literal, NoReturn
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from flows.api_server import discard, launch_early, server_template
+from flows.api_server import TemporaryApiServer, discard, launch_early, server_template
 from flows.interrupt import Interrupted
 from tasks.errors import DataDirRefused, DateRangeRefused, SymbolNotListed, TemporaryServerFailed, describe
 from tasks.landed import archives_landed
@@ -251,23 +251,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     since = time.time()
-    interrupted = Interrupted(partial(interrupted_line, settings, data_dir, since))
-    with interrupted:
+
+    def run(early: TemporaryApiServer | None) -> int:
+        from flows.full_pipeline import run_from_cli  # Prefect, pyarrow, Dask, Numba: seconds
+
+        return run_from_cli(settings, data_dir, early, verbosity(args))
+
+    return run_on_early_server(data_dir, partial(interrupted_line, settings, data_dir, since), run)
+
+
+def run_on_early_server(data_dir: Path, interrupted: Callable[[], str],
+                        run: Callable[[TemporaryApiServer | None], int]) -> int:
+    """A CLI's run once its arguments are checked: the temporary server launched first, then `run(early)`.
+
+    `run` imports the flow's module (seconds; the server boots meanwhile) and runs it on the
+    server, which it owns from then on. Ctrl-C: the `interrupted` line and 130; a server that
+    failed to start: one line and 1. Either way the server is stopped and its folder removed.
+    """
+    handler = Interrupted(interrupted)
+    with handler:
         try:
             early = launch_early(server_template(data_dir))
             with run_home(early.scratch if early is not None else None):
                 try:
-                    from flows.full_pipeline import run_from_cli  # Prefect, pyarrow, Dask, Numba: seconds
-                except BaseException:
-                    discard(early)
-                    raise
-                code = run_from_cli(settings, data_dir, early, verbosity(args))  # owns `early` from here on
+                    code = run(early)
+                finally:
+                    discard(early)  # stopped already once the run owned it; a second stop does nothing
                 allow_quick_exit(early is not None)
                 return code
         except TemporaryServerFailed as exc:
             print(f"error: {describe(exc)}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
-            interrupted.announce()
+            handler.announce()
             allow_quick_exit(True)
             return 130

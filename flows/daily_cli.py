@@ -19,17 +19,15 @@ from pathlib import Path
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from flows.api_server import discard, launch_early, server_template
+from flows.api_server import TemporaryApiServer
 from flows.cli import (
     NOTHING_STARTED,
     add_verbosity_arguments,
-    allow_quick_exit,
     print_validation_error,
-    run_home,
+    run_on_early_server,
     verbosity,
 )
-from flows.interrupt import Interrupted
-from tasks.errors import DataDirRefused, DateRangeRefused, SymbolNotListed, TemporaryServerFailed, describe
+from tasks.errors import DataDirRefused, DateRangeRefused, SymbolNotListed
 from tasks.landed import archives_landed
 from tasks.preflight import check_run, version_line
 from tasks.settings import CliParser, Settings, parse_day
@@ -118,23 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(NOTHING_STARTED, file=sys.stderr)
         return 130
     since = time.time()
-    interrupted = Interrupted(partial(interrupted_line, probe.market, args.symbols, data_dir, since))
-    with interrupted:
-        try:
-            early = launch_early(server_template(data_dir))
-            with run_home(early.scratch if early is not None else None):
-                try:
-                    from flows.daily_update import run_from_cli  # Prefect, pyarrow, Dask, Numba: seconds
-                except BaseException:
-                    discard(early)
-                    raise
-                code = run_from_cli(kwargs, probe, data_dir, early, verbosity(args))  # owns `early` from here on
-                allow_quick_exit(early is not None)
-                return code
-        except TemporaryServerFailed as exc:
-            print(f"error: {describe(exc)}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            interrupted.announce()
-            allow_quick_exit(True)
-            return 130
+
+    def run(early: TemporaryApiServer | None) -> int:
+        from flows.daily_update import run_from_cli  # Prefect, pyarrow, Dask, Numba: seconds
+
+        return run_from_cli(kwargs, probe, data_dir, early, verbosity(args))
+
+    return run_on_early_server(data_dir, partial(interrupted_line, probe.market, args.symbols, data_dir, since), run)

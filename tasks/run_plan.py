@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 from typing import TextIO
 
@@ -22,6 +22,7 @@ from tasks.archive_spec import ArchiveSpec, Granularity, parse_archive_name
 from tasks.datadir import check_data_dir
 from tasks.download import local_archives
 from tasks.http import HttpOptions
+from tasks.labels import day_runs
 from tasks.lake import coverage, lake_inventory, staged_inventory
 from tasks.listing import Discovery, discover
 from tasks.plan import MissingDay, plan_symbol
@@ -122,7 +123,7 @@ class RunPlan:
             if not specs and not p.unlisted:
                 lines.append(f"  {name}: no archive to fetch")
             if p.missing:
-                ranges = day_ranges(m.day for m in p.missing)
+                ranges = day_runs(m.day for m in p.missing)
                 shown = ", ".join(_range(a, b) for a, b in ranges[:MAX_RANGES])
                 more = f", and {len(ranges) - MAX_RANGES} more ranges" if len(ranges) > MAX_RANGES else ""
                 lines.append(f"  {name}: {absent}: {count(len(p.missing), 'day')}, {shown}{more}")
@@ -156,17 +157,6 @@ def count(n: int, noun: str) -> str:
 def _range(a: date, b: date) -> str:
     n = (b - a).days + 1
     return f"{a}" if a == b else f"{a}..{b} ({n} days)"
-
-
-def day_ranges(days: Iterable[date]) -> list[tuple[date, date]]:
-    """Consecutive days merged into (first, last) ranges, in order."""
-    out: list[tuple[date, date]] = []
-    for d in sorted(set(days)):
-        if out and d == out[-1][1] + timedelta(days=1):
-            out[-1] = (out[-1][0], d)
-        else:
-            out.append((d, d))
-    return out
 
 
 def http_options(settings: Settings) -> HttpOptions:

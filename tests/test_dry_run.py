@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from tasks.archive_spec import ArchiveSpec
+from tasks.labels import day_runs
 from tasks.listing import Discovery
-from tasks.run_plan import day_ranges, plan_run
+from tasks.run_plan import plan_run
 from tasks.settings import Settings
 from tasks.units import format_bytes
 from tests.conftest import REPO
@@ -41,7 +42,7 @@ def test_the_plan_names_archives_bytes_and_the_days_not_published_as_ranges(tmp_
     assert "BTCUSDT: in the lake: nothing yet" in text
     assert not (tmp_path / "data").exists()
     d = date(2024, 1, 1)
-    assert day_ranges([d, d + timedelta(2), d + timedelta(1), d + timedelta(5)]) == [
+    assert day_runs([d, d + timedelta(2), d + timedelta(1), d + timedelta(5)]) == [
         (d, d + timedelta(2)), (d + timedelta(5), d + timedelta(5))]
 
 

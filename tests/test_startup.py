@@ -36,6 +36,7 @@ from tests.test_process_safety import fresh_env, leftovers, wait_gone
 
 DAYS = 4
 ROWS = 2_000
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 STALLED = f"data/spot/daily/trades/BTCUSDT/BTCUSDT-trades-2024-01-{DAYS:02d}.zip"
 
 
@@ -78,7 +79,8 @@ class Terminal:
 
     @property
     def text(self) -> str:
-        return self.output.decode(errors="replace").replace("\r\n", "\n")
+        """What was shown, without the terminal's control sequences (the progress bars' colours, cursor)."""
+        return _ANSI.sub("", self.output.decode(errors="replace")).replace("\r\n", "\n")
 
 
 def _verified(data: Path) -> int:
