@@ -17,6 +17,7 @@ from tasks.gaps import GapReport
 from tasks.labels import day_runs, span, span_with_count
 from tasks.plan import MissingDay
 from tasks.report import ArchiveOutcome, PipelineReport
+from tasks.units import plural
 
 #: At most this many rows in the lake-gaps table (then one row says how many more, and where they are).
 MAX_GAP_ROWS = 200
@@ -29,11 +30,6 @@ MAX_REASON = 160
 def num(value: int | None) -> str:
     """`1,234,567`; empty for an unknown number."""
     return "" if value is None else f"{value:,}"
-
-
-def plural(n: int, word: str) -> str:
-    """`1 day`, `3 days`, `1,234 days`."""
-    return f"{n:,} {word}" + ("" if n == 1 else "s")
 
 
 def secs(value: float) -> str:

@@ -28,6 +28,7 @@ from tasks.errors import DataDirRefused, DateRangeRefused, SymbolNotListed, Temp
 from tasks.landed import archives_landed
 from tasks.preflight import check_run, version_line
 from tasks.settings import ALL_STEPS, STEPS, CliParser, Settings, describe_settings_error
+from tasks.units import plural
 
 Verbosity = Literal["quiet", "normal", "verbose"]
 
@@ -160,8 +161,12 @@ def interrupted_line(settings: Settings, data_dir: Path, since: float) -> str:
     Counted from the data dir (`tasks.landed`), so it is true whichever thread was
     interrupted, and quick: it lists only the requested symbols' folders.
     """
-    n = archives_landed(data_dir, settings.market, settings.symbols, since)
-    return (f"interrupted: {n} archive{'' if n == 1 else 's'} landed (verified, kept for the next run); "
+    return landed_line(archives_landed(data_dir, settings.market, settings.symbols, since))
+
+
+def landed_line(landed: int) -> str:
+    """The Ctrl-C line for a run that landed `landed` archives."""
+    return (f"interrupted: {plural(landed, 'archive')} landed (verified, kept for the next run); "
             "nothing half-written is visible; run the same command to resume")
 
 

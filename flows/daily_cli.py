@@ -23,6 +23,7 @@ from flows.api_server import TemporaryApiServer
 from flows.cli import (
     NOTHING_STARTED,
     add_verbosity_arguments,
+    landed_line,
     print_validation_error,
     run_on_early_server,
     verbosity,
@@ -80,9 +81,7 @@ def interrupted_line(market: str, symbols: Sequence[str] | None, data_dir: Path,
             symbols = os.listdir(data_dir / "archive" / "data" / market / "daily" / "trades")
         except OSError:
             symbols = []
-    n = archives_landed(data_dir, market, symbols, since)
-    return (f"interrupted: {n} archive{'' if n == 1 else 's'} landed (verified, kept for the next run); "
-            "nothing half-written is visible; run the same command to resume")
+    return landed_line(archives_landed(data_dir, market, symbols, since))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -54,6 +54,7 @@ from tasks.listing import Discovery, list_symbols
 from tasks.prefect_tasks import discover_task
 from tasks.report import PipelineReport, RunFailed
 from tasks.settings import DEFAULT_LISTING_URL, Settings
+from tasks.units import plural
 
 
 def last_day_held(data_dir: Path, market: Market, symbol: str) -> date | None:
@@ -162,7 +163,8 @@ def daily_update(
     window_start = today - timedelta(days=max(reprobe_days, 1))
     late = sorted({(m.symbol, m.day) for m in report.missing if m.day < window_start})
     if late:
-        report.notes.append(f"missing for longer than the {reprobe_days}-day re-probe window: {len(late)} days")
+        report.notes.append(f"missing for longer than the {reprobe_days}-day re-probe window: "
+                            f"{plural(len(late), 'day')}")
         report.notes.extend(f"  {s} {d}" for s, d in late[:50])
     return final_state(report)
 

@@ -24,6 +24,7 @@ from tasks.archive_spec import MARKET_PATH, QUARANTINE_NOTE_SUFFIX, Market, pars
 from tasks.atomic import write_bytes_atomic
 from tasks.lake import coverage, lake_inventory, staged_inventory
 from tasks.plan import days_between
+from tasks.units import plural
 
 _DAY_US = 86_400_000_000
 _EPOCH = date(1970, 1, 1)
@@ -74,11 +75,11 @@ class GapReport:
 
     def summary_lines(self) -> list[str]:
         """One line per kind of finding, for the terminal."""
-        held = f"{self.days_in_lake} day{'' if self.days_in_lake == 1 else 's'} in the lake"
+        held = f"{plural(self.days_in_lake, 'day')} in the lake"
         head = f"{self.market} {self.symbol} {self.start}..{self.end}: {held}"
         lines = [head]
         if self.not_published:
-            lines.append(f"  not published: {len(self.not_published)} days ({_ranges(self.not_published)})")
+            lines.append(f"  not published: {plural(len(self.not_published), 'day')} ({_ranges(self.not_published)})")
         # One line per refused archive (a month's archive covers up to 31 days).
         by_archive: dict[tuple[str, str], list[date]] = {}
         for r in self.refused:
@@ -86,9 +87,9 @@ class GapReport:
         for (archive, why), days in by_archive.items():
             lines.append(f"  refused {_ranges(days)}: {archive}: {why}")
         if self.not_in_lake:
-            lines.append(f"  not in the lake: {len(self.not_in_lake)} days ({_ranges(self.not_in_lake)})")
+            lines.append(f"  not in the lake: {plural(len(self.not_in_lake), 'day')} ({_ranges(self.not_in_lake)})")
         if self.no_trades:
-            lines.append(f"  no trades: {len(self.no_trades)} days ({_ranges(self.no_trades)})")
+            lines.append(f"  no trades: {plural(len(self.no_trades), 'day')} ({_ranges(self.no_trades)})")
         if self.id_gaps_inside:
             missing = sum(int(g["missing_ids"]) for g in self.id_gaps_inside)
             lines.append(f"  trade-id gaps inside days: {len(self.id_gaps_inside)} days, {missing:,} ids missing")

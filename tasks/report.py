@@ -15,6 +15,7 @@ from tasks.gaps import GapReport
 from tasks.labels import day_runs
 from tasks.plan import MissingDay
 from tasks.repair import RepairResult
+from tasks.units import plural
 
 Status = Literal["ingested", "cached", "downloaded", "missing", "refused", "failed"]
 FAILED_STATUSES = ("refused", "failed")
@@ -326,7 +327,7 @@ def _place(o: ArchiveOutcome) -> str:
 
 
 def _n(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
+    return plural(count, noun)
 
 
 def feature_line(fr: FeatureResult) -> str:
@@ -334,10 +335,10 @@ def feature_line(fr: FeatureResult) -> str:
     head = f"features {fr.feature} {fr.market}/{fr.symbol}: "
     if fr.mode == "up to date":
         how = fr.reason or "no new trades in the lake"
-        return head + f"up to date, {how} ({fr.parts} parts)"
+        return head + f"up to date, {how} ({plural(fr.parts, 'part')})"
     why = f" ({fr.reason})" if fr.reason else ""
     new = "new " if fr.mode == "extended" else ""
-    return head + f"{fr.mode}, {fr.trades:,} {new}trades -> {fr.bars:,} bars ({fr.parts} parts){why}"
+    return head + f"{fr.mode}, {fr.trades:,} {new}trades -> {fr.bars:,} bars ({plural(fr.parts, 'part')}){why}"
 
 
 class RunFailed(Exception):

@@ -22,3 +22,8 @@ def format_seconds(s: float) -> str:
         return f"{minutes} min {seconds} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes} min"
+
+
+def plural(n: int, word: str) -> str:
+    """`1 day`, `3 days`, `1,234 days`."""
+    return f"{n:,} {word}" + ("" if n == 1 else "s")

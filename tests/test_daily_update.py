@@ -54,7 +54,7 @@ def test_daily_update_fetches_new_days_reprobes_and_reports_late_ones(
     assert held["BTCUSDT"] == [date(2024, 1, d) for d in (1, 2, 4, 5)]
     assert held["ETHUSDT"] == [date(2024, 1, d) for d in range(1, 6)]  # no history: back-filled from its first day
     assert held["BTCBUSD"] == []  # not selected
-    assert any("re-probe window: 1 days" in note for note in report.notes)
+    assert any("re-probe window: 1 day" in note for note in report.notes)
     assert "new symbol ETHUSDT: back-filled from 2024-01-01" in report.notes
     assert "BTCUSDT 2024-01-03" in report.summary()
 
