@@ -10,6 +10,7 @@ Reads file names and Parquet footers only: instant on a lake of terabytes.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -161,5 +162,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _stdout_closed() -> int:
+    """`... | head` closed our stdout early: exit quietly, as `ls | head` does (no BrokenPipeError traceback)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush then goes nowhere
+    return 141  # 128 + SIGPIPE, what a shell reports for a writer killed by a closed pipe
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = _stdout_closed()
+    sys.exit(code)

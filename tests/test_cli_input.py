@@ -323,3 +323,19 @@ def test_daily_update_back_fills_a_new_symbol_from_its_first_published_day(
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "new symbol" not in again.stdout
     assert max(coverage(lake_inventory(data, "spot", "NEWUSDT"))) == date(2024, 1, 6)
+
+
+def test_status_into_a_pipe_closed_early_exits_quietly(tmp_path: Path) -> None:
+    # `python -m flows.status ... | head`: the reader has gone before the status is written.
+    from tasks.datadir import open_data_dir
+
+    data = open_data_dir(tmp_path / "data")
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "flows.status", "--data-dir", str(data), "--json"], cwd=REPO,
+                              env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141 and done.stderr == "", done.stderr[-2000:]
