@@ -93,6 +93,22 @@ def verbosity(args: argparse.Namespace) -> Verbosity:
     return "quiet" if args.quiet else "verbose" if args.verbose else "normal"
 
 
+def preflight(settings: Settings, create: bool, check_symbols: bool = True) -> tuple[Settings, Path, list[str]] | int:
+    """`tasks.preflight.check_run` for a CLI: its result, or the exit status once one line is printed.
+
+    2 for a refused data dir, range or symbol (`error: ...`); 130 for a Ctrl-C while the listing
+    is asked about the symbols (nothing started yet).
+    """
+    try:
+        return check_run(settings, create=create, check_symbols=check_symbols)
+    except (DataDirRefused, DateRangeRefused, SymbolNotListed) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(NOTHING_STARTED, file=sys.stderr)
+        return 130
+
+
 def dry_run_cli(settings: Settings, create: bool = False) -> int:
     """`--dry-run`: print the plan; 0, or 1 when a listing could not be read (a real run fails then too).
 
@@ -242,17 +258,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.dry_run:
         return dry_run_cli(settings, args.create)
-    try:
-        # Before any server starts, so a typo fails in a second (tasks/preflight.py): the data dir
-        # (then created and marked: the server keeps its schema template in it), the days (an end
-        # after yesterday is capped), the symbols (asked of the listing).
-        settings, data_dir, notes = check_run(settings, create=args.create)
-    except (DataDirRefused, DateRangeRefused, SymbolNotListed) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # while the listing is asked about the symbols: nothing started yet
-        print(NOTHING_STARTED, file=sys.stderr)
-        return 130
+    # Before any server starts, so a typo fails in a second (tasks/preflight.py): the data dir
+    # (then created and marked: the server keeps its schema template in it), the days (an end
+    # after yesterday is capped), the symbols (asked of the listing).
+    checked = preflight(settings, create=args.create)
+    if isinstance(checked, int):
+        return checked
+    settings, data_dir, notes = checked
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     since = time.time()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from collections.abc import Sequence
 from datetime import date
@@ -21,16 +20,15 @@ from pydantic_settings import SettingsError
 
 from flows.api_server import TemporaryApiServer
 from flows.cli import (
-    NOTHING_STARTED,
     add_verbosity_arguments,
     landed_line,
+    preflight,
     print_validation_error,
     run_on_early_server,
     verbosity,
 )
-from tasks.errors import DataDirRefused, DateRangeRefused, SymbolNotListed
 from tasks.landed import archives_landed
-from tasks.preflight import check_run, version_line
+from tasks.preflight import version_line
 from tasks.settings import CliParser, Settings, parse_day
 
 DESCRIPTION = ("Bring the lake up to yesterday (UTC): fetch what is new or late for each symbol, back-fill "
@@ -104,16 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValidationError, SettingsError) as exc:
         print_validation_error(exc, {"data_dir", "market", "symbols", "start", "end", *given})
         return 2
-    try:
-        # Before any server starts, so a typo fails in a second: the data dir (then created and
-        # marked: the server keeps its schema template in it), and the symbols given.
-        _, data_dir, _ = check_run(probe, create=create, check_symbols=args.symbols is not None)
-    except (DataDirRefused, DateRangeRefused, SymbolNotListed) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # while the listing is asked about the symbols: nothing started yet
-        print(NOTHING_STARTED, file=sys.stderr)
-        return 130
+    # Before any server starts, so a typo fails in a second: the data dir (then created and
+    # marked: the server keeps its schema template in it), and the symbols given.
+    checked = preflight(probe, create=create, check_symbols=args.symbols is not None)
+    if isinstance(checked, int):
+        return checked
+    data_dir = checked[1]
     since = time.time()
 
     def run(early: TemporaryApiServer | None) -> int:
