@@ -24,6 +24,7 @@ from pydantic_settings import SettingsError
 
 from flows.api_server import TemporaryApiServer, discard, launch_early, server_template
 from flows.interrupt import Interrupted
+from flows.warm import hand_off, in_child, keep_warm_seconds
 from tasks.errors import DataDirRefused, DateRangeRefused, SymbolNotListed, TemporaryServerFailed, describe
 from tasks.landed import archives_landed
 from tasks.preflight import check_run, version_line
@@ -76,7 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the plan (archives per symbol and granularity, bytes to download, days not "
                    "published, what the lake holds) and exit; writes nothing, starts no server")
     add_verbosity_arguments(p)
+    add_keep_warm_argument(p)
     return p
+
+
+def add_keep_warm_argument(p: argparse.ArgumentParser) -> None:
+    """`--keep-warm SECONDS`, shared by the run CLIs (flows/warm.py)."""
+    p.add_argument("--keep-warm", type=float, default=None, metavar="SECONDS",
+                   help="run on the data dir's warm runner, which keeps the Prefect server and the loaded modules "
+                   "between runs and stops after this many idle seconds (BINANCE_LAKE_KEEP_WARM; default 900 in a "
+                   "terminal, 0 otherwise); the first run starts it, later runs skip about 9 s of start-up; "
+                   "0 runs in this process only")
 
 
 def add_verbosity_arguments(p: argparse.ArgumentParser) -> None:
@@ -261,12 +272,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Before any server starts, so a typo fails in a second (tasks/preflight.py): the data dir
     # (then created and marked: the server keeps its schema template in it), the days (an end
     # after yesterday is capped), the symbols (asked of the listing).
-    checked = preflight(settings, create=args.create)
+    # A warm runner's child (flows/warm.py) repeats the checks its CLI made, without asking
+    # the listing again or printing the notes twice.
+    child = in_child()
+    keep_warm = keep_warm_or_exit(args.keep_warm)
+    if isinstance(keep_warm, int):
+        return keep_warm
+    checked = preflight(settings, create=args.create, check_symbols=not child)
     if isinstance(checked, int):
         return checked
     settings, data_dir, notes = checked
-    for note in notes:
+    for note in notes if not child else ():
         print(f"note: {note}", file=sys.stderr)
+    handed = hand_off("full_pipeline", argv, data_dir, keep_warm, quiet=args.quiet)
+    if handed is not None:
+        return handed
     since = time.time()
 
     def run(early: TemporaryApiServer | None) -> int:
@@ -275,6 +295,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_from_cli(settings, data_dir, early, verbosity(args))
 
     return run_on_early_server(data_dir, partial(interrupted_line, settings, data_dir, since), run)
+
+
+def keep_warm_or_exit(given: float | None) -> float | int:
+    """The warm runner's idle seconds (`flows.warm.keep_warm_seconds`), or 2 after one `error:` line."""
+    try:
+        return keep_warm_seconds(given)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def run_on_early_server(data_dir: Path, interrupted: Callable[[], str],

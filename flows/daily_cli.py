@@ -20,13 +20,16 @@ from pydantic_settings import SettingsError
 
 from flows.api_server import TemporaryApiServer
 from flows.cli import (
+    add_keep_warm_argument,
     add_verbosity_arguments,
+    keep_warm_or_exit,
     landed_line,
     preflight,
     print_validation_error,
     run_on_early_server,
     verbosity,
 )
+from flows.warm import hand_off, in_child
 from tasks.landed import archives_landed
 from tasks.preflight import version_line
 from tasks.settings import CliParser, Settings, parse_day
@@ -69,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit 1 on any refused archive, also one refused before under the same published checksum "
                    "(by default such a known refusal is reported, and only new ones fail the run)")
     add_verbosity_arguments(p)
+    add_keep_warm_argument(p)
     return p
 
 
@@ -93,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.today = parse_day(args.today)
         except ValueError as exc:
             p.error(f"argument --today: {exc}")
-    kwargs = {k: v for k, v in vars(args).items() if k not in ("quiet", "verbose")}  # the terminal's, not the flow's
+    # The terminal's and the process's, not the flow's.
+    kwargs = {k: v for k, v in vars(args).items() if k not in ("quiet", "verbose", "keep_warm")}
     create = kwargs.pop("create")
     given = {k: v for k in ("base_url", "listing_url", "dask_address") if (v := kwargs[k])}
     try:
@@ -104,10 +109,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     # Before any server starts, so a typo fails in a second: the data dir (then created and
     # marked: the server keeps its schema template in it), and the symbols given.
-    checked = preflight(probe, create=create, check_symbols=args.symbols is not None)
+    keep_warm = keep_warm_or_exit(args.keep_warm)
+    if isinstance(keep_warm, int):
+        return keep_warm
+    checked = preflight(probe, create=create, check_symbols=args.symbols is not None and not in_child())
     if isinstance(checked, int):
         return checked
     data_dir = checked[1]
+    handed = hand_off("daily_update", argv, data_dir, keep_warm, quiet=args.quiet)
+    if handed is not None:
+        return handed
     since = time.time()
 
     def run(early: TemporaryApiServer | None) -> int:

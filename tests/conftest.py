@@ -11,6 +11,8 @@ import pytest
 from tests.fake_archive import FakeArchive
 
 REPO = Path(__file__).resolve().parent.parent
+# No warm runner (flows/warm.py) outliving a test's CLI run: tests/test_warm_runner.py asks for one.
+os.environ.setdefault("BINANCE_LAKE_KEEP_WARM", "0")
 
 
 @pytest.fixture(scope="session")

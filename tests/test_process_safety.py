@@ -47,10 +47,15 @@ GRACE_S = 5.0
 
 
 def fresh_env(home: Path, tmp: Path, **extra: str) -> dict[str, str]:
-    """A user's environment with an empty HOME and TMPDIR, and no Prefect, Dask or lake settings."""
+    """A user's environment with an empty HOME and TMPDIR, and no Prefect, Dask or lake settings.
+
+    No warm runner (a terminal's default): these runs must leave nothing running;
+    tests/test_warm_runner.py tests the runner.
+    """
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PREFECT_", "DASK_", "BINANCE_LAKE_", "XDG_", "NUMBA_"))}
-    env.update(HOME=str(home), TMPDIR=str(tmp), PYTHONPATH=str(REPO), **extra)
+    env.update(HOME=str(home), TMPDIR=str(tmp), PYTHONPATH=str(REPO), BINANCE_LAKE_KEEP_WARM="0")
+    env.update(extra)
     return env
 
 
