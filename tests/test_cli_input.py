@@ -283,7 +283,7 @@ def test_daily_update_options_reach_the_flow() -> None:
 
     done = subprocess.run([sys.executable, "-m", DU, "--help"], cwd=REPO, env=dict(os.environ, COLUMNS="200"),
                           capture_output=True, text=True, timeout=120)
-    cli_only = {"help", "version", "create", "quiet", "verbose"}
+    cli_only = {"help", "version", "create", "quiet", "verbose", "keep-warm"}
     options = set(re.findall(r"--([a-z-]+)", done.stdout.split("options:", 1)[1])) - cli_only
     params = {p.replace("_", "-") for p in daily_update.parameters.properties}
     assert options - {"no-backfill"} <= params and "backfill-new-symbols" in params
