@@ -32,7 +32,7 @@ from flows.warm import LOG_NAME, SOCKET_NAME, keep_warm_seconds, warm_dir
 from tests.conftest import REPO
 from tests.fake_archive import FakeArchive, publish_day
 from tests.test_process_safety import fresh_env, leftovers, listening_procs, running, wait_gone
-from tests.test_startup import Terminal
+from tests.test_startup import Terminal, _verified
 
 DAYS = 6
 ROWS = 2_000
@@ -182,15 +182,10 @@ def test_ctrl_c_and_a_killed_cli_interrupt_the_run_on_the_runner_which_stays_and
     assert runner is not None
     stalled = "data/spot/daily/trades/BTCUSDT/BTCUSDT-trades-2024-01-04.zip"
     fake_archive.inject(stalled, "stall", delay=120)
-
-    def verified() -> int:
-        folder = data / "archive" / "data" / "spot" / "daily" / "trades" / "BTCUSDT"
-        return len(list(folder.glob("*.zip.CHECKSUM")))
-
     run = Terminal(_args(fake_archive, data, 1, 4), env)
     try:
         deadline = time.monotonic() + 120
-        while verified() < 3 or not any(r.path.endswith(stalled) for r in fake_archive.requests):
+        while _verified(data) < 3 or not any(r.path.endswith(stalled) for r in fake_archive.requests):
             assert run.proc.poll() is None and time.monotonic() < deadline, run.text[-3000:]
             run.read()
         os.killpg(run.proc.pid, signal.SIGINT)  # the terminal's Ctrl-C: the CLI's process group only
