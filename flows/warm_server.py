@@ -202,12 +202,12 @@ class Runner:
                 return False
             op = request.get("op")
             if request.get("v") != PROTOCOL:
+                self._retire("a client of another version")
                 send_message(conn, {"refused": f"protocol {request.get('v')!r}, this runner speaks {PROTOCOL}"})
-                self.retiring = "a client of another version"
             elif op == "status":
                 send_message(conn, self._status())
             elif op == "stop":
-                self.retiring = "asked to stop"
+                self._retire("asked to stop")
                 send_message(conn, {"stopping": True, "running": len(self.children)})
             elif op == "run":
                 return self._run(conn, request, reader.fds)
@@ -228,9 +228,11 @@ class Runner:
     def _run(self, conn: socket.socket, request: dict[str, Any], fds: list[int]) -> bool:
         problem = _check_run(request, fds)
         if not problem and request["fingerprint"] != self.fingerprint:
-            problem = self.retiring = "the code, the packages or the environment changed since it started"
+            problem = "the code, the packages or the environment changed since it started"
+            self._retire(problem)
         if not problem and not _same_dir(request["data_dir"], self.data_dir):
-            problem = self.retiring = f"started for {self.data_dir}"
+            problem = f"started for {self.data_dir}"
+            self._retire(problem)
         if not problem and self.retiring:
             problem = f"retiring: {self.retiring}"
         if problem:
@@ -249,6 +251,13 @@ class Runner:
         self.served += 1
         log.info("run %d: %s %s", pid, request["cli"], " ".join(request["argv"]))
         return True
+
+    def _retire(self, reason: str) -> None:
+        """Take no more runs. The socket goes first, before the refusal is sent, so that the refused client's
+        next connect finds no socket and starts a new runner, instead of reaching this one as it ends."""
+        if not self.retiring:
+            self.retiring = reason
+        self._unlink_socket()
 
     def _unlink_socket(self) -> None:
         """Remove the socket if it is still this runner's (a new runner may have bound its own)."""
