@@ -51,7 +51,9 @@ _METRIC_CODE: dict[str, int] = {"tick": nb.M_TICK, "volume": nb.M_VOLUME, "dolla
 #: One row per closed bar. Times are those of the first and the closing trade; `threshold`
 #: is what the bar's metric was compared with when it closed (standard bars: the
 #: threshold in force; imbalance: E[T]·|E[x]|; run: E[T]·max(P·E[x_buy], (1-P)·E[x_sell]);
-#: NaN for a bar forced closed by max_ticks before the expectations were defined).
+#: NaN for a bar forced closed by max_ticks before the expectations were defined, and for
+#: the first standard bar in target-rate mode, which closes after exp_num_ticks_init
+#: trades); `capped` tells a bar closed by a cap from one closed by its rule.
 BARS_SCHEMA: pa.Schema = pa.schema(
     [
         pa.field("open_time", TIME_TYPE, nullable=False),
@@ -69,6 +71,8 @@ BARS_SCHEMA: pa.Schema = pa.schema(
         pa.field("first_trade_id", pa.int64(), nullable=False),
         pa.field("last_trade_id", pa.int64(), nullable=False),
         pa.field("threshold", pa.float64(), nullable=False, metadata={"doc": "threshold the closing test used"}),
+        pa.field("capped", pa.bool_(), nullable=False,
+                 metadata={"doc": "closed by a cap (max_ticks, or 10·E[T] with bars_per_day), not by its rule"}),
     ]
 )
 
@@ -106,6 +110,8 @@ _FLOAT_BOUNDS: dict[str, tuple[float, float]] = {
     "exp_num_ticks_init": (0.0, 1e9),
     "exp_num_ticks_min": (0.0, 1e9),
     "exp_num_ticks_max": (0.0, 1e9),
+    "bars_per_day": (0.0, 1e6),
+    "rate_window_days": (0.01, 365.0),
 }
 
 
@@ -133,6 +139,14 @@ class BarSpec:
     max_ticks: a bar is closed once it has this many trades (0: no cap).
     side: "maker" (b = -1 if is_buyer_maker else +1, Binance) or "tick_rule".
     ewma: "running" (O(1) per trade) or "exact" (the reference's O(W) recomputation).
+    bars_per_day: target-rate mode when > 0 (the production presets; see
+        `tasks.bars_nb`): E[T] (imbalance, run) or the threshold (standard bars) is the
+        trailing activity per day divided by this, instead of the EWMA of past bar
+        lengths (which collapses or explodes) or a constant. Times must be µs. 0: off.
+    rate_window_days: mean age of the trailing activity rate, in days (past trades only).
+    In target-rate mode, exp_num_ticks_init is the first bar's length (before any rate is
+    known), num_prev_bars the span of the step that steers bar lengths to E[T], and a bar
+    is closed at 10·E[T] trades whatever its imbalance.
     """
 
     kind: Kind
@@ -148,6 +162,8 @@ class BarSpec:
     max_ticks: int = 0
     side: Side = "maker"
     ewma: Ewma = "running"
+    bars_per_day: float = 0.0
+    rate_window_days: float = 1.0
 
     def __post_init__(self) -> None:
         for name, allowed in (("kind", ("standard", "imbalance", "run")), ("metric", tuple(_METRIC_CODE)),
@@ -179,6 +195,16 @@ class BarSpec:
         if not self.exp_num_ticks_min <= self.exp_num_ticks_max:
             raise ValueError(f"exp_num_ticks_min={self.exp_num_ticks_min!r} exceeds "
                              f"exp_num_ticks_max={self.exp_num_ticks_max!r}")
+        if self.bars_per_day and self.bars_per_day < 1e-3:
+            raise ValueError(f"bars_per_day={self.bars_per_day!r} is out of range: 0 (off) or 0.001..1e6")
+        if self.bars_per_day:
+            if self.kind == "standard" and self.threshold is not None:
+                raise ValueError("standard bars take threshold=... or bars_per_day=..., not both")
+            if self.kind != "standard" and (not self.ema or self.ewma != "running"):
+                raise ValueError("bars_per_day needs ema=true and ewma='running' (E[T] comes from the trade rate)")
+            if self.exp_num_ticks_init < 1:
+                raise ValueError(f"exp_num_ticks_init={self.exp_num_ticks_init!r} is out of range with bars_per_day: "
+                                 "the first bar's length, allowed 1..1e9")
         if self.max_ticks and self.max_ticks < self.min_ticks:
             raise ValueError(f"max_ticks={self.max_ticks} is below min_ticks={self.min_ticks} (0 for no cap)")
 
@@ -261,6 +287,9 @@ class BarState:
             fs[[nb.F_EXB, nb.F_EXS, nb.F_P]] = np.nan
             is_ = np.zeros(nb.N_RUN_I, np.int64)
             buffers = [np.zeros(w), np.zeros(w), np.zeros(k), np.zeros(k)]
+        rate = np.zeros(nb.N_RATE)
+        rate[nb.R_LAST] = rate[nb.R_THR] = np.nan
+        buffers.append(rate)  # the target-rate state, last in every kind's buffers
         tick = np.array([np.nan, 0.0])
         return cls(spec.to_json(), fs, is_, buffers, tick)
 
@@ -391,7 +420,14 @@ def _run_kernel(
     threshold: F64 | None,
 ) -> _Bars:
     m = _METRIC_CODE[spec.metric]
-    if spec.kind == "standard":
+    rate = state.buffers[-1]
+    window_us = spec.rate_window_days * nb.DAY_US
+    if spec.kind == "standard" and spec.bars_per_day:
+        if threshold is not None:
+            raise ValueError("a per-trade threshold and bars_per_day exclude each other")
+        of, oi, n = nb.standard_bars(price, qty, side, time_us, trade_id, m, np.array([np.nan]), state.fs, state.is_,
+                                     spec.bars_per_day, window_us, spec.exp_num_ticks_init, rate)
+    elif spec.kind == "standard":
         if threshold is None:
             if spec.threshold is None:
                 raise ValueError("standard bars need spec.threshold or a per-trade threshold array")
@@ -400,18 +436,20 @@ def _run_kernel(
             thr = np.ascontiguousarray(threshold, np.float64)
             if thr.shape != price.shape:
                 raise ValueError("threshold must have one value per trade")
-        of, oi, n = nb.standard_bars(price, qty, side, time_us, trade_id, m, thr, state.fs, state.is_)
+        of, oi, n = nb.standard_bars(price, qty, side, time_us, trade_id, m, thr, state.fs, state.is_,
+                                     0.0, window_us, 0.0, rate)
     elif spec.kind == "imbalance":
         of, oi, n = nb.imbalance_bars(
             price, qty, side, time_us, trade_id, m, spec.ema, spec.ewma == "exact", spec.num_prev_bars,
             spec.exp_num_ticks_min, spec.exp_num_ticks_max, spec.min_ticks, spec.max_ticks,
-            state.fs, state.is_, state.buffers[0], state.buffers[1],
+            state.fs, state.is_, state.buffers[0], state.buffers[1], spec.bars_per_day, window_us, rate,
         )  # fmt: skip
     else:
         of, oi, n = nb.run_bars(
             price, qty, side, time_us, trade_id, m, spec.ema, spec.ewma == "exact", spec.num_prev_bars,
             spec.exp_num_ticks_min, spec.exp_num_ticks_max, spec.min_ticks, spec.max_ticks,
             state.fs, state.is_, state.buffers[0], state.buffers[1], state.buffers[2], state.buffers[3],
+            spec.bars_per_day, window_us, rate,
         )  # fmt: skip
     return _Bars(of, oi, int(n))
 
@@ -479,6 +517,7 @@ def process_chunk_arrays(
         "first_trade_id": oi[nb.O_FIRST_ID, :k],
         "last_trade_id": oi[nb.O_LAST_ID, :k],
         "threshold": of[nb.O_THRESHOLD, :k],
+        "capped": oi[nb.O_CAPPED, :k] != 0,
     }
     return cols, new
 

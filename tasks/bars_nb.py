@@ -32,6 +32,29 @@ Two ways to get E[x] (the expected imbalance):
   values this is the reference's E[x] up to rounding; before that the reference uses the
   span w = history length, the running sum the span W (a documented difference).
 
+Target-rate mode (production defaults; `bars_per_day` > 0). The book's E[T], the EWMA of
+past bar lengths, feeds back on itself: a threshold E[T]·|E[x]| is reached in fewer than
+E[T] trades whenever the flow is noisy (the expected first exit of a random walk from
+[-h, h] is h²/σ², from one with drift μ it is (h/μ)·tanh(hμ/σ²), Cox & Miller 1965,
+ch. 5), so bars shorten, E[T] follows, and they collapse, or grow without end the other
+way. In this mode E[T] is no longer learnt from past bar lengths:
+
+* E[T] = (trades per day) / bars_per_day, the rate of trades measured over the past
+  only: exponentially weighted over time (mean age `window_us`), folded in at each close
+  (`_rate_close`). The first bar, before any rate is known, has E[T] = E0. Standard bars
+  get their threshold the same way: (metric per day) / bars_per_day.
+* the imbalance threshold is h = q·sqrt(E[T]²·E[x]² + E[T]·Var[x]): the drift term of
+  the book plus the noise term whose first exit takes E[T] trades (within 26 % of E[T]
+  at any ratio of the two). Var[x] comes from a running sum of x² next to the one of x.
+  Run bars keep the book's threshold, q·E[T]·max(P·E[x_buy], (1-P)·E[x_sell]).
+* q corrects what the model leaves out (trades whose sides are correlated exit sooner
+  than independent ones): after each bar, log q -= eta/2·log(length / E[T]) with eta =
+  2/(num_prev_bars+1), a Robbins-Monro step that drives the median bar length to E[T].
+  It is bounded (|log q| <= LOG_Q_MAX).
+* a bar is closed by the cap once it has CAP_FACTOR·E[T] trades (and by max_ticks).
+
+A bar closed by a cap (max_ticks, CAP_FACTOR·E[T]) and not by its rule has O_CAPPED = 1.
+
 Warm-up (both modes): while E[x] is NaN it is re-evaluated at every trade: NaN while the
 history holds fewer than E[T] values. The reference only does this "while no bar has
 closed in the current chunk" (a property of its batching); re-evaluating at every trade
@@ -59,8 +82,8 @@ I8 = npt.NDArray[np.int8]
 O_OPEN, O_HIGH, O_LOW, O_CLOSE, O_VOLUME, O_BUY, O_SELL, O_DOLLAR, O_THRESHOLD = range(9)
 N_OUT_F = 9
 # int block
-O_OPEN_TIME, O_CLOSE_TIME, O_TICKS, O_FIRST_ID, O_LAST_ID = range(5)
-N_OUT_I = 5
+O_OPEN_TIME, O_CLOSE_TIME, O_TICKS, O_FIRST_ID, O_LAST_ID, O_CAPPED = range(6)
+N_OUT_I = 6
 
 # ---- state slots shared by all kernels (the open bar's accumulators) ---------------
 F_OPEN, F_HIGH, F_LOW, F_VOL, F_BUY, F_SELL, F_DOLLAR = range(7)
@@ -86,6 +109,19 @@ N_TICK = 2
 
 # ---- metrics -----------------------------------------------------------------------
 M_TICK, M_VOLUME, M_DOLLAR = 0, 1, 2
+
+# ---- target-rate state (one array per stream, all kernels; see the module docstring) --
+#: decayed amount (trades, or the standard bar's metric), decayed time (µs), last close
+#: time (µs; NaN before the first close), log q, running sum of x² (imbalance), and the
+#: imbalance threshold set at the last close (the running sums move on after it, so it
+#: is kept, not recomputed at a chunk's start).
+R_AMOUNT, R_TIME, R_LAST, R_LOGQ, R_S2, R_THR = range(6)
+N_RATE = 6
+DAY_US = 86_400_000_000.0
+#: A bar with this many times E[T] trades is closed, whatever its imbalance.
+CAP_FACTOR = 10.0
+#: q stays within [e^-3.5, e^3.5] (about 1/33..33).
+LOG_Q_MAX = 3.5
 
 _Fn = TypeVar("_Fn", bound=Callable[..., Any])
 
@@ -188,6 +224,49 @@ def _next_et(lens: F64, lpos: int, nlen: int, span: int, et_min: float, et_max: 
 
 
 @_jit
+def _rate_close(rate: F64, open_time: int, close_time: int, amount: float, window_us: float) -> None:
+    """Fold a closed bar (its amount spread evenly from the previous close) into the rate."""
+    last = rate[R_LAST]
+    start = float(open_time) if math.isnan(last) else last
+    dt = float(close_time) - start
+    if dt > 0.0:
+        keep = math.exp(-dt / window_us)
+        span = -math.expm1(-dt / window_us) * window_us  # the decayed length of [start, close]
+        rate[R_AMOUNT] = rate[R_AMOUNT] * keep + amount * span / dt
+        rate[R_TIME] = rate[R_TIME] * keep + span
+    else:
+        rate[R_AMOUNT] += amount
+    rate[R_LAST] = float(close_time)
+
+
+@_jit
+def _rate_per_bar(rate: F64, bars_per_day: float, fallback: float) -> float:
+    """The amount one bar should hold at `bars_per_day`; `fallback` while no time has passed."""
+    if rate[R_TIME] <= 0.0:
+        return fallback
+    return float(rate[R_AMOUNT] / rate[R_TIME] * DAY_US / bars_per_day)
+
+
+@_jit
+def _steer(rate: F64, ticks: int, et: float, eta: float, bars: int) -> float:
+    """One Robbins-Monro step of log q towards bars of E[T] trades; the new q.
+
+    The step is 1/bars (a running mean of the corrections) until it reaches eta: the
+    first bars set q quickly, later ones follow slow changes.
+    """
+    step = max(eta, 1.0 / bars)
+    r = ticks / et
+    # Long bars count linearly (up to the cap), short ones by their log: the mean of the
+    # step is 0 near E[r] = 1, so the bar count per day comes close to bars_per_day, while
+    # one long bar (first exits are skewed to the right) cannot throw q far.
+    g = min(r, CAP_FACTOR) - 1.0 if r >= 1.0 else math.log(r)
+    lq = rate[R_LOGQ] - 0.5 * step * g
+    lq = min(max(lq, -LOG_Q_MAX), LOG_Q_MAX)
+    rate[R_LOGQ] = lq
+    return math.exp(lq)
+
+
+@_jit
 def standard_bars(
     price: F64,
     qty: F64,
@@ -198,6 +277,10 @@ def standard_bars(
     threshold: F64,
     fs: F64,
     is_: I64,
+    bars_per_day: float,
+    window_us: float,
+    first_ticks: float,
+    rate: F64,
 ) -> tuple[F64, I64, int]:
     """Tick, volume or dollar bars (AFML ch. 2.3.1; mlfinlab 0.12 standard bars).
 
@@ -207,11 +290,18 @@ def standard_bars(
     threshold in force at that trade's time (the caller looks it up from the past only),
     compared with the open bar's cumulative metric at each of its trades.
 
-    State: `fs` (N_BAR_F floats) and `is_` (N_BAR_I ints) hold the open bar.
+    Target rate (`bars_per_day` > 0): the threshold is the metric's trailing amount per
+    day / bars_per_day (module docstring), set at each close; `threshold` is not used.
+    The first bar, before any rate is known, closes after `first_ticks` trades.
+
+    State: `fs` (N_BAR_F floats) and `is_` (N_BAR_I ints) hold the open bar; `rate`
+    (N_RATE) the trailing rate.
     """
     n = price.shape[0]
     out_f, out_i = _new_output(n)
     nb = 0
+    by_rate = bars_per_day > 0.0
+    rate_thr = _rate_per_bar(rate, bars_per_day, np.nan) if by_rate else np.nan
     const_thr = threshold.shape[0] == 1
     o, h, lo = fs[F_OPEN], fs[F_HIGH], fs[F_LOW]
     vol, buy, sell, dol = fs[F_VOL], fs[F_BUY], fs[F_SELL], fs[F_DOLLAR]
@@ -236,14 +326,22 @@ def standard_bars(
             buy += v
         elif b < 0:
             sell += v
-        thr = threshold[0] if const_thr else threshold[i]
         if metric == M_TICK:
             cum = float(cnt)
         elif metric == M_VOLUME:
             cum = vol
         else:
             cum = dol
-        if cum >= thr:
+        if not by_rate:
+            thr = threshold[0] if const_thr else threshold[i]
+            close = cum >= thr
+        elif math.isnan(rate_thr):  # the first bar: no rate known yet
+            thr = np.nan
+            close = cnt >= first_ticks
+        else:
+            thr = rate_thr
+            close = cum >= thr
+        if close:
             out_f[O_OPEN, nb] = o
             out_f[O_HIGH, nb] = h
             out_f[O_LOW, nb] = lo
@@ -258,7 +356,11 @@ def standard_bars(
             out_i[O_TICKS, nb] = cnt
             out_i[O_FIRST_ID, nb] = id0
             out_i[O_LAST_ID, nb] = trade_id[i]
+            out_i[O_CAPPED, nb] = 0
             nb += 1
+            if by_rate:
+                _rate_close(rate, t0, time[i], cum, window_us)
+                rate_thr = _rate_per_bar(rate, bars_per_day, np.nan)
             cnt = 0
             vol = 0.0
             buy = 0.0
@@ -289,6 +391,9 @@ def imbalance_bars(
     is_: I64,
     ring: F64,
     lens: F64,
+    bars_per_day: float,
+    window_us: float,
+    rate: F64,
 ) -> tuple[F64, I64, int]:
     """Tick/volume/dollar imbalance bars, EMA or constant E[T] (AFML ch. 2.3.2.1-2).
 
@@ -306,9 +411,14 @@ def imbalance_bars(
 
     `exact` selects E[x] recomputed in O(W) like the reference, otherwise the O(1)
     running sum (module docstring). The threshold recorded per bar is E[T]·|E[x]| at
-    the closing trade (NaN for a bar forced closed during warm-up).
+    the closing trade (NaN for a bar forced closed).
 
-    State: `fs` (N_IMB_F), `is_` (N_IMB_I), `ring` (W values), `lens` (num_prev_bars).
+    Target rate (`bars_per_day` > 0, running EWMA only): E[T] from the trailing trade
+    rate, threshold q·sqrt(E[T]²·E[x]² + E[T]·Var[x]), warm-up until min(E[T], W) values,
+    cap at CAP_FACTOR·E[T] (module docstring).
+
+    State: `fs` (N_IMB_F), `is_` (N_IMB_I), `ring` (W values), `lens` (num_prev_bars),
+    `rate` (N_RATE).
     """
     n = price.shape[0]
     out_f, out_i = _new_output(n)
@@ -324,6 +434,12 @@ def imbalance_bars(
     warming = math.isnan(ex)
     k = lens.shape[0]
     lpos = nlen % k
+    by_rate = bars_per_day > 0.0
+    eta = 2.0 / (num_prev_bars + 1.0)
+    s2 = rate[R_S2]
+    qf = math.exp(rate[R_LOGQ])
+    cap = CAP_FACTOR * et if by_rate else 0.0
+    thr = rate[R_THR] if by_rate else et * abs(ex)
     for i in range(n):
         p = price[i]
         v = qty[i]
@@ -355,23 +471,27 @@ def imbalance_bars(
         if not exact:
             # O(1) window update: the oldest value (weight d^W after this step) leaves.
             if hist >= window:
-                s = s * d + x - d_w * ring[pos]
+                old = ring[pos]
+                s = s * d + x - d_w * old
+                if by_rate:
+                    s2 = s2 * d + x * x - d_w * old * old
             else:
                 s = s * d + x
                 z = z * d + 1.0
+                if by_rate:
+                    s2 = s2 * d + x * x
         ring[pos] = x
         pos += 1
         if pos == window:
             pos = 0
         hist += 1
         if warming:
-            ex = _expected(ring, pos, hist, et, True, exact, s, z)
+            ex = _expected(ring, pos, hist, min(et, window) if by_rate else et, True, exact, s, z)
             warming = math.isnan(ex)
-        thr = et * abs(ex)
+            thr = _imbalance_threshold(et, ex, s, s2, z, qf, by_rate)
         close = cnt >= min_ticks and not warming and abs(theta) > thr
-        if max_ticks > 0 and cnt >= max_ticks:
-            close = True
-        if close:
+        capped = not close and ((max_ticks > 0 and cnt >= max_ticks) or (by_rate and cnt >= cap))
+        if close or capped:
             out_f[O_OPEN, nb] = o
             out_f[O_HIGH, nb] = h
             out_f[O_LOW, nb] = lo
@@ -386,6 +506,7 @@ def imbalance_bars(
             out_i[O_TICKS, nb] = cnt
             out_i[O_FIRST_ID, nb] = id0
             out_i[O_LAST_ID, nb] = trade_id[i]
+            out_i[O_CAPPED, nb] = capped
             nb += 1
             # lpos tracks nlen % k without a division per bar (it shows in the collapse regime).
             lens[lpos] = cnt
@@ -393,10 +514,16 @@ def imbalance_bars(
             if lpos == k:
                 lpos = 0
             nlen += 1
-            if ema:
+            if by_rate:
+                qf = _steer(rate, cnt, et, eta, nlen)
+                _rate_close(rate, t0, time[i], float(cnt), window_us)
+                et = min(max(_rate_per_bar(rate, bars_per_day, et), et_min), et_max)
+                cap = CAP_FACTOR * et
+            elif ema:
                 et = _next_et(lens, lpos, nlen, num_prev_bars, et_min, et_max)
-            ex = _expected(ring, pos, hist, et, True, exact, s, z)
+            ex = _expected(ring, pos, hist, min(et, window) if by_rate else et, True, exact, s, z)
             warming = math.isnan(ex)
+            thr = _imbalance_threshold(et, ex, s, s2, z, qf, by_rate)
             theta = 0.0
             cnt = 0
             vol = 0.0
@@ -406,9 +533,20 @@ def imbalance_bars(
     fs[F_OPEN], fs[F_HIGH], fs[F_LOW] = o, h, lo
     fs[F_VOL], fs[F_BUY], fs[F_SELL], fs[F_DOLLAR] = vol, buy, sell, dol
     fs[F_THETA], fs[F_ET], fs[F_EX], fs[F_S], fs[F_Z] = theta, et, ex, s, z
+    rate[R_S2] = s2
+    rate[R_THR] = thr
     is_[I_N], is_[I_OPEN_TIME], is_[I_FIRST_ID] = cnt, t0, id0
     is_[I_H], is_[I_POS], is_[I_NLEN] = hist, pos, nlen
     return out_f, out_i, nb
+
+
+@_jit
+def _imbalance_threshold(et: float, ex: float, s: float, s2: float, z: float, qf: float, by_rate: bool) -> float:
+    """The book's E[T]·|E[x]|, or in target-rate mode q·sqrt(E[T]²·E[x]² + E[T]·Var[x])."""
+    if not by_rate:
+        return et * abs(ex)
+    var = max(s2 / z - (s / z) ** 2, 0.0) if z > 0.0 else np.nan
+    return qf * math.sqrt(et * et * ex * ex + et * var)
 
 
 @_jit
@@ -432,6 +570,9 @@ def run_bars(
     ring_sell: F64,
     lens: F64,
     shares: F64,
+    bars_per_day: float,
+    window_us: float,
+    rate: F64,
 ) -> tuple[F64, I64, int]:
     """Tick/volume/dollar run bars, EMA or constant E[T] (AFML ch. 2.3.2.3; mlfinlab 0.12).
 
@@ -445,9 +586,11 @@ def run_bars(
     values). After a close E[x_buy], E[x_sell] are recomputed over min(len, W) values
     with no warm-up length check (reference), NaN only for an empty history.
 
-    Guards, `exact`, threshold column and chunking: as in `imbalance_bars`.
+    Guards, `exact`, threshold column and chunking: as in `imbalance_bars`. Target rate
+    (`bars_per_day` > 0): E[T] from the trailing trade rate, threshold multiplied by q,
+    warm-up until both histories hold min(E[T], W) values, cap at CAP_FACTOR·E[T].
     State: `fs` (N_RUN_F), `is_` (N_RUN_I), `ring_buy`/`ring_sell` (W values each),
-    `lens`/`shares` (num_prev_bars values each).
+    `lens`/`shares` (num_prev_bars values each), `rate` (N_RATE).
     """
     n = price.shape[0]
     out_f, out_i = _new_output(n)
@@ -464,6 +607,11 @@ def run_bars(
     warming = math.isnan(exb) or math.isnan(exs)
     k = lens.shape[0]
     lpos = nlen % k
+    by_rate = bars_per_day > 0.0
+    eta = 2.0 / (num_prev_bars + 1.0)
+    qf = math.exp(rate[R_LOGQ]) if by_rate else 1.0
+    cap = CAP_FACTOR * et if by_rate else 0.0
+    etw = min(et, window) if by_rate else et
     for i in range(n):
         p = price[i]
         v = qty[i]
@@ -519,11 +667,11 @@ def run_bars(
             if poss == window:
                 poss = 0
             hs += 1
-        if warming and hb >= et and hs >= et:
+        if warming and hb >= etw and hs >= etw:
             # Only the moment both become defined matters: before it P is NaN and no bar
             # can close, so computing them here alone is the reference's result.
-            exb = _expected(ring_buy, posb, hb, et, True, exact, sb, zb)
-            exs = _expected(ring_sell, poss, hs, et, True, exact, ss, zs)
+            exb = _expected(ring_buy, posb, hb, etw, True, exact, sb, zb)
+            exs = _expected(ring_sell, poss, hs, etw, True, exact, ss, zs)
             warming = math.isnan(exb) or math.isnan(exs)
             if not warming:
                 pb = nbuy / cnt
@@ -532,11 +680,10 @@ def run_bars(
         # Python's max(a, c) as in the reference: a unless c > a (matters for NaN only).
         mp = c if c > a else a
         mt = ts if ts > tb else tb
-        thr = et * mp
+        thr = et * mp * qf  # qf is 1.0 outside target-rate mode: the product is exact
         close = cnt >= min_ticks and not math.isnan(mp) and mt > thr
-        if max_ticks > 0 and cnt >= max_ticks:
-            close = True
-        if close:
+        capped = not close and ((max_ticks > 0 and cnt >= max_ticks) or (by_rate and cnt >= cap))
+        if close or capped:
             out_f[O_OPEN, nb] = o
             out_f[O_HIGH, nb] = h
             out_f[O_LOW, nb] = lo
@@ -551,6 +698,7 @@ def run_bars(
             out_i[O_TICKS, nb] = cnt
             out_i[O_FIRST_ID, nb] = id0
             out_i[O_LAST_ID, nb] = trade_id[i]
+            out_i[O_CAPPED, nb] = capped
             nb += 1
             lens[lpos] = cnt
             shares[lpos] = nbuy / cnt
@@ -558,7 +706,13 @@ def run_bars(
             if lpos == k:
                 lpos = 0
             nlen += 1
-            if ema:
+            if by_rate:
+                qf = _steer(rate, cnt, et, eta, nlen)
+                _rate_close(rate, t0, time[i], float(cnt), window_us)
+                et = min(max(_rate_per_bar(rate, bars_per_day, et), et_min), et_max)
+                cap = CAP_FACTOR * et
+                etw = min(et, window)
+            elif ema:
                 et = _next_et(lens, lpos, nlen, num_prev_bars, et_min, et_max)
             pb = _ewma_last(shares, lpos, min(nlen, k), float(num_prev_bars))
             exb = _expected(ring_buy, posb, hb, et, False, exact, sb, zb)

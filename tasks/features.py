@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from tasks.archive_spec import check_symbol, range_file_name
 from tasks.atomic import swap_folder, temp_path_for
-from tasks.bars import BARS_SCHEMA, BarSpec, BarState, process_chunk
+from tasks.bars import BARS_SCHEMA, BarSpec, BarState, Kind, Metric, process_chunk
 from tasks.errors import LakeValidationError
 from tasks.lake import LakeEntry, lake_inventory, range_files, range_of
 from tasks.read_ahead import read_ahead
@@ -57,21 +57,30 @@ _READ_COLUMNS = ["trade_id", "price", "qty", "time", "is_buyer_maker"]
 #: Daily runs add a part each; beyond this many they are rewritten as one (bars are small).
 MAX_PARTS = 32
 
-#: The bar kinds `--features` knows by name, in production mode (side from is_buyer_maker,
-#: O(1) EWMA, guards on): E0 and the clamp suit a liquid symbol's day of 1 M trades;
-#: every field can be overridden (`name:field=value,...`).
+#: The bar kinds `--features` knows by name, in production mode: side from is_buyer_maker,
+#: O(1) EWMA, and a target rate of 50 bars a day (`bars_per_day`, see tasks.bars_nb): E[T]
+#: (or a standard bar's threshold) follows the symbol's trailing activity, so the same
+#: defaults suit BTCUSDT's 1-3 M trades a day and a quiet pair's 10 k. The first bar has
+#: 1,000 trades (before any rate is known); bars have at least 10 trades and at most
+#: 10·E[T]. Every field can be overridden (`name:field=value,...`); `bars_per_day=0` gives
+#: the book's E[T] (EWMA of past bar lengths), which collapses or explodes (README).
+def _preset(kind: Kind, metric: Metric) -> BarSpec:
+    if kind == "standard":
+        return BarSpec(kind, metric, bars_per_day=50.0, exp_num_ticks_init=1_000.0)
+    return BarSpec(kind, metric, bars_per_day=50.0, exp_num_ticks_init=1_000.0, exp_num_ticks_min=10.0,
+                   num_prev_bars=20, min_ticks=10)
+
+
 PRESETS: dict[str, BarSpec] = {
-    "ema_dollar_imbalance": BarSpec("imbalance", "dollar", exp_num_ticks_init=2_000.0, exp_num_ticks_min=100.0,
-                                    exp_num_ticks_max=50_000.0, min_ticks=10, max_ticks=200_000),
-    "ema_volume_imbalance": BarSpec("imbalance", "volume", exp_num_ticks_init=2_000.0, exp_num_ticks_min=100.0,
-                                    exp_num_ticks_max=50_000.0, min_ticks=10, max_ticks=200_000),
-    "ema_tick_imbalance": BarSpec("imbalance", "tick", exp_num_ticks_init=2_000.0, exp_num_ticks_min=100.0,
-                                  exp_num_ticks_max=50_000.0, min_ticks=10, max_ticks=200_000),
-    "ema_dollar_run": BarSpec("run", "dollar", exp_num_ticks_init=2_000.0, exp_num_ticks_min=100.0,
-                              exp_num_ticks_max=50_000.0, min_ticks=10, max_ticks=200_000),
-    "dollar": BarSpec("standard", "dollar", threshold=5_000_000.0),
-    "volume": BarSpec("standard", "volume", threshold=100.0),
-    "tick": BarSpec("standard", "tick", threshold=1_000.0),
+    "ema_dollar_imbalance": _preset("imbalance", "dollar"),
+    "ema_volume_imbalance": _preset("imbalance", "volume"),
+    "ema_tick_imbalance": _preset("imbalance", "tick"),
+    "ema_dollar_run": _preset("run", "dollar"),
+    "ema_volume_run": _preset("run", "volume"),
+    "ema_tick_run": _preset("run", "tick"),
+    "dollar": _preset("standard", "dollar"),
+    "volume": _preset("standard", "volume"),
+    "tick": _preset("standard", "tick"),
 }
 
 
@@ -121,12 +130,15 @@ def parse_feature(text: str) -> Feature:
         if key not in base:
             raise ValueError(f"{text!r}: {key!r} is not a bar parameter; known: name, {', '.join(sorted(base))}")
         base[key] = _parse_value(text, key, value.strip(" "), base[key])
+    if "bars_per_day" not in seen and (base["threshold"] is not None or not base["ema"] or base["ewma"] == "exact"):
+        # `dollar:threshold=5e6`, `...:ema=false`, `...:ewma=exact`: the modes the target rate excludes
+        base["bars_per_day"] = 0.0
     try:
         feature = Feature(name, BarSpec(**base))
     except ValueError as exc:
         raise ValueError(f"{text!r}: {exc}") from None
-    if feature.spec.kind == "standard" and feature.spec.threshold is None:
-        raise ValueError(f"{text!r}: standard bars need threshold=... (> 0)")
+    if feature.spec.kind == "standard" and feature.spec.threshold is None and not feature.spec.bars_per_day:
+        raise ValueError(f"{text!r}: standard bars need threshold=... (> 0) or bars_per_day=... (> 0)")
     return feature
 
 

@@ -166,11 +166,10 @@ def bars(
             mp = max(ex_buy * p_buy, ex_sell * (1.0 - p_buy))  # Python's max, as the reference
             thr = et * mp
             close = cnt >= spec.min_ticks and not math.isnan(mp) and max(theta_buy, theta_sell) > thr
-        if spec.kind != "standard" and spec.max_ticks and cnt >= spec.max_ticks:
-            close = True
+        capped = not close and spec.kind != "standard" and bool(spec.max_ticks) and cnt >= spec.max_ticks
 
-        if close:
-            bar.update(close_time=time[i], close=p, last_trade_id=ids[i], threshold=thr)
+        if close or capped:
+            bar.update(close_time=time[i], close=p, last_trade_id=ids[i], threshold=thr, capped=capped)
             out.append(bar)
             bar = None
             if spec.kind == "standard":
