@@ -9,6 +9,10 @@ re-evaluated at every trade while E[x] is NaN, plus the production guards
 (min_ticks, max_ticks, E[T] clamp) and the production E[x] ("running": fixed span W,
 computed here directly as a weighted sum over the last min(H, W) values).
 
+Target-rate mode (`bars_per_day` > 0) follows tasks.bars_nb's module docstring: the
+trailing rate, the threshold with its noise term (Var[x] from the same fixed-span mean of
+x²), the bounded step on log q and the cap, each computed here from the whole history.
+
 Arithmetic follows the same formulas in the same order as the kernels, so the exact
 mode is expected to agree bit for bit; the running mode only up to rounding.
 """
@@ -79,6 +83,44 @@ def _expected(hist: list[float], et: float, warm: bool, spec: BarSpec) -> float:
     return fixed_span_mean(hist, spec.expected_imbalance_window)
 
 
+DAY_US = 86_400_000_000.0
+CAP_FACTOR = 10.0
+LOG_Q_MAX = 3.5
+
+
+class _Rate:
+    """The trailing activity rate and log q of target-rate mode, kept as plain numbers."""
+
+    def __init__(self, spec: BarSpec) -> None:
+        self.window = spec.rate_window_days * DAY_US
+        self.per_day = spec.bars_per_day
+        self.amount = self.time = self.log_q = 0.0
+        self.last: float | None = None
+        self.bars = 0
+
+    def close(self, open_time: int, close_time: int, amount: float) -> None:
+        start = float(open_time) if self.last is None else self.last
+        dt = float(close_time) - start
+        if dt > 0:
+            keep = math.exp(-dt / self.window)
+            span = -math.expm1(-dt / self.window) * self.window
+            self.amount = self.amount * keep + amount * span / dt
+            self.time = self.time * keep + span
+        else:
+            self.amount += amount
+        self.last = float(close_time)
+
+    def per_bar(self, fallback: float) -> float:
+        return fallback if self.time <= 0 else self.amount / self.time * DAY_US / self.per_day
+
+    def steer(self, ticks: int, et: float, eta: float) -> float:
+        self.bars += 1
+        r = ticks / et
+        g = min(r, CAP_FACTOR) - 1.0 if r >= 1.0 else math.log(r)
+        self.log_q = min(max(self.log_q - 0.5 * max(eta, 1.0 / self.bars) * g, -LOG_Q_MAX), LOG_Q_MAX)
+        return math.exp(self.log_q)
+
+
 def bars(
     spec: BarSpec,
     time: Sequence[int],
@@ -108,6 +150,19 @@ def bars(
     ex = ex_buy = ex_sell = p_buy = math.nan
     theta = theta_buy = theta_sell = 0.0
     n_buy = 0
+    by_rate = spec.bars_per_day > 0
+    rate = _Rate(spec)
+    q = 1.0
+    w = spec.expected_imbalance_window
+    eta = 2.0 / (spec.num_prev_bars + 1.0)
+    squares: list[float] = []
+
+    def imbalance_threshold() -> float:
+        if not by_rate:
+            return et * abs(ex)
+        var = max(fixed_span_mean(squares, w) - fixed_span_mean(hist, w) ** 2, 0.0)
+        return q * math.sqrt(et * et * ex * ex + et * var)
+
     for i in range(n):
         p, v, b = float(price[i]), float(qty[i]), sides[i]
         if bar is None:
@@ -136,16 +191,25 @@ def bars(
         x = float(b) if spec.metric == "tick" else (b * v if spec.metric == "volume" else b * pv)
         cnt = bar["tick_count"]
 
+        etw = min(et, w) if by_rate else et
         if spec.kind == "standard":
-            thr = float(spec.threshold) if threshold is None else float(threshold[i])  # type: ignore[arg-type]
             cum = {"tick": float(cnt), "volume": bar["volume"], "dollar": bar["dollar_value"]}[spec.metric]
-            close = cum >= thr
+            if not by_rate:
+                thr = float(spec.threshold) if threshold is None else float(threshold[i])  # type: ignore[arg-type]
+                close = cum >= thr
+            elif rate.time <= 0:  # the first bar, before any rate is known
+                thr = math.nan
+                close = cnt >= spec.exp_num_ticks_init
+            else:
+                thr = rate.per_bar(math.nan)
+                close = cum >= thr
         elif spec.kind == "imbalance":
             theta += x
             hist.append(x)
+            squares.append(x * x)
             if math.isnan(ex):
-                ex = _expected(hist, et, True, spec)
-            thr = et * abs(ex)
+                ex = _expected(hist, etw, True, spec)
+                thr = imbalance_threshold()
             close = cnt >= spec.min_ticks and not math.isnan(ex) and abs(theta) > thr
         else:
             if x > 0:
@@ -156,29 +220,38 @@ def bars(
                 theta_sell += -x
                 hist_sell.append(-x)
             warming = math.isnan(ex_buy) or math.isnan(ex_sell)
-            if warming and len(hist_buy) >= et and len(hist_sell) >= et:
+            if warming and len(hist_buy) >= etw and len(hist_sell) >= etw:
                 # Both are (re)computed at the trade where both histories are long enough;
                 # before it P is NaN, so earlier values would not matter (reference).
-                ex_buy = _expected(hist_buy, et, True, spec)
-                ex_sell = _expected(hist_sell, et, True, spec)
+                ex_buy = _expected(hist_buy, etw, True, spec)
+                ex_sell = _expected(hist_sell, etw, True, spec)
                 if not (math.isnan(ex_buy) or math.isnan(ex_sell)):
                     p_buy = n_buy / cnt
             mp = max(ex_buy * p_buy, ex_sell * (1.0 - p_buy))  # Python's max, as the reference
-            thr = et * mp
+            thr = et * mp * q
             close = cnt >= spec.min_ticks and not math.isnan(mp) and max(theta_buy, theta_sell) > thr
-        capped = not close and spec.kind != "standard" and bool(spec.max_ticks) and cnt >= spec.max_ticks
+        capped = not close and spec.kind != "standard" and (
+            (bool(spec.max_ticks) and cnt >= spec.max_ticks) or (by_rate and cnt >= CAP_FACTOR * et))
 
         if close or capped:
             bar.update(close_time=time[i], close=p, last_trade_id=ids[i], threshold=thr, capped=capped)
             out.append(bar)
+            opened = bar["open_time"]
             bar = None
             if spec.kind == "standard":
+                if by_rate:
+                    rate.close(opened, time[i], cum)
                 continue
             lens.append(cnt)
-            if spec.ema:
+            if by_rate:
+                q = rate.steer(cnt, et, eta)
+                rate.close(opened, time[i], float(cnt))
+                et = min(max(rate.per_bar(et), spec.exp_num_ticks_min), spec.exp_num_ticks_max)
+            elif spec.ema:
                 et = min(max(ewma_last(lens[-k:], float(k)), spec.exp_num_ticks_min), spec.exp_num_ticks_max)
             if spec.kind == "imbalance":
-                ex = _expected(hist, et, True, spec)
+                ex = _expected(hist, min(et, w) if by_rate else et, True, spec)
+                thr = imbalance_threshold()
                 theta = 0.0
             else:
                 shares.append(n_buy / cnt)
