@@ -127,8 +127,17 @@ def test_flow_computes_features_then_extends_them_with_the_next_day(
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     pngs = sorted(out.glob("*.png"))
-    assert [p.name for p in pngs] == ["BTCUSDT-2024-01-02-bars.png", "BTCUSDT-bar-sizes.png"]
+    assert [p.name for p in pngs] == ["BTCUSDT-2024-01-02-bars.png", "BTCUSDT-bar-sizes.png",
+                                      "BTCUSDT-vs-time-bars.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 20_000 for p in pngs)
+    # A day the lake does not hold: one line saying what it holds, exit 2, no chart.
+    missing = subprocess.run([sys.executable, str(REPO / "examples" / "plot_bars.py"), "--data-dir", str(data),
+                              "--feature", feature.name, "--day", "2024-03-02", "--out", str(tmp_path / "none")],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2, missing.stderr
+    assert missing.stderr.startswith("error: spot/BTCUSDT 2024-03-02: no trades in the lake")
+    assert "its bars run from 2024-01-01 to 2024-01-03" in missing.stderr and missing.stderr.count("\n") == 1
+    assert not (tmp_path / "none").exists()
 
 
 def test_daily_parts_are_consolidated_and_still_extend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
