@@ -411,7 +411,7 @@ def imbalance_bars(
 
     `exact` selects E[x] recomputed in O(W) like the reference, otherwise the O(1)
     running sum (module docstring). The threshold recorded per bar is E[T]·|E[x]| at
-    the closing trade (NaN for a bar forced closed).
+    the closing trade (NaN for a bar forced closed during warm-up).
 
     Target rate (`bars_per_day` > 0, running EWMA only): E[T] from the trailing trade
     rate, threshold q·sqrt(E[T]²·E[x]² + E[T]·Var[x]), warm-up until min(E[T], W) values,

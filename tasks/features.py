@@ -4,8 +4,8 @@ A feature is a named `BarSpec` (`tasks.bars`). Its output for a symbol is a sequ
 part files, one per run that found new trades (beyond `MAX_PARTS` they are consolidated
 into one), each named by the days of the trades it consumed (`<first>_<last>.parquet`)
 and carrying in its footer everything the next run
-needs: the spec, the last trade id consumed, the kernel state after it (the open bar
-and the EWMA histories; `BarState.to_bytes`), and a fingerprint of the lake archives
+needs: the spec, the last trade id consumed, the kernel state after it (the open bar,
+the EWMA histories and the trailing rate; `BarState.to_bytes`), and a fingerprint of the lake archives
 that fed it. A run resumes from the last part's state and reads only trades after its
 last id, so the daily update costs one day of trades; the kernels are chunk-invariant,
 so the parts equal one pass over the whole history (tested).
