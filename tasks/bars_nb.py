@@ -73,6 +73,8 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
+from tasks.utc import DAY_US as _DAY_US
+
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 I8 = npt.NDArray[np.int8]
@@ -117,7 +119,7 @@ M_TICK, M_VOLUME, M_DOLLAR = 0, 1, 2
 #: is kept, not recomputed at a chunk's start).
 R_AMOUNT, R_TIME, R_LAST, R_LOGQ, R_S2, R_THR = range(6)
 N_RATE = 6
-DAY_US = 86_400_000_000.0
+DAY_US = float(_DAY_US)
 #: A bar with this many times E[T] trades is closed, whatever its imbalance.
 CAP_FACTOR = 10.0
 #: q stays within [e^-3.5, e^3.5] (about 1/33..33).

@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 
 from tasks.archive_spec import Market, lake_symbol_dir, parse_archive_name, range_file_name
 from tasks.atomic import SwapOutcome, fsync_dir, recover_swaps, swap_folder, temp_path_for
-from tasks.digest_nb import DAY_US, day_runs
+from tasks.digest_nb import day_runs
 from tasks.errors import DamagedLakeFile, LakeConflict, LakeValidationError, TradeIdCollision
 from tasks.lake import LakeEntry, lake_inventory, read_sources, staged_inventory
 from tasks.lake_writer import lake_writer, source_metadata_doc
@@ -54,9 +54,9 @@ from tasks.refusals import write_note
 from tasks.schema import TRADES_SCHEMA
 from tasks.settings import ConvertOptions
 from tasks.sorted_merge import DuplicateTradeIds, SortedStream, merge_sorted_streams
+from tasks.utc import DAY_US, day_range_us
 from tasks.validate import ExpectedFile, FileReport, VerifiedFile, validate_parquet_file
 
-_DAY_US = DAY_US
 _U64 = (1 << 64) - 1
 
 
@@ -266,12 +266,6 @@ def _read_stream(path: Path, exclude: list[tuple[int, int]], batch_rows: int) ->
         raise DamagedLakeFile(str(path), f"unreadable ({exc}); nothing merged") from exc
 
 
-def _day_range_us(first: date, last: date) -> tuple[int, int]:
-    start = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
-    end = datetime.combine(last + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
-    return int(start.timestamp()) * 1_000_000, int(end.timestamp()) * 1_000_000
-
-
 _EMPTY_MASK = np.zeros(0, dtype=np.uint8)
 
 
@@ -322,7 +316,7 @@ class DayDigest:
             self.days[d] = (rows + r, (total + h_sum) & _U64, xor ^ h_xor)
 
     def rows_between(self, first: date, last: date) -> int:
-        lo, hi = (x // _DAY_US for x in _day_range_us(first, last))
+        lo, hi = (x // DAY_US for x in day_range_us(first, last))
         return sum(v[0] for d, v in self.days.items() if lo <= d < hi)
 
     def differences(self, other: DayDigest) -> list[str]:
@@ -407,14 +401,14 @@ def _excluded_ranges(holder: Block, kept: list[Unit]) -> list[tuple[int, int]]:
     ranges = []
     for doc in docs:
         if doc["archive"] not in kept_archives:
-            ranges.append(_day_range_us(date.fromisoformat(doc["first_day"]), date.fromisoformat(doc["last_day"])))
+            ranges.append(day_range_us(date.fromisoformat(doc["first_day"]), date.fromisoformat(doc["last_day"])))
     return ranges
 
 
 def _verify(tmp: Path, units: list[Unit], expected: DayDigest, market: str, symbol: str) -> FileReport:
     """The new file holds exactly the inputs' rows: per source counts, per day digests, the lake contract."""
     first, last = min(u.first_day for u in units), max(u.last_day for u in units)
-    lo, hi = _day_range_us(first, last)
+    lo, hi = day_range_us(first, last)
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
     got = DayDigest()
     report = validate_parquet_file(
@@ -597,7 +591,7 @@ def colliding_staged(
         (lo, hi), (olo, ohi) = ranges[entry.path], ranges[other.path]
         if ohi < lo or olo > hi:
             return np.empty(0, dtype=np.int64)
-        days = _day_range_us(entry.first_day, entry.last_day)
+        days = day_range_us(entry.first_day, entry.last_day)
         mine = _ids_outside(entry.path, max(lo, olo), min(hi, ohi), None)
         return np.intersect1d(mine, _ids_outside(other.path, max(lo, olo), min(hi, ohi), days), assume_unique=True)
 

@@ -58,7 +58,8 @@ from tasks.read_ahead import read_ahead
 from tasks.schema import TIME_TYPE, TRADES_SCHEMA
 from tasks.settings import ConvertOptions
 from tasks.sorted_merge import RunCursor
-from tasks.validate import ExpectedFile, IdGaps, datetime_to_micros, validate_parquet_file
+from tasks.utc import datetime_to_micros
+from tasks.validate import ExpectedFile, IdGaps, validate_parquet_file
 
 TimeUnit = Literal["ms", "us"]
 

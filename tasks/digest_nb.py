@@ -17,7 +17,7 @@ from typing import Any, cast
 import numba
 import numpy as np
 
-DAY_US = 86_400_000_000
+from tasks.utc import DAY_US
 
 _K1 = np.uint64(0x9E3779B97F4A7C15)
 _K2 = np.uint64(0xBF58476D1CE4E5B9)

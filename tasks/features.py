@@ -29,7 +29,7 @@ import time
 from collections.abc import Generator
 from contextlib import closing
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from tasks.errors import LakeValidationError
 from tasks.lake import LakeEntry, lake_inventory, range_files, range_of
 from tasks.read_ahead import read_ahead
 from tasks.repair import refuse_damaged_lake, repair_count
+from tasks.utc import day_of_us
 
 FEATURE_METADATA_KEY = b"binance_lake.features"
 # Whole-name patterns (`\Z`, not `$`, which matches before a trailing newline; `[0-9]`, not
@@ -51,8 +52,6 @@ FEATURE_METADATA_KEY = b"binance_lake.features"
 _NAME_RE = re.compile(r"\A[a-z0-9_]{1,64}\Z")
 #: A `--features` spec longer than this is refused (the longest useful one is about 300).
 MAX_SPEC_CHARS = 1000
-_DAY_US = 86_400_000_000
-_EPOCH = date(1970, 1, 1)
 _READ_COLUMNS = ["trade_id", "price", "qty", "time", "is_buyer_maker"]
 #: Daily runs add a part each; beyond this many they are rewritten as one (bars are small).
 MAX_PARTS = 32
@@ -280,7 +279,7 @@ def compute_feature(data_dir: Path, market: str, symbol: str, feature: Feature, 
                              len(_parts(folder)), time.perf_counter() - started, reason)
     table = pa.concat_tables(pieces) if pieces else BARS_SCHEMA.empty_table()
     assert first_time is not None and last_time is not None
-    first_day, last_day = _day(first_time), _day(last_time)
+    first_day, last_day = day_of_us(first_time), day_of_us(last_time)
     last_lake_day = max((e.last_day for e in entries), default=last_day)
     doc = {
         "feature": feature.name, "spec": feature.spec.to_json(), "market": market, "symbol": symbol,
@@ -314,10 +313,6 @@ def _consolidate(data_dir: Path, folder: Path) -> None:
     out = folder / range_file_name(first[0], last[1])
     tmp = _write_part(out, table, {**meta, "bars": table.num_rows, "consolidated_parts": len(parts)})
     swap_folder(data_dir, folder, [(tmp, out)], parts)
-
-
-def _day(us: int) -> date:
-    return _EPOCH + timedelta(days=us // _DAY_US)
 
 
 def _write_part(out: Path, table: pa.Table, doc: dict[str, Any]) -> Path:

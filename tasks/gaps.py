@@ -25,9 +25,7 @@ from tasks.atomic import write_bytes_atomic
 from tasks.lake import coverage, lake_inventory, staged_inventory
 from tasks.plan import days_between
 from tasks.units import plural
-
-_DAY_US = 86_400_000_000
-_EPOCH = date(1970, 1, 1)
+from tasks.utc import DAY_US, EPOCH_DAY, day_start_us
 
 
 @dataclass
@@ -131,18 +129,18 @@ def _by_day(days: np.ndarray[Any, Any], ids: np.ndarray[Any, Any],
 def day_stats(paths: list[Path], start: date, end: date, batch_rows: int = 1 << 20) -> dict[date, DayStats]:
     """Per-day ids and times of the lake files `paths` (sorted by id), for days in [start, end]."""
     stats: dict[date, DayStats] = {}
-    lo = (start - _EPOCH).days
-    hi = (end - _EPOCH).days
+    lo = (start - EPOCH_DAY).days
+    hi = (end - EPOCH_DAY).days
     for path in paths:
         with pq.ParquetFile(path) as pf:
             for batch in pf.iter_batches(batch_size=batch_rows, columns=["trade_id", "time"], use_threads=False):
                 ids = np.asarray(batch.column(0).to_numpy(), dtype=np.int64)
                 times = np.asarray(batch.column(1).cast("int64").to_numpy(), dtype=np.int64)
-                days = times // _DAY_US
+                days = times // DAY_US
                 for d, i, t in _by_day(days, ids, times):
                     if not lo <= d <= hi:
                         continue
-                    day = _EPOCH + timedelta(days=int(d))
+                    day = EPOCH_DAY + timedelta(days=int(d))
                     s = stats.get(day)
                     if s is None:
                         s = stats[day] = DayStats(day, first_id=int(i[0]), first_time_us=int(t.min()),
@@ -214,8 +212,8 @@ def gap_report(
         if prev is not None and s.first_id - prev.last_id > 1:
             report.id_gaps_between.append({"after": str(prev.day), "before": str(day), "after_id": prev.last_id,
                                            "before_id": s.first_id, "missing_ids": s.first_id - prev.last_id - 1})
-        day_start = (day - _EPOCH).days * _DAY_US
-        if s.first_time_us - day_start > tol_us or day_start + _DAY_US - s.last_time_us > tol_us:
+        day_start = day_start_us(day)
+        if s.first_time_us - day_start > tol_us or day_start + DAY_US - s.last_time_us > tol_us:
             report.truncated.append({
                 "day": str(day), "first": _iso(s.first_time_us), "last": _iso(s.last_time_us),
                 "rows": s.rows,

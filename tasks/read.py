@@ -31,7 +31,7 @@ import re
 import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -43,6 +43,7 @@ from tasks.archive_spec import MARKETS, SYMBOL_RE, lake_symbol_dir
 from tasks.errors import LakeReadError
 from tasks.lake import range_of
 from tasks.schema import TRADES_SCHEMA, same_columns
+from tasks.utc import DAY_US, day_start_us
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -51,7 +52,6 @@ if TYPE_CHECKING:
 Day = date | str
 #: Listings of a folder tried before giving up while runs keep swapping it (each swap takes ms).
 _ATTEMPTS = 3
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: A feature's name, as `tasks.features` checks it (not imported from there: it loads Numba).
 _FEATURE_NAME = re.compile(r"\A[a-z0-9_]{1,64}\Z")
 _DAY_RE = re.compile(r"\A[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
@@ -168,10 +168,6 @@ def _days(start: Day | None, end: Day | None) -> tuple[date | None, date | None]
     return first, last
 
 
-def _micros(day: date) -> int:
-    return (datetime.combine(day, datetime.min.time(), tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
-
-
 def _open_set(folder: Path, first: date | None, last: date | None) -> list[tuple[Path, IO[bytes]]]:
     """Open the committed files of `folder` overlapping [first, last], all of one set (see the module doc)."""
     for _ in range(_ATTEMPTS):
@@ -214,8 +210,8 @@ def _close(opened: list[tuple[Path, IO[bytes]]]) -> None:
 def _read_folder(folder: Path, layout: _Layout, days: tuple[date | None, date | None],
                  columns: Sequence[str] | None) -> pa.Table:
     first, last = days
-    lo = _micros(first) if first is not None else None
-    hi = _micros(last + timedelta(days=1)) if last is not None else None  # exclusive: the end day is whole
+    lo = day_start_us(first) if first is not None else None
+    hi = day_start_us(last) + DAY_US if last is not None else None  # exclusive: the end day is whole
     opened = _open_set(folder, first, last)
     pieces: list[pa.Table] = []
     schema = layout.schema

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,25 +29,14 @@ import pyarrow.parquet as pq
 
 from tasks.errors import LakeValidationError
 from tasks.schema import SOURCE_METADATA_KEY, TIME_TYPE, TRADES_SCHEMA
+from tasks.utc import datetime_to_micros, micros_to_datetime
 
 #: At most this many id gaps are listed one by one; the totals count all of them.
 MAX_LISTED_GAPS = 1000
 #: Examples quoted per kind of failure in an error message.
 MAX_EXAMPLES = 5
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NON_NULLABLE = tuple(f.name for f in TRADES_SCHEMA if not f.nullable)
-
-
-def micros_to_datetime(micros: int) -> datetime:
-    """Exact UTC datetime of a count of microseconds since the epoch (no float rounding)."""
-    return _EPOCH + timedelta(microseconds=micros)
-
-
-def datetime_to_micros(moment: datetime) -> int:
-    """Microseconds since the epoch of an aware datetime (exact integer arithmetic)."""
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 @dataclass(frozen=True)
