@@ -54,6 +54,7 @@ from flows.runtime import (
 )
 from tasks.archive_spec import ArchiveSpec, Granularity, parse_archive_name
 from tasks.atomic import remove_stale_temporaries
+from tasks.batching import Batcher, sort_published
 from tasks.compact import recover_lake
 from tasks.datadir import open_data_dir
 from tasks.download import Published, local_archive_matches, stored_checksum
@@ -270,17 +271,10 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
         progress.end("checksums")
     else:
         published = [Published(s, stored_checksum(s, data_dir), "no verified local archive") for s in specs]
-    todo: list[tuple[ArchiveSpec, str]] = []
-    for p in published:
-        if p.error:  # a garbage or unreachable .CHECKSUM: this archive is reported, the others go on
-            report.outcomes.append(ArchiveOutcome(p.spec.key, "failed" if p.transient else "refused",
-                                                  bytes=sizes.get(p.spec), detail=p.error))
-        elif p.sha256 is None:
-            report.missing.extend(
-                MissingDay(p.spec.market, p.spec.symbol, d, p.missing_reason or "no checksum") for d in p.spec.days()
-            )
-        else:
-            todo.append((p.spec, p.sha256))
+    checked = sort_published(published, sizes)
+    report.outcomes.extend(checked.outcomes)
+    report.missing.extend(checked.missing)
+    todo = checked.todo
     # Read before anything is fetched: a refusal recorded under the same published checksum is known.
     prior = prior_refusals(data_dir, todo)
 
@@ -288,7 +282,11 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
     downloads: dict[PrefectFuture[Any], ArchiveSpec] = {}
     download_results: dict[ArchiveSpec, Any] = {}
     shas = dict(todo)
-    batch: list[ArchiveSpec] = []
+    batch = Batcher(settings.ingest_batch_bytes, settings.ingest_batch_archives, sizes)
+
+    def submit(batches: list[list[ArchiveSpec]]) -> None:
+        for specs in batches:
+            submit_batch(specs)
 
     def submit_batch(specs: list[ArchiveSpec]) -> None:
         report.stage_started("convert")
@@ -300,21 +298,7 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
         # Counted as the batch ends (in Dask's thread), not when the loop below gets to it.
         fut.add_done_callback(partial(_count_done, progress, "convert", len(specs)))
 
-    def add_to_batch(spec: ArchiveSpec) -> None:
-        """Queue an archive for conversion; a batch goes to Dask once it is big enough."""
-        batch.append(spec)
-        size = sum(sizes.get(s, 0) for s in batch)
-        if size >= settings.ingest_batch_bytes or len(batch) >= settings.ingest_batch_archives:
-            submit_batch(batch)
-            batch.clear()
-
-    def flush_batches() -> None:
-        # The last archives, spread over the workers so none waits idle for one long batch.
-        parts = max(1, min(settings.dask_workers * settings.dask_threads_per_worker, len(batch)))
-        for i in range(parts):
-            if batch[i::parts]:
-                submit_batch(batch[i::parts])
-        batch.clear()
+    slots = settings.dask_workers * settings.dask_threads_per_worker
 
     # Transient faults are retried inside the task (`http.retries`, honouring Retry-After), each
     # attempt within a deadline from the listed size: not by Prefect too, which would square them.
@@ -348,7 +332,7 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
                     progress.grow("convert", 1)
             elif local_archive_matches(spec, data_dir, sha):
                 progress.grow("convert", 1)
-                add_to_batch(spec)
+                submit(batch.add(spec))
         if downloads:
             progress.begin("download", len(downloads), total_bytes=sum(sizes.get(s, 0) for s in fetching))
         # Conversion starts as soon as a batch of verified archives is ready, or once no download
@@ -363,7 +347,7 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
                     break
                 except queue.Empty:
                     if batch:
-                        flush_batches()
+                        submit(batch.flush(slots))
             spec = downloads[done]
             result = done.result(raise_on_failure=False)
             failed = isinstance(result, BaseException)
@@ -385,7 +369,7 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
                 continue
             download_results[spec] = result
             if converting and spec not in restoring:
-                add_to_batch(spec)
+                submit(batch.add(spec))
             else:  # a repair's archive is converted by the repair itself (validate step)
                 cached = done.state.name == "Cached"
                 report.outcomes.append(
@@ -397,7 +381,7 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
         if downloading:
             report.stage_ended("download")
             progress.end("download")
-        flush_batches()
+        submit(batch.flush(slots))
 
     for fut in as_completed(list(ingests)):
         report.stage_ended("convert")
