@@ -28,7 +28,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import matplotlib  # noqa: E402
+try:
+    import matplotlib
+except ImportError:  # a dev extra, not a runtime package of the pipeline
+    sys.exit("error: examples/plot_bars.py needs matplotlib: pip install -r requirements-dev.txt")
 
 matplotlib.use("Agg")  # files only: no display needed
 
