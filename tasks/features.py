@@ -56,20 +56,22 @@ _READ_COLUMNS = ["trade_id", "price", "qty", "time", "is_buyer_maker"]
 #: Daily runs add a part each; beyond this many they are rewritten as one (bars are small).
 MAX_PARTS = 32
 
-#: The bar kinds `--features` knows by name, in production mode: side from is_buyer_maker,
-#: O(1) EWMA, and a target rate of 50 bars a day (`bars_per_day`, see tasks.bars_nb): E[T]
-#: (or a standard bar's threshold) follows the symbol's trailing activity, so the same
-#: defaults suit BTCUSDT's 1-3 M trades a day and a quiet pair's 10 k. The first bar has
-#: 1,000 trades (before any rate is known); bars have at least 10 trades and at most
-#: 10·E[T]. Every field can be overridden (`name:field=value,...`); `bars_per_day=0` gives
-#: the book's E[T] (EWMA of past bar lengths), which collapses or explodes (README).
 def _preset(kind: Kind, metric: Metric) -> BarSpec:
+    """A production preset: target rate 50 bars a day (tasks.bars_nb)."""
     if kind == "standard":
         return BarSpec(kind, metric, bars_per_day=50.0, exp_num_ticks_init=1_000.0)
     return BarSpec(kind, metric, bars_per_day=50.0, exp_num_ticks_init=1_000.0, exp_num_ticks_min=10.0,
                    num_prev_bars=20, min_ticks=10)
 
 
+#: The bar kinds `--features` knows by name, in production mode: side from is_buyer_maker,
+#: O(1) EWMA, and a target rate of 50 bars a day (`bars_per_day`, see tasks.bars_nb): E[T]
+#: (or a standard bar's threshold) follows the symbol's trailing activity, so the same
+#: defaults hold at any activity (measured: 46 bars a day at 645 trades a day; 18-103 a
+#: day from 0.28 to 4.4 M trades, bench_bar_behaviour). The first bar has
+#: 1,000 trades (before any rate is known); bars have at least 10 trades and at most
+#: 10·E[T]. Every field can be overridden (`name:field=value,...`); `bars_per_day=0` gives
+#: the book's E[T] (EWMA of past bar lengths), which collapses or explodes (README).
 PRESETS: dict[str, BarSpec] = {
     "ema_dollar_imbalance": _preset("imbalance", "dollar"),
     "ema_volume_imbalance": _preset("imbalance", "volume"),
