@@ -440,7 +440,7 @@ def imbalance_bars(
     eta = 2.0 / (num_prev_bars + 1.0)
     s2 = rate[R_S2]
     qf = math.exp(rate[R_LOGQ])
-    cap = CAP_FACTOR * et if by_rate else 0.0
+    limit = _limit(max_ticks, by_rate, et)
     thr = rate[R_THR] if by_rate else et * abs(ex)
     for i in range(n):
         p = price[i]
@@ -492,7 +492,7 @@ def imbalance_bars(
             warming = math.isnan(ex)
             thr = _imbalance_threshold(et, ex, s, s2, z, qf, by_rate)
         close = cnt >= min_ticks and not warming and abs(theta) > thr
-        capped = not close and ((max_ticks > 0 and cnt >= max_ticks) or (by_rate and cnt >= cap))
+        capped = not close and cnt >= limit
         if close or capped:
             out_f[O_OPEN, nb] = o
             out_f[O_HIGH, nb] = h
@@ -520,7 +520,7 @@ def imbalance_bars(
                 qf = _steer(rate, cnt, et, eta, nlen)
                 _rate_close(rate, t0, time[i], float(cnt), window_us)
                 et = min(max(_rate_per_bar(rate, bars_per_day, et), et_min), et_max)
-                cap = CAP_FACTOR * et
+                limit = _limit(max_ticks, by_rate, et)
             elif ema:
                 et = _next_et(lens, lpos, nlen, num_prev_bars, et_min, et_max)
             ex = _expected(ring, pos, hist, min(et, window) if by_rate else et, True, exact, s, z)
@@ -540,6 +540,15 @@ def imbalance_bars(
     is_[I_N], is_[I_OPEN_TIME], is_[I_FIRST_ID] = cnt, t0, id0
     is_[I_H], is_[I_POS], is_[I_NLEN] = hist, pos, nlen
     return out_f, out_i, nb
+
+
+@_jit
+def _limit(max_ticks: int, by_rate: bool, et: float) -> float:
+    """The trade count at which a bar is capped: max_ticks, CAP_FACTOR·E[T] in target-rate mode, or never."""
+    lim = float(max_ticks) if max_ticks > 0 else math.inf
+    if by_rate:
+        lim = min(lim, CAP_FACTOR * et)
+    return lim
 
 
 @_jit
@@ -612,7 +621,7 @@ def run_bars(
     by_rate = bars_per_day > 0.0
     eta = 2.0 / (num_prev_bars + 1.0)
     qf = math.exp(rate[R_LOGQ]) if by_rate else 1.0
-    cap = CAP_FACTOR * et if by_rate else 0.0
+    limit = _limit(max_ticks, by_rate, et)
     etw = min(et, window) if by_rate else et
     for i in range(n):
         p = price[i]
@@ -684,7 +693,7 @@ def run_bars(
         mt = ts if ts > tb else tb
         thr = et * mp * qf  # qf is 1.0 outside target-rate mode: the product is exact
         close = cnt >= min_ticks and not math.isnan(mp) and mt > thr
-        capped = not close and ((max_ticks > 0 and cnt >= max_ticks) or (by_rate and cnt >= cap))
+        capped = not close and cnt >= limit
         if close or capped:
             out_f[O_OPEN, nb] = o
             out_f[O_HIGH, nb] = h
@@ -712,7 +721,7 @@ def run_bars(
                 qf = _steer(rate, cnt, et, eta, nlen)
                 _rate_close(rate, t0, time[i], float(cnt), window_us)
                 et = min(max(_rate_per_bar(rate, bars_per_day, et), et_min), et_max)
-                cap = CAP_FACTOR * et
+                limit = _limit(max_ticks, by_rate, et)
                 etw = min(et, window)
             elif ema:
                 et = _next_et(lens, lpos, nlen, num_prev_bars, et_min, et_max)
