@@ -191,8 +191,8 @@ def run_inflate(zip_path: Path) -> int:
 
 
 def run_inflate_isal(zip_path: Path) -> int:
-    """Our converter's floor: inflate the member with `tasks.convert.inflate_member` (ISA-L), discarding."""
-    from tasks.convert import inflate_member
+    """Our converter's floor: inflate the member with `tasks.zip_member.inflate_member` (ISA-L), discarding."""
+    from tasks.zip_member import inflate_member
 
     with zipfile.ZipFile(zip_path) as zf:
         info = zf.infolist()[0]

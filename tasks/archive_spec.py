@@ -2,7 +2,8 @@
 
 Real URLs look like
 https://data.binance.vision/data/spot/daily/trades/BTCUSDT/BTCUSDT-trades-2024-01-01.zip
-https://data.binance.vision/data/futures/um/monthly/trades/BTCUSDT/BTCUSDT-trades-2024-01.zip
+https://data.binance.vision/data/futures/um/monthly/aggTrades/BTCUSDT/BTCUSDT-aggTrades-2024-01.zip
+https://data.binance.vision/data/spot/daily/klines/BTCUSDT/1m/BTCUSDT-1m-2024-01-01.zip
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
+from tasks.datasets import Dataset, dataset
 from tasks.errors import UnsafePath
 
 Market = Literal["spot", "um", "cm"]
@@ -28,8 +30,17 @@ MARKET_PATH: dict[str, str] = {"spot": "spot", "um": "futures/um", "cm": "future
 # `symbol=BTCUSDT\n` folders. Digits are `[0-9]`, not `\d`, which matches any Unicode
 # digit (`２０２４` would parse as 2024 and name another archive than the listed one).
 SYMBOL_RE = re.compile(r"\A[A-Z0-9_]{1,40}\Z")
-_DAILY_NAME = re.compile(r"\A(?P<symbol>[A-Z0-9_]{1,40})-trades-(?P<y>[0-9]{4})-(?P<m>[0-9]{2})-(?P<d>[0-9]{2})\.zip\Z")
-_MONTHLY_NAME = re.compile(r"\A(?P<symbol>[A-Z0-9_]{1,40})-trades-(?P<y>[0-9]{4})-(?P<m>[0-9]{2})\.zip\Z")
+_DAILY_NAME = r"\A(?P<symbol>[A-Z0-9_]{{1,40}})-{tag}-(?P<y>[0-9]{{4}})-(?P<m>[0-9]{{2}})-(?P<d>[0-9]{{2}})\.zip\Z"
+_MONTHLY_NAME = r"\A(?P<symbol>[A-Z0-9_]{{1,40}})-{tag}-(?P<y>[0-9]{{4}})-(?P<m>[0-9]{{2}})\.zip\Z"
+_NAME_PATTERNS: dict[tuple[str, str], re.Pattern[str]] = {}
+
+
+def _name_pattern(tag: str, granularity: str) -> re.Pattern[str]:
+    pattern = _NAME_PATTERNS.get((tag, granularity))
+    if pattern is None:
+        text = _DAILY_NAME if granularity == "daily" else _MONTHLY_NAME
+        pattern = _NAME_PATTERNS[(tag, granularity)] = re.compile(text.format(tag=re.escape(tag)))
+    return pattern
 
 
 def check_symbol(symbol: str) -> str:
@@ -50,17 +61,24 @@ QUARANTINE_NOTE_SUFFIX = ".reason.json"
 
 @dataclass(frozen=True, order=True)
 class ArchiveSpec:
-    """One published trades archive: a (market, symbol) day or month."""
+    """One published archive: a (market, symbol) day or month of one dataset (`tasks.datasets`)."""
 
     market: Market
     symbol: str
     granularity: Granularity
     period: date  # the day, or the first day of the month
+    dataset: str = "trades"  # a dataset id: trades, aggTrades, klines-1m
 
     def __post_init__(self) -> None:
         check_symbol(self.symbol)
+        dataset(self.dataset)  # refuses an unknown dataset
         if self.granularity == "monthly" and self.period.day != 1:
             raise ValueError(f"monthly archive period must start on day 1, got {self.period}")
+
+    @property
+    def data(self) -> Dataset:
+        """The dataset's declaration."""
+        return dataset(self.dataset)
 
     @property
     def first_day(self) -> date:
@@ -93,17 +111,17 @@ class ArchiveSpec:
     @property
     def file_name(self) -> str:
         """`BTCUSDT-trades-2024-01-01.zip`."""
-        return f"{self.symbol}-trades-{self.label}.zip"
+        return f"{self.symbol}-{self.data.file_tag}-{self.label}.zip"
 
     @property
     def csv_name(self) -> str:
         """The CSV member Binance puts in the ZIP: `BTCUSDT-trades-2024-01-01.csv`."""
-        return f"{self.symbol}-trades-{self.label}.csv"
+        return f"{self.symbol}-{self.data.file_tag}-{self.label}.csv"
 
     @property
     def folder_key(self) -> str:
         """`data/spot/daily/trades/BTCUSDT/`: the listing prefix of this symbol's archives."""
-        return symbol_prefix(self.market, self.granularity, self.symbol)
+        return symbol_prefix(self.market, self.granularity, self.symbol, self.dataset)
 
     @property
     def key(self) -> str:
@@ -131,8 +149,8 @@ class ArchiveSpec:
         return data_dir / "quarantine" / (self.key + QUARANTINE_NOTE_SUFFIX)
 
     def lake_dir(self, data_dir: Path) -> Path:
-        """`<data_dir>/lake/trades/market=<m>/symbol=<S>`."""
-        return lake_symbol_dir(data_dir, self.market, self.symbol)
+        """`<data_dir>/lake/<dataset>/market=<m>/symbol=<S>`."""
+        return lake_symbol_dir(data_dir, self.market, self.symbol, self.dataset)
 
     @property
     def range_file_name(self) -> str:
@@ -144,26 +162,32 @@ class ArchiveSpec:
         return self.lake_dir(data_dir) / self.range_file_name
 
     def staging_file(self, data_dir: Path) -> Path:
-        """The converted archive waiting to be merged into the lake (`<data_dir>/staging/trades/...`)."""
-        return staging_symbol_dir(data_dir, self.market, self.symbol) / self.range_file_name
+        """The converted archive waiting to be merged into the lake (`<data_dir>/staging/<dataset>/...`)."""
+        return staging_symbol_dir(data_dir, self.market, self.symbol, self.dataset) / self.range_file_name
 
     def __str__(self) -> str:
         return self.key
 
 
-def symbol_prefix(market: str, granularity: str, symbol: str) -> str:
-    """`data/futures/um/monthly/trades/BTCUSDT/`."""
-    return f"data/{MARKET_PATH[market]}/{granularity}/trades/{check_symbol(symbol)}/"
+def symbol_prefix(market: str, granularity: str, symbol: str, dataset_id: str = "trades") -> str:
+    """`data/futures/um/monthly/trades/BTCUSDT/`, `data/spot/daily/klines/BTCUSDT/1m/`."""
+    return f"data/{MARKET_PATH[market]}/{granularity}/{dataset(dataset_id).archive_folder(check_symbol(symbol))}"
 
 
-def lake_symbol_dir(data_dir: Path, market: str, symbol: str) -> Path:
-    """`<data_dir>/lake/trades/market=spot/symbol=BTCUSDT`."""
-    return data_dir / "lake" / "trades" / f"market={market}" / f"symbol={check_symbol(symbol)}"
+def dataset_prefix(market: str, granularity: str, dataset_id: str = "trades") -> str:
+    """`data/spot/daily/aggTrades/`: the listing prefix whose sub-folders are the dataset's symbols."""
+    return f"data/{MARKET_PATH[market]}/{granularity}/{dataset(dataset_id).name}/"
 
 
-def staging_symbol_dir(data_dir: Path, market: str, symbol: str) -> Path:
+def lake_symbol_dir(data_dir: Path, market: str, symbol: str, dataset_id: str = "trades") -> Path:
+    """`<data_dir>/lake/trades/market=spot/symbol=BTCUSDT` (`lake/klines/interval=1m/...` for klines)."""
+    return data_dir / "lake" / dataset(dataset_id).lake_folder / f"market={market}" / f"symbol={check_symbol(symbol)}"
+
+
+def staging_symbol_dir(data_dir: Path, market: str, symbol: str, dataset_id: str = "trades") -> Path:
     """`<data_dir>/staging/trades/market=spot/symbol=BTCUSDT`: converted archives not yet merged."""
-    return data_dir / "staging" / "trades" / f"market={market}" / f"symbol={check_symbol(symbol)}"
+    return (data_dir / "staging" / dataset(dataset_id).lake_folder / f"market={market}"
+            / f"symbol={check_symbol(symbol)}")
 
 
 def range_file_name(first_day: date, last_day: date) -> str:
@@ -171,14 +195,15 @@ def range_file_name(first_day: date, last_day: date) -> str:
     return f"{first_day.isoformat()}_{last_day.isoformat()}.parquet"
 
 
-def parse_archive_name(market: Market, granularity: Granularity, name: str) -> ArchiveSpec | None:
+def parse_archive_name(
+    market: Market, granularity: Granularity, name: str, dataset_id: str = "trades"
+) -> ArchiveSpec | None:
     """Parse `BTCUSDT-trades-2024-01-01.zip` (daily) or `...-2024-01.zip` (monthly); None if not one."""
-    pattern = _DAILY_NAME if granularity == "daily" else _MONTHLY_NAME
-    m = pattern.fullmatch(name)
+    m = _name_pattern(dataset(dataset_id).file_tag, granularity).fullmatch(name)
     if not m:
         return None
     try:
         day = date(int(m["y"]), int(m["m"]), int(m["d"]) if granularity == "daily" else 1)
     except ValueError:
         return None
-    return ArchiveSpec(market, m["symbol"], granularity, day)
+    return ArchiveSpec(market, m["symbol"], granularity, day, dataset_id)

@@ -45,15 +45,15 @@ import pyarrow.parquet as pq
 
 from tasks.archive_spec import Market, lake_symbol_dir, parse_archive_name, range_file_name
 from tasks.atomic import SwapOutcome, fsync_dir, recover_swaps, swap_folder, temp_path_for
-from tasks.digest_nb import day_runs
+from tasks.datasets import TRADES, Dataset, dataset
+from tasks.digest_nb import day_runs, fold_days, mix_column
 from tasks.errors import DamagedLakeFile, LakeConflict, LakeValidationError, TradeIdCollision
 from tasks.lake import LakeEntry, lake_inventory, read_sources, staged_inventory
 from tasks.lake_writer import lake_writer, source_metadata_doc
 from tasks.read_ahead import read_ahead
 from tasks.refusals import write_note
-from tasks.schema import TRADES_SCHEMA
 from tasks.settings import ConvertOptions
-from tasks.sorted_merge import DuplicateTradeIds, SortedStream, merge_sorted_streams
+from tasks.sorted_merge import DuplicateTradeIds, SortedStream, key_values, merge_sorted_streams
 from tasks.utc import DAY_US, day_range_us
 from tasks.validate import ExpectedFile, FileReport, VerifiedFile, validate_parquet_file
 
@@ -162,6 +162,7 @@ class CompactionResult:
     staged_dropped: tuple[str, ...] = ()
     #: Staged archives refused into quarantine (their ids collide with other days): (archive, reason).
     quarantined: tuple[tuple[str, str], ...] = ()
+    dataset: str = "trades"
 
 
 def _units_of(entry: LakeEntry, staged: bool) -> list[Unit]:
@@ -245,16 +246,19 @@ def _pack(blocks: list[Block], target_bytes: int) -> list[Group]:
     return groups
 
 
-def _read_stream(path: Path, exclude: list[tuple[int, int]], batch_rows: int) -> Iterator[pa.RecordBatch]:
-    """A lake file's batches in id order, without the rows whose time falls in `exclude` ranges (µs)."""
+def _read_stream(
+    path: Path, exclude: list[tuple[int, int]], batch_rows: int, data: Dataset = TRADES
+) -> Iterator[pa.RecordBatch]:
+    """A lake file's batches in key order, without the rows whose time falls in `exclude` ranges (µs)."""
+    time_index = data.schema.get_field_index(data.time)
     # Page checksums verified: a damaged input fails the merge instead of being copied into a
     # new file whose own checksums would then vouch for the wrong values.
     try:
         with pq.ParquetFile(path, page_checksum_verification=True) as pf:
             for batch in pf.iter_batches(batch_size=batch_rows, use_threads=False):
-                batch = pa.RecordBatch.from_arrays(batch.columns, schema=TRADES_SCHEMA)
+                batch = pa.RecordBatch.from_arrays(batch.columns, schema=data.schema)
                 if exclude:
-                    t = batch.column(5).cast(pa.int64())
+                    t = batch.column(time_index).cast(pa.int64())
                     drop = None
                     for lo, hi in exclude:
                         m = pc.and_(pc.greater_equal(t, lo), pc.less(t, hi))
@@ -288,28 +292,56 @@ def _bool_column(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray[Any, Any],
     return vals, nulls, False
 
 
-class DayDigest:
-    """Per UTC day: rows, and the sum and xor of row hashes (independent of order and chunking)."""
+def _column_bits(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], bool]:
+    """(values as uint64 bits or uint8 booleans, null mask or empty, all null) of any lake column."""
+    if pa.types.is_floating(col.type):
+        return _float_column(col)
+    if pa.types.is_boolean(col.type):
+        return _bool_column(col)
+    if col.null_count == len(col):
+        return np.zeros(0, dtype=np.uint64), _EMPTY_MASK, True
+    nulls = np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=np.uint8) if col.null_count else _EMPTY_MASK
+    return key_values(pc.fill_null(col, 0) if col.null_count else col).view(np.uint64), nulls, False
 
-    def __init__(self) -> None:
+
+class DayDigest:
+    """Per UTC day: rows, and the sum and xor of row hashes (independent of order and chunking).
+
+    The day of a row is that of the dataset's `time` column. Trades take the fused
+    kernel (`tasks.digest_nb.day_runs`), other datasets one compiled pass per column.
+    """
+
+    def __init__(self, data: Dataset = TRADES) -> None:
         self.days: dict[int, tuple[int, int, int]] = {}
+        self._data = data
 
     def add(self, table: pa.Table | pa.RecordBatch) -> None:
-        """Fold a batch of lake rows in (one compiled pass, `tasks.digest_nb.day_runs`)."""
+        """Fold a batch of lake rows in."""
         n = table.num_rows
         if not n:
+            return
+        out_day = np.empty(n, dtype=np.int64)
+        out_rows = np.empty(n, dtype=np.int64)
+        out_sum = np.empty(n, dtype=np.uint64)
+        out_xor = np.empty(n, dtype=np.uint64)
+        if self._data is not TRADES:
+            h = np.zeros(n, dtype=np.uint64)
+            for i in range(table.num_columns):
+                mix_column(h, *_column_bits(table.column(i)))
+            times = key_values(table.column(self._data.time))
+            self._fold(fold_days(h, times, out_day, out_rows, out_sum, out_xor), out_day, out_rows, out_sum, out_xor)
             return
         ids = np.asarray(table.column(0).to_numpy(), dtype=np.int64).view(np.uint64)
         price, _, _ = _float_column(table.column(1))
         qty, _, _ = _float_column(table.column(2))
         times = np.asarray(table.column(5).cast(pa.int64()).to_numpy(), dtype=np.int64)
         maker, _, _ = _bool_column(table.column(6))
-        out_day = np.empty(n, dtype=np.int64)
-        out_rows = np.empty(n, dtype=np.int64)
-        out_sum = np.empty(n, dtype=np.uint64)
-        out_xor = np.empty(n, dtype=np.uint64)
         runs = day_runs(ids, price, qty, *_float_column(table.column(3)), *_float_column(table.column(4)),
                         times, maker, *_bool_column(table.column(7)), out_day, out_rows, out_sum, out_xor)
+        self._fold(runs, out_day, out_rows, out_sum, out_xor)
+
+    def _fold(self, runs: int, out_day: np.ndarray[Any, Any], out_rows: np.ndarray[Any, Any],
+              out_sum: np.ndarray[Any, Any], out_xor: np.ndarray[Any, Any]) -> None:
         for d, r, h_sum, h_xor in zip(out_day[:runs].tolist(), out_rows[:runs].tolist(),
                                       out_sum[:runs].tolist(), out_xor[:runs].tolist(), strict=True):
             rows, total, xor = self.days.get(d, (0, 0, 0))
@@ -337,23 +369,31 @@ def _tap(stream: Iterator[pa.RecordBatch], digest: DayDigest) -> Iterator[pa.Rec
         yield batch
 
 
-def _id_range(path: Path) -> tuple[int, int]:
-    """Smallest and largest trade id of a lake file, from its row-group statistics (footer only)."""
+def _stat_int(value: Any) -> int:
+    """A key statistic as an integer (a timestamp key as its µs since the epoch)."""
+    if isinstance(value, datetime):
+        return (value - datetime(1970, 1, 1, tzinfo=value.tzinfo or UTC)) // timedelta(microseconds=1)
+    return int(value)
+
+
+def _id_range(path: Path, data: Dataset = TRADES) -> tuple[int, int]:
+    """Smallest and largest key of a lake file (its first column), from its row-group statistics (footer only)."""
     meta = pq.read_metadata(path)
     lows, highs = [], []
     for i in range(meta.num_row_groups):
         stats = meta.row_group(i).column(0).statistics
         if stats is None or not stats.has_min_max:
-            raise LakeValidationError(str(path), f"row group {i} has no trade_id statistics")
-        lows.append(int(stats.min))
-        highs.append(int(stats.max))
+            raise LakeValidationError(str(path), f"row group {i} has no {data.key} statistics")
+        lows.append(_stat_int(stats.min))
+        highs.append(_stat_int(stats.max))
     if not lows:
         raise LakeValidationError(str(path), "the file holds no row group")
     return min(lows), max(highs)
 
 
 def _write_group(
-    group: Group, folder: Path, plan: CompactionPlan, market: str, symbol: str, options: ConvertOptions
+    group: Group, folder: Path, plan: CompactionPlan, market: str, symbol: str, options: ConvertOptions,
+    data: Dataset = TRADES,
 ) -> tuple[Path, int, FileReport]:
     """Stream a group's rows into a hidden temporary file, verify it; return (temporary, rows, its report)."""
     units = group.units
@@ -362,16 +402,16 @@ def _write_group(
     by_path: dict[Path, list[Unit]] = {}
     for u in units:
         by_path.setdefault(u.path, []).append(u)
-    expected = DayDigest()
+    expected = DayDigest(data)
     streams = []
     for path, kept in by_path.items():
         holder = next((b for b in group.blocks if b.file == path), None)
         exclude = _excluded_ranges(holder, kept) if holder is not None else []
-        lo, hi = _id_range(path)
-        streams.append(SortedStream(lo, hi, _tap(_read_stream(path, exclude, options.row_group_rows), expected),
-                                    str(path)))
-    writer = lake_writer(tmp, options)
-    merged = merge_sorted_streams(streams)
+        lo, hi = _id_range(path, data)
+        batches = _read_stream(path, exclude, options.row_group_rows, data)
+        streams.append(SortedStream(lo, hi, _tap(batches, expected), str(path)))
+    writer = lake_writer(tmp, options, data)
+    merged = merge_sorted_streams(streams, data)
     # Reading, merging and the digest run in a thread ahead of the encoder: both release the
     # GIL, so on two cores they overlap. Depth 1: as fast as 2 in bench_optimize, and a net
     # peak of 361 MiB instead of 449 when appending a day to a 10 M-row file.
@@ -383,8 +423,8 @@ def _write_group(
                     writer.write(chunk)
         except DuplicateTradeIds as exc:
             raise TradeIdCollision(str(folder / group.name), f"{exc}; nothing merged") from None
-        writer.close(source_metadata_doc(market, symbol, [u.doc for u in units]))
-        report = _verify(tmp, units, expected, market, symbol)
+        writer.close(source_metadata_doc(market, symbol, [u.doc for u in units], data.id))
+        report = _verify(tmp, units, expected, market, symbol, data)
     except BaseException:
         writer.abort()
         tmp.unlink(missing_ok=True)
@@ -405,16 +445,18 @@ def _excluded_ranges(holder: Block, kept: list[Unit]) -> list[tuple[int, int]]:
     return ranges
 
 
-def _verify(tmp: Path, units: list[Unit], expected: DayDigest, market: str, symbol: str) -> FileReport:
+def _verify(
+    tmp: Path, units: list[Unit], expected: DayDigest, market: str, symbol: str, data: Dataset = TRADES
+) -> FileReport:
     """The new file holds exactly the inputs' rows: per source counts, per day digests, the lake contract."""
     first, last = min(u.first_day for u in units), max(u.last_day for u in units)
     lo, hi = day_range_us(first, last)
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
-    got = DayDigest()
+    got = DayDigest(data)
     report = validate_parquet_file(
         tmp,
         ExpectedFile(rows=sum(u.rows for u in units), start=epoch + timedelta(microseconds=lo),
-                     end=epoch + timedelta(microseconds=hi), market=market, symbol=symbol),
+                     end=epoch + timedelta(microseconds=hi), market=market, symbol=symbol, dataset=data.id),
         visit=got.add,  # one read for both the contract and the content digest
     )
     problems = expected.differences(got)
@@ -429,7 +471,7 @@ def _verify(tmp: Path, units: list[Unit], expected: DayDigest, market: str, symb
 
 def compact_symbol(
     data_dir: Path, market: Market, symbol: str, target_bytes: int, options: ConvertOptions, consolidate: bool,
-    damaged: frozenset[Path] = frozenset(),
+    damaged: frozenset[Path] = frozenset(), dataset_id: str = "trades",
 ) -> CompactionResult:
     """Merge the symbol's staged archives into its lake files and pack them to `target_bytes`.
 
@@ -448,20 +490,21 @@ def compact_symbol(
     quarantined: list[tuple[str, str]] = []
     while True:
         try:
-            result = _compact_once(data_dir, market, symbol, target_bytes, options, consolidate, damaged)
+            result = _compact_once(data_dir, market, symbol, target_bytes, options, consolidate, damaged,
+                                   dataset(dataset_id))
         except TradeIdCollision as exc:
-            poison = colliding_staged(data_dir, market, symbol, damaged)
+            poison = colliding_staged(data_dir, market, symbol, damaged, dataset_id)
             if not poison:
                 raise
             for entry, reason in poison:
-                quarantined.append(quarantine_staged(data_dir, market, entry, reason, exc))
+                quarantined.append(quarantine_staged(data_dir, market, entry, reason, exc, dataset_id))
             continue  # each round removes at least one staged archive: this ends
         return dataclasses.replace(result, quarantined=tuple(quarantined))
 
 
 def _compact_once(
     data_dir: Path, market: Market, symbol: str, target_bytes: int, options: ConvertOptions, consolidate: bool,
-    damaged: frozenset[Path],
+    damaged: frozenset[Path], data: Dataset,
 ) -> CompactionResult:
     """One attempt of `compact_symbol`.
 
@@ -470,13 +513,13 @@ def _compact_once(
     the archives they held into staging, which take their place, and the swap removes them.
     """
     started = time.perf_counter()
-    folder = lake_symbol_dir(data_dir, market, symbol)
+    folder = lake_symbol_dir(data_dir, market, symbol, data.id)
     folder.mkdir(parents=True, exist_ok=True)  # temporaries are written beside their final name
-    lake = lake_inventory(data_dir, market, symbol)
+    lake = lake_inventory(data_dir, market, symbol, data.id)
     # Repair: damaged files leave the plan, so their staged replacements are not "already held".
     superseded = [e.path for e in lake if e.path in damaged]
     lake = [e for e in lake if e.path not in damaged]
-    staged, dropped = _drop_staged_held(lake, staged_inventory(data_dir, market, symbol))
+    staged, dropped = _drop_staged_held(lake, staged_inventory(data_dir, market, symbol, data.id))
     plan = plan_compaction(lake, staged, target_bytes, consolidate)
     written: list[tuple[Path, Path]] = []
     reports: list[FileReport] = []
@@ -489,7 +532,7 @@ def _compact_once(
             remove.extend(sorted(inputs))
             if not group.units:
                 continue  # every archive of this file moved elsewhere: it is only removed
-            tmp, n, file_report = _write_group(group, folder, plan, market, symbol, options)
+            tmp, n, file_report = _write_group(group, folder, plan, market, symbol, options, data)
             written.append((tmp, folder / group.name))
             reports.append(file_report)
             rows += n
@@ -522,6 +565,7 @@ def _compact_once(
         verified=tuple(VerifiedFile.of(final, r) for (_, final), r in zip(written, reports, strict=True)),
         leftover=outcome.leftover,
         staged_dropped=tuple(dropped),
+        dataset=data.id,
     )
 
 
@@ -553,26 +597,29 @@ def recover_lake(data_dir: Path) -> tuple[int, list[str]]:
     return recover_swaps(data_dir)
 
 
-def _ids_outside(path: Path, lo: int, hi: int, days: tuple[int, int] | None) -> np.ndarray[Any, Any]:
-    """Trade ids of a lake or staged file within [lo, hi], without the rows whose time is in `days` (µs)."""
+def _ids_outside(
+    path: Path, lo: int, hi: int, days: tuple[int, int] | None, data: Dataset = TRADES
+) -> np.ndarray[Any, Any]:
+    """Keys of a lake or staged file within [lo, hi], without the rows whose time is in `days` (µs)."""
     out = []
     with pq.ParquetFile(path) as pf:
         meta = pf.metadata
         for rg in range(meta.num_row_groups):
             stats = meta.row_group(rg).column(0).statistics
-            if stats is not None and stats.has_min_max and (int(stats.max) < lo or int(stats.min) > hi):
+            if stats is not None and stats.has_min_max and (_stat_int(stats.max) < lo or _stat_int(stats.min) > hi):
                 continue
-            t = pf.read_row_group(rg, columns=["trade_id", "time"])
-            ids = np.asarray(t.column(0).to_numpy(), dtype=np.int64)
+            columns = list(dict.fromkeys([data.key, data.time]))
+            t = pf.read_row_group(rg, columns=columns)
+            ids = key_values(t.column(0))
             if days is not None:
-                us = np.asarray(t.column(1).cast(pa.int64()).to_numpy(), dtype=np.int64)
+                us = key_values(t.column(len(columns) - 1))
                 ids = ids[(us < days[0]) | (us >= days[1])]
             out.append(ids[(ids >= lo) & (ids <= hi)])
     return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
 
 
 def colliding_staged(
-    data_dir: Path, market: Market, symbol: str, damaged: frozenset[Path] = frozenset()
+    data_dir: Path, market: Market, symbol: str, damaged: frozenset[Path] = frozenset(), dataset_id: str = "trades"
 ) -> list[tuple[LakeEntry, str]]:
     """The staged archives to refuse because their trade ids collide with other days; (entry, reason).
 
@@ -583,20 +630,24 @@ def colliding_staged(
     that collide only with each other are all refused, since which is right is not for the
     merge to guess. Reads only row groups whose id ranges overlap.
     """
-    lake = [e for e in lake_inventory(data_dir, market, symbol) if e.path not in damaged and not e.problem]
-    staged = [e for e in staged_inventory(data_dir, market, symbol) if not e.problem]
-    ranges = {e.path: _id_range(e.path) for e in [*lake, *staged]}
+    data = dataset(dataset_id)
+    lake = [e for e in lake_inventory(data_dir, market, symbol, dataset_id) if e.path not in damaged and not e.problem]
+    staged = [e for e in staged_inventory(data_dir, market, symbol, dataset_id) if not e.problem]
+    ranges = {e.path: _id_range(e.path, data) for e in [*lake, *staged]}
 
     def common(entry: LakeEntry, other: LakeEntry) -> np.ndarray[Any, Any]:
         (lo, hi), (olo, ohi) = ranges[entry.path], ranges[other.path]
         if ohi < lo or olo > hi:
             return np.empty(0, dtype=np.int64)
         days = day_range_us(entry.first_day, entry.last_day)
-        mine = _ids_outside(entry.path, max(lo, olo), min(hi, ohi), None)
-        return np.intersect1d(mine, _ids_outside(other.path, max(lo, olo), min(hi, ohi), days), assume_unique=True)
+        mine = _ids_outside(entry.path, max(lo, olo), min(hi, ohi), None, data)
+        theirs = _ids_outside(other.path, max(lo, olo), min(hi, ohi), days, data)
+        return np.intersect1d(mine, theirs, assume_unique=True)
+
+    label = "trade ids" if data.key == "trade_id" else f"{data.key} values"
 
     def note(ids: np.ndarray[Any, Any], what: str) -> str:
-        return f"{len(ids):,} of its trade ids (first {int(ids[0])}) are also in {what}, on other days"
+        return f"{len(ids):,} of its {label} (first {int(ids[0])}) are also in {what}, on other days"
 
     refused: dict[Path, tuple[LakeEntry, str]] = {}
     for entry in staged:
@@ -627,7 +678,7 @@ def colliding_staged(
 
 
 def quarantine_staged(
-    data_dir: Path, market: Market, entry: LakeEntry, reason: str, cause: Exception
+    data_dir: Path, market: Market, entry: LakeEntry, reason: str, cause: Exception, dataset_id: str = "trades"
 ) -> tuple[str, str]:
     """Refuse a staged archive: record why beside the archive's quarantine path, remove it from staging.
 
@@ -637,7 +688,7 @@ def quarantine_staged(
     """
     src = entry.sources[0]
     spec = parse_archive_name(market, "monthly" if src.granularity == "monthly" else "daily",
-                              src.archive.rsplit("/", 1)[-1])
+                              src.archive.rsplit("/", 1)[-1], dataset_id)
     if spec is None:
         raise cause
     note = {"archive": src.archive, "sha256": src.sha256, "kind": "lake conflict",

@@ -88,3 +88,44 @@ def _day_runs(
 
 #: Compiled with an on-disk cache; nogil so a thread can digest while another encodes.
 day_runs = cast(Callable[..., int], numba.njit(cache=True, nogil=True, boundscheck=False)(_day_runs))
+
+
+# -- any dataset: one pass per column, then one fold -------------------------------------
+# The fused `day_runs` above is the trades path (one pass over all columns). Other datasets
+# hash column by column into a row-hash array, each pass one compiled call over whole
+# arrays (no per-row call overhead), then fold the hashes per day.
+
+
+def _mix_column(h: Any, values: Any, nulls: Any, all_null: bool) -> None:  # pragma: no cover - compiled
+    """Mix one column into the row hashes `h`, in place; values as uint64 bits (or uint8 booleans)."""
+    for i in range(len(h)):
+        v = _NULL_BITS if all_null or (len(nulls) > 0 and nulls[i] != 0) else np.uint64(values[i])
+        h[i] = _mix(h[i] + _K1, v)
+
+
+def _fold_days(h: Any, times: Any, out_day: Any, out_rows: Any, out_sum: Any,
+               out_xor: Any) -> int:  # pragma: no cover - compiled by numba
+    """Fold consecutive row hashes of one UTC day (by `times`, µs) into runs; return the number of runs."""
+    runs = 0
+    current = np.int64(0)
+    rows = np.int64(0)
+    total = np.uint64(0)
+    xor = np.uint64(0)
+    for i in range(len(h)):
+        d = times[i] // DAY_US
+        if rows == 0 or d != current:
+            if rows:
+                out_day[runs], out_rows[runs], out_sum[runs], out_xor[runs] = current, rows, total, xor
+                runs += 1
+            current, rows, total, xor = d, np.int64(0), np.uint64(0), np.uint64(0)
+        rows += 1
+        total += h[i]
+        xor ^= h[i]
+    if rows:
+        out_day[runs], out_rows[runs], out_sum[runs], out_xor[runs] = current, rows, total, xor
+        runs += 1
+    return runs
+
+
+mix_column = cast(Callable[..., None], numba.njit(cache=True, nogil=True, boundscheck=False)(_mix_column))
+fold_days = cast(Callable[..., int], numba.njit(cache=True, nogil=True, boundscheck=False)(_fold_days))

@@ -83,9 +83,9 @@ def range_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and range_of(p.name) is not None)
 
 
-def lake_files(data_dir: Path, market: str, symbol: str) -> list[Path]:
-    """Committed lake files of a symbol."""
-    return range_files(lake_symbol_dir(data_dir, market, symbol))
+def lake_files(data_dir: Path, market: str, symbol: str, dataset: str = "trades") -> list[Path]:
+    """Committed lake files of a symbol (of one dataset: `tasks.datasets`)."""
+    return range_files(lake_symbol_dir(data_dir, market, symbol, dataset))
 
 
 def inventory(paths: list[Path]) -> list[LakeEntry]:
@@ -122,14 +122,14 @@ def source_ref(doc: dict[str, Any], default_bytes: int = 0) -> SourceRef:
     )
 
 
-def lake_inventory(data_dir: Path, market: str, symbol: str) -> list[LakeEntry]:
+def lake_inventory(data_dir: Path, market: str, symbol: str, dataset: str = "trades") -> list[LakeEntry]:
     """Every committed lake file of a symbol with its sources, sorted by first day."""
-    return inventory(lake_files(data_dir, market, symbol))
+    return inventory(lake_files(data_dir, market, symbol, dataset))
 
 
-def staged_inventory(data_dir: Path, market: str, symbol: str) -> list[LakeEntry]:
+def staged_inventory(data_dir: Path, market: str, symbol: str, dataset: str = "trades") -> list[LakeEntry]:
     """Converted archives of a symbol waiting in staging to be merged into the lake."""
-    return inventory(range_files(staging_symbol_dir(data_dir, market, symbol)))
+    return inventory(range_files(staging_symbol_dir(data_dir, market, symbol, dataset)))
 
 
 def _source_doc(path: Path, spec: ArchiveSpec, sha256: str) -> dict[str, Any] | None:
@@ -148,7 +148,7 @@ def lake_source(spec: ArchiveSpec, sha256: str, data_dir: Path) -> tuple[Path, d
 
     Only the files whose day range (read from their names) covers the archive are opened.
     """
-    for path in lake_files(data_dir, spec.market, spec.symbol):
+    for path in lake_files(data_dir, spec.market, spec.symbol, spec.dataset):
         days = range_of(path.name)
         assert days is not None
         if days[0] <= spec.first_day and spec.last_day <= days[1]:
@@ -158,9 +158,11 @@ def lake_source(spec: ArchiveSpec, sha256: str, data_dir: Path) -> tuple[Path, d
     return None
 
 
-def lake_sources(data_dir: Path, market: str, symbol: str) -> dict[tuple[str, str], SourceRef]:
+def lake_sources(
+    data_dir: Path, market: str, symbol: str, dataset: str = "trades"
+) -> dict[tuple[str, str], SourceRef]:
     """Every (archive, sha256) the symbol's lake files hold, read once from their footers."""
-    return {(s.archive, s.sha256): s for e in lake_inventory(data_dir, market, symbol) for s in e.sources}
+    return {(s.archive, s.sha256): s for e in lake_inventory(data_dir, market, symbol, dataset) for s in e.sources}
 
 
 def staging_holds(spec: ArchiveSpec, sha256: str, data_dir: Path) -> bool:

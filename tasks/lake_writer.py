@@ -16,7 +16,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.schema import SOURCE_METADATA_KEY, TRADES_SCHEMA
+from tasks.datasets import TRADES, Dataset
+from tasks.schema import SOURCE_METADATA_KEY
 from tasks.settings import ConvertOptions
 
 # Times are stored as 64-bit µs, ids as int64; both are monotonic after sorting, so delta
@@ -25,11 +26,18 @@ from tasks.settings import ConvertOptions
 # random-walk price, sizes with few distinct values) it gave 10.2 MB against 18.8 MB for
 # BYTE_STREAM_SPLIT for a 1.1 M-row spot day at zstd 3, 15.3 MB against 29.4 MB on 2 M
 # USD-M rows (BSS pays on smooth scientific floats, not on decimal-rounded ones).
-_DELTA_COLUMNS = ("trade_id", "time")
-_DICTIONARY_COLUMNS = ("price", "qty", "quote_qty", "base_qty")
+# Every dataset follows the same rule: integer and time columns delta, floats dictionary.
 
 
-def _parquet_schema_metadata(extra: dict[bytes, bytes]) -> dict[bytes, bytes]:
+def _delta_columns(schema: pa.Schema) -> list[str]:
+    return [f.name for f in schema if pa.types.is_integer(f.type) or pa.types.is_timestamp(f.type)]
+
+
+def _dictionary_columns(schema: pa.Schema) -> list[str]:
+    return [f.name for f in schema if pa.types.is_floating(f.type)]
+
+
+def _parquet_schema_metadata(extra: dict[bytes, bytes], schema: pa.Schema) -> dict[bytes, bytes]:
     """Footer key-value metadata, including the Arrow schema carrying `extra`.
 
     Files are written with `store_schema=False` and the `ARROW:schema` entry (base64 IPC
@@ -37,22 +45,24 @@ def _parquet_schema_metadata(extra: dict[bytes, bytes]) -> dict[bytes, bytes]:
     source facts (rows, duplicates) known, and readers of the Arrow schema
     (`pq.read_schema`, datasets) see them together with the field docs.
     """
-    schema = TRADES_SCHEMA.with_metadata(extra) if extra else TRADES_SCHEMA
+    schema = schema.with_metadata(extra) if extra else schema
     return {b"ARROW:schema": base64.b64encode(schema.serialize().to_pybytes()), **extra}
 
 
 class RowGroupWriter:
     """Writes lake-schema tables in row groups of exactly `row_group_rows` rows (last one shorter)."""
 
-    def __init__(self, path: Path, row_group_rows: int, **writer_options: Any) -> None:
+    def __init__(self, path: Path, row_group_rows: int, schema: pa.Schema = TRADES.schema,
+                 **writer_options: Any) -> None:
         self.path = path
+        self.schema = schema
         self.rows = 0
         self._row_group_rows = row_group_rows
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self._writer: Any = pq.ParquetWriter(
             path,
-            TRADES_SCHEMA,
+            schema,
             write_statistics=True,
             store_schema=False,
             sorting_columns=[pq.SortingColumn(0)],
@@ -82,7 +92,7 @@ class RowGroupWriter:
 
     def close(self, metadata: dict[bytes, bytes] | None = None) -> None:
         self._flush(whole_groups_only=False)
-        self._writer.add_key_value_metadata(_parquet_schema_metadata(metadata or {}))
+        self._writer.add_key_value_metadata(_parquet_schema_metadata(metadata or {}, self.schema))
         self._writer.close()
 
     def abort(self) -> None:
@@ -91,8 +101,8 @@ class RowGroupWriter:
             self._writer.close()
 
 
-def lake_writer(path: Path, options: ConvertOptions) -> RowGroupWriter:
-    """A writer of lake-schema row groups to `path` with the lake's encodings (zstd, delta ids and times).
+def lake_writer(path: Path, options: ConvertOptions, data: Dataset = TRADES) -> RowGroupWriter:
+    """A writer of the dataset's row groups to `path` with the lake's encodings (zstd, delta ids and times).
 
     Every page carries a CRC32 of its bytes (`write_page_checksum`), which readers opening
     the file with `page_checksum_verification=True` check (validation, merge, features):
@@ -102,15 +112,21 @@ def lake_writer(path: Path, options: ConvertOptions) -> RowGroupWriter:
     return RowGroupWriter(
         path,
         options.row_group_rows,
+        data.schema,
         compression="zstd",
         compression_level=options.zstd_level,
-        use_dictionary=list(_DICTIONARY_COLUMNS),
-        column_encoding=dict.fromkeys(_DELTA_COLUMNS, "DELTA_BINARY_PACKED"),
+        use_dictionary=_dictionary_columns(data.schema),
+        column_encoding=dict.fromkeys(_delta_columns(data.schema), "DELTA_BINARY_PACKED"),
         write_page_checksum=True,
     )
 
 
-def source_metadata_doc(market: str, symbol: str, sources: Sequence[dict[str, Any]]) -> dict[bytes, bytes]:
-    """The footer entry naming a file's market, symbol and source archives (in day order)."""
-    doc = {"market": market, "symbol": symbol, "sources": list(sources)}
+def source_metadata_doc(
+    market: str, symbol: str, sources: Sequence[dict[str, Any]], dataset: str = "trades"
+) -> dict[bytes, bytes]:
+    """The footer entry naming a file's dataset, market, symbol and source archives (in day order).
+
+    Files written before datasets were recorded have no `dataset`: they are trades.
+    """
+    doc = {"dataset": dataset, "market": market, "symbol": symbol, "sources": list(sources)}
     return {SOURCE_METADATA_KEY: json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()}

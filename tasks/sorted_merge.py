@@ -1,4 +1,9 @@
-"""Streaming merge of record-batch streams that are each sorted by trade id.
+"""Streaming merge of record-batch streams that are each sorted by their dataset's key.
+
+The key is the dataset's (`tasks.datasets`): trade id, aggTrade id or kline open time;
+a timestamp key is compared as its µs integer. Two users: the merge of lake files
+(`merge_sorted_streams`, which refuses a key held twice) and the converter's external
+sort (`kway_merge` of its spilled runs, which keeps duplicates adjacent for de-duplication).
 
 Lake files of one symbol are nearly always disjoint by id (one follows the other), so
 the merge first sorts the streams by their id ranges and passes a stream that overlaps
@@ -17,16 +22,23 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.schema import TRADES_SCHEMA
+from tasks.datasets import TRADES, Dataset
 
 
 class DuplicateTradeIds(ValueError):
-    """Two inputs hold the same trade id: merging them would break the lake's uniqueness."""
+    """Two inputs hold the same key (trade id, aggTrade id, open time): merging them would break uniqueness."""
+
+
+def key_values(column: pa.Array | pa.ChunkedArray) -> np.ndarray[Any, Any]:
+    """A key column as int64 numpy, zero-copy where it can be (a timestamp as its µs integers)."""
+    if pa.types.is_timestamp(column.type):
+        column = column.cast(pa.int64())
+    return np.asarray(column.to_numpy(), dtype=np.int64)
 
 
 @dataclass
 class SortedStream:
-    """Batches in ascending trade-id order, with the smallest and largest id they may hold."""
+    """Batches in ascending key order, with the smallest and largest key they may hold."""
 
     min_id: int
     max_id: int
@@ -35,10 +47,12 @@ class SortedStream:
 
 
 class RunCursor:
-    """The unconsumed part of the current batch of one stream sorted by trade id."""
+    """The unconsumed part of the current batch of one stream sorted by the dataset's key."""
 
-    def __init__(self, batches: Iterable[pa.RecordBatch], name: str = "") -> None:
+    def __init__(self, batches: Iterable[pa.RecordBatch], name: str = "", data: Dataset = TRADES) -> None:
         self.name = name
+        self._schema = data.schema
+        self._key = data.schema.get_field_index(data.key)
         self._batches = iter(batches)
         self.batch: pa.RecordBatch | None = None
         self.ids: np.ndarray[Any, Any] = np.empty(0, dtype=np.int64)
@@ -48,8 +62,8 @@ class RunCursor:
         for batch in self._batches:
             if batch.num_rows:
                 # Rebuilt on the lake schema so batches of every stream concatenate.
-                self.batch = pa.RecordBatch.from_arrays(batch.columns, schema=TRADES_SCHEMA)
-                self.ids = np.asarray(self.batch.column(0).to_numpy(), dtype=np.int64)
+                self.batch = pa.RecordBatch.from_arrays(batch.columns, schema=self._schema)
+                self.ids = key_values(self.batch.column(self._key))
                 return
         self.batch = None
         self.ids = np.empty(0, dtype=np.int64)
@@ -84,37 +98,51 @@ def _clusters(streams: list[SortedStream]) -> Iterator[list[SortedStream]]:
         yield cluster
 
 
-def _kway(cluster: list[SortedStream]) -> Iterator[pa.Table]:
-    cursors = [c for c in (RunCursor(s.batches, s.name) for s in cluster) if c.batch is not None]
-    last: int | None = None
-    while cursors:
-        # No cursor can later yield an id below the smallest of the current batches' maxima.
-        bound = min(int(c.ids[-1]) for c in cursors)
-        parts = [p for c in cursors if (p := c.take_through(bound)) is not None]
-        chunk = pa.Table.from_batches(parts, schema=parts[0].schema)
+def kway_merge(cursors: list[RunCursor], data: Dataset = TRADES) -> Iterator[pa.Table]:
+    """K-way merge of cursors each sorted by `data.key`, in vectorised rounds; equal keys stay adjacent.
+
+    Each round takes, from every cursor's current batch, the rows with key <= the smallest
+    of the current batches' maxima: no cursor can later yield a key below that bound, so
+    the union of the taken rows, sorted, extends the output in order. At least one batch
+    is consumed per round; memory is one batch per cursor.
+    """
+    active = [c for c in cursors if c.batch is not None]
+    while active:
+        bound = min(int(c.ids[-1]) for c in active)
+        parts = [p for c in active if (p := c.take_through(bound)) is not None]
+        chunk = pa.Table.from_batches(parts, schema=data.schema)
         if len(parts) > 1:
-            chunk = chunk.take(pc.sort_indices(chunk, sort_keys=[("trade_id", "ascending")]))
-        ids = np.asarray(chunk.column(0).to_numpy(), dtype=np.int64)
+            # Stable: rows of one key keep their stream order, for the de-duplication after.
+            chunk = chunk.take(pc.sort_indices(chunk, sort_keys=[(data.key, "ascending")]))
+        yield chunk
+        active = [c for c in active if c.batch is not None]
+
+
+def _kway(cluster: list[SortedStream], data: Dataset) -> Iterator[pa.Table]:
+    cursors = [RunCursor(s.batches, s.name, data) for s in cluster]
+    names = ", ".join(c.name for c in cursors)
+    key = data.schema.get_field_index(data.key)
+    last: int | None = None
+    for chunk in kway_merge(cursors, data):
+        ids = key_values(chunk.column(key))
         dup = np.flatnonzero(np.diff(ids) == 0)
         if len(dup) or (last is not None and ids[0] <= last):
             at = int(ids[dup[0]]) if len(dup) else int(ids[0])
-            names = ", ".join(c.name for c in cursors)
-            raise DuplicateTradeIds(f"trade id {at} is in more than one of: {names}")
+            raise DuplicateTradeIds(f"{data.key.replace('_', ' ')} {at} is in more than one of: {names}")
         last = int(ids[-1])
         yield chunk
-        cursors = [c for c in cursors if c.batch is not None]
 
 
-def merge_sorted_streams(streams: list[SortedStream]) -> Generator[pa.Table, None, None]:
-    """Yield the union of `streams` as lake-schema tables in strictly ascending trade-id order.
+def merge_sorted_streams(streams: list[SortedStream], data: Dataset = TRADES) -> Generator[pa.Table, None, None]:
+    """Yield the union of `streams` as lake-schema tables in strictly ascending key order.
 
-    Raises DuplicateTradeIds when two streams share an id. Memory: one batch per stream
+    Raises DuplicateTradeIds when two streams share a key. Memory: one batch per stream
     of the cluster being merged (one batch in total for disjoint streams).
     """
     for cluster in _clusters(streams):
         if len(cluster) == 1:
             for batch in cluster[0].batches:
                 if batch.num_rows:
-                    yield pa.Table.from_batches([batch], schema=TRADES_SCHEMA)
+                    yield pa.Table.from_batches([batch], schema=data.schema)
         else:
-            yield from _kway(cluster)
+            yield from _kway(cluster, data)

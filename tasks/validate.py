@@ -1,7 +1,8 @@
-"""Check Parquet files against the lake contract, and trade-id continuity between files.
+"""Check Parquet files against the lake contract, and key continuity between files.
 
-The contract (docs/architecture.md, "The lake"): the one `TRADES_SCHEMA`, sorted by
-`trade_id` with no duplicate ids, times inside the file's period, row groups with
+The contract (docs/architecture.md, "The lake"): the dataset's one schema
+(`tasks.datasets`), sorted by its key (trade id, aggTrade id, kline open time) with no
+duplicate keys, times inside the file's period, row groups with
 statistics, sources recorded in the footer, and every page of every column readable.
 `validate_parquet_file` reads the footer and then one row group at a time, every column
 decoded in full with the pages' CRC32 checksums verified (lake files are written with
@@ -27,16 +28,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tasks.datasets import Dataset, dataset
 from tasks.errors import LakeValidationError
-from tasks.schema import SOURCE_METADATA_KEY, TIME_TYPE, TRADES_SCHEMA
+from tasks.schema import SOURCE_METADATA_KEY, TIME_TYPE
 from tasks.utc import datetime_to_micros, micros_to_datetime
 
 #: At most this many id gaps are listed one by one; the totals count all of them.
 MAX_LISTED_GAPS = 1000
 #: Examples quoted per kind of failure in an error message.
 MAX_EXAMPLES = 5
-
-_NON_NULLABLE = tuple(f.name for f in TRADES_SCHEMA if not f.nullable)
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ class ExpectedFile:
 
     `start`/`end` bound the trade times as `[start, end)` (aware UTC datetimes, e.g.
     `ArchiveSpec.start`/`.end`); `market`/`symbol` must match the source metadata.
+    `dataset` is the file's dataset id: its schema and key are always checked.
     """
 
     rows: int | None = None
@@ -52,6 +53,7 @@ class ExpectedFile:
     end: datetime | None = None
     market: str | None = None
     symbol: str | None = None
+    dataset: str = "trades"
 
 
 @dataclass(frozen=True)
@@ -68,10 +70,15 @@ class IdGaps:
 
 
 class GapCollector:
-    """Accumulates id gaps over consecutive sorted chunks of one id stream (bounded memory)."""
+    """Accumulates key gaps over consecutive sorted chunks of one key stream (bounded memory).
 
-    def __init__(self, limit: int = MAX_LISTED_GAPS) -> None:
+    `step` is the key's spacing: 1 for ids, the interval in µs for klines' open times
+    (whose "missing ids" are then missing intervals).
+    """
+
+    def __init__(self, limit: int = MAX_LISTED_GAPS, step: int = 1) -> None:
         self._limit = limit
+        self._step = step
         self._listed: list[tuple[int, int]] = []
         self._count = 0
         self._missing = 0
@@ -84,10 +91,10 @@ class GapCollector:
         if self._last is not None:
             ids = np.concatenate([np.array([self._last], dtype=np.int64), ids])
         step = np.diff(ids)
-        where = np.flatnonzero(step > 1)
+        where = np.flatnonzero(step > self._step)
         if len(where):
             self._count += len(where)
-            self._missing += int((step[where] - 1).sum())
+            self._missing += int((step[where] // self._step - 1).sum())
             room = self._limit - len(self._listed)
             for i in where[: max(room, 0)]:
                 self._listed.append((int(ids[i]), int(ids[i + 1])))
@@ -95,6 +102,47 @@ class GapCollector:
 
     def result(self) -> IdGaps:
         """The gaps seen so far."""
+        return IdGaps(tuple(self._listed), self._count, self._missing)
+
+
+class ChainCollector:
+    """Checks that row ranges `[first, last]` chain on (each `first` is the previous `last` + 1), over chunks.
+
+    For aggTrades: each row covers trade ids `first_trade_id..last_trade_id`, and the next
+    one starts right after. A break leaves trades out (a gap) or counts them twice (an
+    overlap); both are reported, as facts about the archive, not failures.
+    """
+
+    def __init__(self, limit: int = MAX_LISTED_GAPS) -> None:
+        self._limit = limit
+        self._listed: list[tuple[int, int]] = []
+        self._count = 0
+        self._missing = 0
+        self._last: int | None = None
+        self.overlaps = 0
+        self.overlap_examples: list[str] = []
+
+    def add(self, first: np.ndarray[Any, Any], last: np.ndarray[Any, Any]) -> None:
+        """Feed the next chunk's ranges (rows in key order, continuing the previous chunk)."""
+        if len(first) == 0:
+            return
+        start = first[0] - 1 if self._last is None else self._last
+        prev_last = np.concatenate([np.array([start], dtype=np.int64), last[:-1]])
+        over = np.flatnonzero(first <= prev_last)
+        if len(over):
+            self.overlaps += len(over)
+            room = MAX_EXAMPLES - len(self.overlap_examples)
+            self.overlap_examples.extend(f"{int(first[i])} after {int(prev_last[i])}" for i in over[: max(room, 0)])
+        where = np.flatnonzero(first > prev_last + 1)
+        if len(where):
+            self._count += len(where)
+            self._missing += int((first[where] - prev_last[where] - 1).sum())
+            room = self._limit - len(self._listed)
+            self._listed.extend((int(prev_last[i]), int(first[i])) for i in where[: max(room, 0)])
+        self._last = int(last[-1])
+
+    def result(self) -> IdGaps:
+        """The chain's gaps: `(last trade id covered, next trade id covered)` pairs and totals."""
         return IdGaps(tuple(self._listed), self._count, self._missing)
 
 
@@ -118,6 +166,9 @@ class FileReport:
     last_time: datetime | None
     id_gaps: IdGaps
     source_metadata: dict[str, Any] | None = field(default=None, hash=False)
+    #: aggTrades: trade ids no row covers (`ChainCollector`), and rows whose range overlaps the previous one.
+    chain_gaps: IdGaps = IdGaps()
+    chain_overlaps: int = 0
 
 
 @dataclass(frozen=True)
@@ -168,10 +219,10 @@ class Gap:
     next_first_time: datetime | None = None
 
 
-def _describe_schema_problems(schema: pa.Schema) -> list[str]:
+def _describe_schema_problems(schema: pa.Schema, data: Dataset) -> list[str]:
     problems: list[str] = []
     names = schema.names
-    expected = TRADES_SCHEMA.names
+    expected = data.schema.names
     if names != expected:
         missing = [n for n in expected if n not in names]
         extra = [n for n in names if n not in expected]
@@ -183,7 +234,7 @@ def _describe_schema_problems(schema: pa.Schema) -> list[str]:
         if not missing and not extra:
             detail.append(f"order {names}")
         problems.append(f"schema columns differ from the lake schema ({', '.join(detail)})")
-    for want in TRADES_SCHEMA:
+    for want in data.schema:
         if want.name not in names:
             continue
         got = schema.field(want.name)
@@ -299,7 +350,9 @@ def _validate_open_file(
     problems: list[str] = []
     meta = pf.metadata
     schema: pa.Schema = pf.schema_arrow
-    problems.extend(_describe_schema_problems(schema))
+    data = dataset(expected.dataset)
+    key, time_name = data.key, data.time
+    problems.extend(_describe_schema_problems(schema, data))
 
     rows = int(meta.num_rows)
     if expected.rows is not None and rows != expected.rows:
@@ -317,30 +370,37 @@ def _validate_open_file(
                 problems.append("source metadata is not a JSON object")
         except ValueError as exc:
             problems.append(f"source metadata is not valid JSON: {exc}")
+    if source_metadata is not None and source_metadata.get("dataset", "trades") != data.id:
+        problems.append(f"source metadata dataset is {source_metadata.get('dataset')!r}, expected {data.id!r}")
     if expected.market is not None or expected.symbol is not None:
         if source_metadata is None:
             problems.append("no source metadata")
         else:
-            for key, want in (("market", expected.market), ("symbol", expected.symbol)):
-                if want is not None and source_metadata.get(key) != want:
-                    problems.append(f"source metadata {key} is {source_metadata.get(key)!r}, expected {want!r}")
+            for item, want in (("market", expected.market), ("symbol", expected.symbol)):
+                if want is not None and source_metadata.get(item) != want:
+                    problems.append(f"source metadata {item} is {source_metadata.get(item)!r}, expected {want!r}")
 
     names = schema.names
     start_us = datetime_to_micros(expected.start) if expected.start is not None else None
     end_us = datetime_to_micros(expected.end) if expected.end is not None else None
-    has_ids = "trade_id" in names and pa.types.is_integer(schema.field("trade_id").type)
-    has_time = "time" in names and (
-        pa.types.is_timestamp(schema.field("time").type) or pa.types.is_integer(schema.field("time").type)
+    key_type = schema.field(key).type if key in names else None
+    has_ids = key_type is not None and (pa.types.is_integer(key_type) or pa.types.is_timestamp(key_type))
+    has_time = time_name in names and (
+        pa.types.is_timestamp(schema.field(time_name).type) or pa.types.is_integer(schema.field(time_name).type)
     )
     # An integer time column has no unit: it cannot be bounded, and the schema problem says why.
-    time_is_timestamp = has_time and pa.types.is_timestamp(schema.field("time").type)
+    time_is_timestamp = has_time and pa.types.is_timestamp(schema.field(time_name).type)
 
-    nulls = {name: _Examples(f"nulls in non-nullable column {name}") for name in _NON_NULLABLE}
-    disorder = _Examples("trade ids not strictly increasing (unsorted or duplicated)")
+    nulls = {name: _Examples(f"nulls in non-nullable column {name}") for name in data.non_nullable}
+    label = "trade ids" if key == "trade_id" else f"{key} values"
+    disorder = _Examples(f"{label} not strictly increasing (unsorted or duplicated)")
     early = _Examples("times before the period start")
     late = _Examples("times at or after the period end")
     missing_stats: list[str] = []
-    gaps = GapCollector()
+    gaps = GapCollector(step=data.step_us or 1) if data.continuity == "interval" and data.step_us else None
+    if data.continuity == "ids":
+        gaps = GapCollector()
+    chain = ChainCollector() if data.chain else None
     first_id: int | None = None
     last_id: int | None = None
     min_time: int | None = None
@@ -356,7 +416,7 @@ def _validate_open_file(
             stats = col_meta.statistics if col_meta.is_stats_set else None
             if stats is None:
                 missing_stats.append(f"row group {rg} column {name}")
-            elif name in ("trade_id", "time") and not stats.has_min_max:
+            elif name in (key, time_name) and not stats.has_min_max:
                 missing_stats.append(f"row group {rg} column {name} (no min/max)")
             if name in nulls:
                 if stats is not None and stats.has_null_count:
@@ -374,7 +434,7 @@ def _validate_open_file(
                 continue
             visit(table)
         else:
-            keep = {"trade_id", "time", *unread_null_columns}
+            keep = {key, time_name, *(data.chain or ()), *unread_null_columns}
             table, unreadable = _decode_columns(pf, rg, names if decode_all else [n for n in names if n in keep], keep)
             if unreadable:
                 problems.extend(unreadable)
@@ -383,7 +443,7 @@ def _validate_open_file(
             if table.column(name).null_count:
                 nulls[name].add(table.column(name).null_count, [f"row group {rg}"])
 
-        ids = _int_column(table, "trade_id") if has_ids else None
+        ids = _int_column(table, key) if has_ids else None
         if ids is not None and len(ids):
             prev = last_id
             step = np.diff(ids)
@@ -396,9 +456,14 @@ def _validate_open_file(
                 first_id = int(ids[0])
             last_id = int(ids[-1])
             if not len(bad) and (prev is None or ids[0] > prev):
-                gaps.add(ids)
+                if gaps is not None:
+                    gaps.add(ids)
+                if chain is not None and data.chain is not None:
+                    lo_ids, hi_ids = (_int_column(table, c) for c in data.chain)
+                    if lo_ids is not None and hi_ids is not None and len(lo_ids) == len(hi_ids) == len(ids):
+                        chain.add(lo_ids, hi_ids)
 
-        times = _int_column(table, "time") if time_is_timestamp else None
+        times = _int_column(table, time_name) if time_is_timestamp else None
         if times is not None and len(times):
             lo, hi = int(times.min()), int(times.max())
             min_time = lo if min_time is None else min(min_time, lo)
@@ -438,8 +503,10 @@ def _validate_open_file(
         last_trade_id=last_id,
         first_time=micros_to_datetime(min_time) if min_time is not None else None,
         last_time=micros_to_datetime(max_time) if max_time is not None else None,
-        id_gaps=gaps.result(),
+        id_gaps=gaps.result() if gaps is not None else IdGaps(),
         source_metadata=source_metadata,
+        chain_gaps=chain.result() if chain is not None else IdGaps(),
+        chain_overlaps=chain.overlaps if chain is not None else 0,
     )
 
 

@@ -23,7 +23,8 @@ def warm_up(features: Sequence[str] = ()) -> None:
     """Run the converter's parser, the merge's digest and each feature's bar kernel once, on two trades."""
     from tasks.bars import BarState, process_chunk
     from tasks.compact import DayDigest
-    from tasks.convert import parse_simple_piece, sniff_dialect, to_lake_table
+    from tasks.csv_dialect import sniff_dialect
+    from tasks.csv_parse import parse_simple_piece, to_lake_table
     from tasks.features import parse_feature
 
     lines = [b"1,42000.5,0.001,42.0005,1704067200000,True,True", b"2,42000.6,0.002,84.0012,1704067200001,False,True"]

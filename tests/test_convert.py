@@ -126,6 +126,7 @@ def test_spot_2024_ms_no_header(tmp_path: Path) -> None:
 
     doc = read_sources(out)
     assert doc == {
+        "dataset": "trades",
         "market": "spot",
         "symbol": "BTCUSDT",
         "sources": [
@@ -596,7 +597,8 @@ def test_result_is_a_frozen_picklable_dataclass(tmp_path: Path) -> None:
 
 
 def _pyarrow_table(text: bytes, market: Market) -> pa.Table:
-    from tasks.convert import CSV_COLUMNS, CsvDialect, csv_options, parse_csv_piece
+    from tasks.csv_dialect import CsvDialect
+    from tasks.csv_parse import CSV_COLUMNS, csv_options, parse_csv_piece
 
     dialect = CsvDialect(CSV_COLUMNS[market], header=False, time_unit="ms")
     return parse_csv_piece(text, 1, csv_options(dialect, ConvertOptions()), "s.zip", "s.csv")
@@ -604,7 +606,8 @@ def _pyarrow_table(text: bytes, market: Market) -> pa.Table:
 
 @pytest.mark.parametrize("market", ["spot", "um", "cm"])
 def test_simple_parser_gives_pyarrows_table(market: Market) -> None:
-    from tasks.convert import CSV_COLUMNS, CsvDialect, parse_simple_piece
+    from tasks.csv_dialect import CsvDialect
+    from tasks.csv_parse import CSV_COLUMNS, parse_simple_piece
     from tests.fake_archive.generate import generate_trades, render_csv
 
     spec = spec_for(market, symbol="BTCUSD_PERP" if market == "cm" else "BTCUSDT")
@@ -619,7 +622,8 @@ def test_simple_parser_gives_pyarrows_table(market: Market) -> None:
 
 def test_simple_parser_rounds_decimals_like_pyarrow() -> None:
     """Random decimals of up to 17 digits (and 2**53 units): the same doubles, bit for bit, as pyarrow's."""
-    from tasks.convert import CSV_COLUMNS, CsvDialect, parse_simple_piece
+    from tasks.csv_dialect import CsvDialect
+    from tasks.csv_parse import CSV_COLUMNS, parse_simple_piece
 
     rng = np.random.default_rng(5)
 
@@ -651,7 +655,8 @@ def test_simple_parser_rounds_decimals_like_pyarrow() -> None:
     ],
 )
 def test_simple_parser_leaves_anything_unusual_to_pyarrow(line: str) -> None:
-    from tasks.convert import CSV_COLUMNS, CsvDialect, parse_simple_piece
+    from tasks.csv_dialect import CsvDialect
+    from tasks.csv_parse import CSV_COLUMNS, parse_simple_piece
 
     text = (spot_csv(3) + line + spot_csv(3, first_id=2000)).encode()
     assert parse_simple_piece(text, CsvDialect(CSV_COLUMNS["spot"], header=False, time_unit="ms")) is None

@@ -18,10 +18,10 @@ _WARM_THEN_RUN = """
 import asyncio, sys
 from datetime import date
 from pathlib import Path
-from tasks import bars_nb, convert, digest_nb
+from tasks import bars_nb, csv_parse_nb, digest_nb
 from tasks.warmup import warm_up
 
-kernels = {"parser": convert._simple_rows_jit, "digest": digest_nb.day_runs, "bars": bars_nb.imbalance_bars}
+kernels = {"parser": csv_parse_nb.simple_rows, "digest": digest_nb.day_runs, "bars": bars_nb.imbalance_bars}
 assert all(not k.signatures for k in kernels.values()), "kernels compiled before the warm-up"
 warm_up(["ema_dollar_imbalance"])
 after_warm_up = {name: len(k.signatures) for name, k in kernels.items()}

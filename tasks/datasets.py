@@ -1,0 +1,300 @@
+"""The archive's datasets, each declared once: paths, CSV dialects, schema, key and continuity.
+
+A stage never names a dataset's columns itself: it reads them from its `Dataset`. Adding
+a dataset is adding a declaration here (and, for speed, its parser's fast path).
+
+What the archive publishes (docs/binance-archive.md):
+
+- `trades`: one row per trade, keyed by `trade_id` (consecutive ids; gaps are real, #363).
+- `aggTrades`: trades of one taker order at one price folded into one row, keyed by
+  `agg_trade_id`; each row covers trade ids `first_trade_id..last_trade_id`, and the next
+  row starts at `last_trade_id + 1`.
+- `klines`: one row per interval, keyed by `open_time`; every published interval is its
+  own dataset (`klines-1m`), in its own archive folder and lake folder.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pyarrow as pa
+
+from tasks.errors import UnsafePath
+
+TIME_TYPE = pa.timestamp("us", tz="UTC")
+
+Continuity = Literal["ids", "interval"]
+
+#: Kline intervals and their length in µs; `1s` is published for spot only. `1mo` has no
+#: fixed length (None): its rows are checked for order, not for spacing.
+_MINUTE_US = 60_000_000
+KLINE_INTERVALS: dict[str, int | None] = {
+    "1s": 1_000_000,
+    "1m": _MINUTE_US,
+    "3m": 3 * _MINUTE_US,
+    "5m": 5 * _MINUTE_US,
+    "15m": 15 * _MINUTE_US,
+    "30m": 30 * _MINUTE_US,
+    "1h": 60 * _MINUTE_US,
+    "2h": 120 * _MINUTE_US,
+    "4h": 240 * _MINUTE_US,
+    "6h": 360 * _MINUTE_US,
+    "8h": 480 * _MINUTE_US,
+    "12h": 720 * _MINUTE_US,
+    "1d": 1440 * _MINUTE_US,
+    "3d": 3 * 1440 * _MINUTE_US,
+    "1w": 7 * 1440 * _MINUTE_US,
+    "1mo": None,
+}
+#: Intervals whose rows do not fit in one day: published monthly only.
+MONTHLY_ONLY_INTERVALS = frozenset({"3d", "1w", "1mo"})
+#: The names `--dataset` accepts.
+DATASET_NAMES: tuple[str, ...] = ("trades", "aggTrades", "klines")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One dataset of the archive, as every stage needs to know it.
+
+    `csv_columns[market]` names the CSV's columns in file order with their lake names
+    (`csv_drop` lists the ones not kept); `csv_headers[market]` is the header line a file
+    carries when it has one (None: that market's files never have one; `header_aliases`
+    lists other spellings seen upstream). `epoch_columns` hold epoch times in ms or µs
+    (the unit is sniffed per file from `time`), stored as `timestamp[us, UTC]`. `key` is
+    the column the lake is sorted and de-duplicated by, strictly increasing; `time` the
+    column that must lie inside the archive's period. `positive` columns must be finite
+    and > 0, `non_negative` finite and >= 0; in each `ordered` pair (a, b), a <= b on every row.
+    `chain` (aggTrades) names the columns of a row's range, which the next row continues.
+    """
+
+    name: str
+    schema: pa.Schema
+    key: str
+    time: str
+    csv_columns: Mapping[str, tuple[str, ...]]
+    csv_headers: Mapping[str, tuple[str, ...] | None]
+    csv_types: Mapping[str, pa.DataType]
+    epoch_columns: tuple[str, ...]
+    continuity: Continuity
+    positive: tuple[str, ...] = ()
+    non_negative: tuple[str, ...] = ()
+    ordered: tuple[tuple[str, str], ...] = ()
+    chain: tuple[str, str] | None = None
+    csv_drop: tuple[str, ...] = ()
+    header_aliases: Mapping[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
+    interval: str | None = None
+
+    @property
+    def id(self) -> str:
+        """`trades`, `aggTrades`, `klines-1m`: the name stages, reports and paths use."""
+        return self.name if self.interval is None else f"{self.name}-{self.interval}"
+
+    @property
+    def step_us(self) -> int | None:
+        """Klines: the interval's length in µs (None for `1mo`); None for id-keyed datasets."""
+        return KLINE_INTERVALS[self.interval] if self.interval is not None else None
+
+    def archive_folder(self, symbol: str) -> str:
+        """The folder under `data/<market>/<granularity>/`: `trades/BTCUSDT/`, `klines/BTCUSDT/1m/`."""
+        if self.interval is None:
+            return f"{self.name}/{symbol}/"
+        return f"{self.name}/{symbol}/{self.interval}/"
+
+    @property
+    def file_tag(self) -> str:
+        """The word between symbol and date in file names: `trades`, `aggTrades`, `1m`."""
+        return self.interval if self.interval is not None else self.name
+
+    @property
+    def lake_folder(self) -> str:
+        """The folder under `lake/` (and `staging/`): `trades`, `aggTrades`, `klines/interval=1m`."""
+        return self.name if self.interval is None else f"{self.name}/interval={self.interval}"
+
+    @property
+    def non_nullable(self) -> tuple[str, ...]:
+        """Columns that must never be null."""
+        return tuple(f.name for f in self.schema if not f.nullable)
+
+    def columns_for(self, market: str) -> tuple[str, ...]:
+        """The CSV's columns for `market`, named as in the lake."""
+        return self.csv_columns[market]
+
+    def same_columns(self, schema: pa.Schema) -> bool:
+        """True when `schema` has exactly this dataset's names, types and nullability (metadata aside)."""
+        return schema.remove_metadata().equals(self.schema.remove_metadata(), check_metadata=False) and all(
+            schema.field(i).nullable == self.schema.field(i).nullable for i in range(len(self.schema))
+        )
+
+
+TRADES = Dataset(
+    name="trades",
+    # COIN-M archives carry `base_qty` (size in the base asset; `qty` counts contracts) where
+    # spot and USD-M carry `quote_qty`: both columns exist and the one a market lacks is null,
+    # so a dataset spanning markets never mislabels COIN-M sizes as quote notional.
+    schema=pa.schema(
+        [
+            pa.field("trade_id", pa.int64(), nullable=False),
+            pa.field("price", pa.float64(), nullable=False),
+            pa.field("qty", pa.float64(), nullable=False),
+            pa.field("quote_qty", pa.float64(), metadata={"doc": "price*qty; null on COIN-M"}),
+            pa.field("base_qty", pa.float64(), metadata={"doc": "COIN-M only: size in base asset"}),
+            pa.field("time", TIME_TYPE, nullable=False),
+            pa.field("is_buyer_maker", pa.bool_(), nullable=False),
+            pa.field("is_best_match", pa.bool_(), metadata={"doc": "spot only; reserved by Binance"}),
+        ]
+    ),
+    key="trade_id",
+    time="time",
+    csv_columns={
+        "spot": ("trade_id", "price", "qty", "quote_qty", "time", "is_buyer_maker", "is_best_match"),
+        "um": ("trade_id", "price", "qty", "quote_qty", "time", "is_buyer_maker"),
+        # COIN-M's 4th column is the size in the base asset (`qty` counts contracts).
+        "cm": ("trade_id", "price", "qty", "base_qty", "time", "is_buyer_maker"),
+    },
+    csv_headers={
+        "spot": None,
+        "um": ("id", "price", "qty", "quote_qty", "time", "is_buyer_maker"),
+        "cm": ("id", "price", "qty", "base_qty", "time", "is_buyer_maker"),
+    },
+    csv_types={
+        "trade_id": pa.int64(),  # ids exceed 2**31
+        "price": pa.float64(),
+        "qty": pa.float64(),
+        "quote_qty": pa.float64(),
+        "base_qty": pa.float64(),
+        "time": pa.int64(),  # converted to timestamp[us, UTC] once the unit is known
+        "is_buyer_maker": pa.bool_(),
+        "is_best_match": pa.bool_(),
+    },
+    epoch_columns=("time",),
+    continuity="ids",
+    positive=("trade_id", "price", "qty"),
+    non_negative=("quote_qty", "base_qty"),
+)
+
+_AGG_HEADER = ("agg_trade_id", "price", "quantity", "first_trade_id", "last_trade_id", "transact_time",
+               "is_buyer_maker")
+
+AGG_TRADES = Dataset(
+    name="aggTrades",
+    schema=pa.schema(
+        [
+            pa.field("agg_trade_id", pa.int64(), nullable=False),
+            pa.field("price", pa.float64(), nullable=False),
+            pa.field("qty", pa.float64(), nullable=False),
+            pa.field("first_trade_id", pa.int64(), nullable=False),
+            pa.field("last_trade_id", pa.int64(), nullable=False),
+            pa.field("time", TIME_TYPE, nullable=False),
+            pa.field("is_buyer_maker", pa.bool_(), nullable=False),
+            pa.field("is_best_match", pa.bool_(), metadata={"doc": "spot only; reserved by Binance"}),
+        ]
+    ),
+    key="agg_trade_id",
+    time="time",
+    csv_columns={
+        "spot": ("agg_trade_id", "price", "qty", "first_trade_id", "last_trade_id", "time", "is_buyer_maker",
+                 "is_best_match"),
+        "um": ("agg_trade_id", "price", "qty", "first_trade_id", "last_trade_id", "time", "is_buyer_maker"),
+        "cm": ("agg_trade_id", "price", "qty", "first_trade_id", "last_trade_id", "time", "is_buyer_maker"),
+    },
+    csv_headers={"spot": None, "um": _AGG_HEADER, "cm": _AGG_HEADER},
+    csv_types={
+        "agg_trade_id": pa.int64(),
+        "price": pa.float64(),
+        "qty": pa.float64(),
+        "first_trade_id": pa.int64(),
+        "last_trade_id": pa.int64(),
+        "time": pa.int64(),
+        "is_buyer_maker": pa.bool_(),
+        "is_best_match": pa.bool_(),
+    },
+    epoch_columns=("time",),
+    continuity="ids",
+    positive=("agg_trade_id", "price", "qty", "first_trade_id", "last_trade_id"),
+    ordered=(("first_trade_id", "last_trade_id"),),
+    chain=("first_trade_id", "last_trade_id"),
+)
+
+_KLINE_CSV = ("open_time", "open", "high", "low", "close", "volume", "close_time", "quote_volume", "trades",
+              "taker_buy_base", "taker_buy_quote", "ignore")
+_KLINE_HEADER = ("open_time", "open", "high", "low", "close", "volume", "close_time", "quote_volume", "count",
+                 "taker_buy_volume", "taker_buy_quote_volume", "ignore")
+_KLINE_FLOATS = ("open", "high", "low", "close", "volume", "quote_volume", "taker_buy_base", "taker_buy_quote")
+KLINES_SCHEMA = pa.schema(
+    [
+        pa.field("open_time", TIME_TYPE, nullable=False),
+        pa.field("open", pa.float64(), nullable=False),
+        pa.field("high", pa.float64(), nullable=False),
+        pa.field("low", pa.float64(), nullable=False),
+        pa.field("close", pa.float64(), nullable=False),
+        pa.field("volume", pa.float64(), nullable=False),
+        pa.field("close_time", TIME_TYPE, nullable=False),
+        # COIN-M writes its base-asset volume in this column whatever its header says (#267).
+        pa.field("quote_volume", pa.float64(), nullable=False, metadata={"doc": "COIN-M: base-asset volume"}),
+        pa.field("trades", pa.int64(), nullable=False),
+        pa.field("taker_buy_base", pa.float64(), nullable=False),
+        pa.field("taker_buy_quote", pa.float64(), nullable=False, metadata={"doc": "COIN-M: base-asset volume"}),
+    ]
+)
+_INTERVAL_RE = re.compile(r"\A(1s|1m|3m|5m|15m|30m|1h|2h|4h|6h|8h|12h|1d|3d|1w|1mo)\Z")
+
+
+@functools.cache
+def klines(interval: str) -> Dataset:
+    """The klines dataset of one interval (`1s`, `1m` … `1d`, `3d`, `1w`, `1mo`)."""
+    if not isinstance(interval, str) or not _INTERVAL_RE.fullmatch(interval):
+        raise UnsafePath(repr(interval), f"a kline interval must be one of {', '.join(KLINE_INTERVALS)}")
+    return Dataset(
+        name="klines",
+        interval=interval,
+        schema=KLINES_SCHEMA,
+        key="open_time",
+        time="open_time",
+        csv_columns={m: _KLINE_CSV for m in ("spot", "um", "cm")},
+        # Headers vary upstream (#283, #246): the documented names, and the spellings seen.
+        csv_headers={"spot": _KLINE_HEADER, "um": _KLINE_HEADER, "cm": _KLINE_HEADER},
+        header_aliases={m: (("open_time", "open", "high", "low", "close", "volume", "close_time",
+                             "quote_asset_volume", "number_of_trades", "taker_buy_base_asset_volume",
+                             "taker_buy_quote_asset_volume", "ignore"),
+                            ("open_time", "open", "high", "low", "close", "volume", "close_time",
+                             "base_asset_volume", "count", "taker_buy_volume", "taker_buy_base_asset_volume",
+                             "ignore"))
+                        for m in ("spot", "um", "cm")},
+        csv_types={**{c: pa.float64() for c in _KLINE_FLOATS}, "open_time": pa.int64(), "close_time": pa.int64(),
+                   "trades": pa.int64(), "ignore": pa.string()},
+        epoch_columns=("open_time", "close_time"),
+        continuity="interval",
+        positive=("open", "high", "low", "close"),
+        non_negative=("volume", "quote_volume", "trades", "taker_buy_base", "taker_buy_quote"),
+        ordered=(("low", "open"), ("low", "close"), ("open", "high"), ("close", "high"), ("open_time", "close_time"),
+                 ("taker_buy_base", "volume")),
+        csv_drop=("ignore",),
+    )
+
+
+_BY_ID: dict[str, Dataset] = {TRADES.id: TRADES, AGG_TRADES.id: AGG_TRADES}
+
+
+def dataset(dataset_id: str) -> Dataset:
+    """The dataset of an id: `trades`, `aggTrades` or `klines-<interval>`; UnsafePath for anything else."""
+    found = _BY_ID.get(dataset_id)
+    if found is not None:
+        return found
+    if isinstance(dataset_id, str) and dataset_id.startswith("klines-"):
+        return klines(dataset_id.removeprefix("klines-"))
+    raise UnsafePath(repr(dataset_id), "a dataset is trades, aggTrades or klines-<interval>")
+
+
+def dataset_ids(names: tuple[str, ...], intervals: tuple[str, ...]) -> tuple[str, ...]:
+    """Dataset ids of `--dataset` names and `--interval`s: klines once per interval, in the order given."""
+    out: list[str] = []
+    for name in names:
+        if name == "klines":
+            out.extend(klines(i).id for i in intervals)
+        else:
+            out.append(dataset(name).id)
+    return tuple(dict.fromkeys(out))

@@ -1,0 +1,163 @@
+"""aggTrades and klines through the dataset-generic core: conversion, validation, merge.
+
+The archives are derived from generated trades (`tests.fake_archive.derived`) and rendered
+in the published dialects; each test states what a stage must make of them.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tasks.archive_spec import ArchiveSpec, Market, parse_archive_name
+from tasks.compact import compact_symbol
+from tasks.convert import convert_archive
+from tasks.datasets import AGG_TRADES, TRADES, dataset, dataset_ids, klines
+from tasks.errors import InvalidData, LakeValidationError, UnsafePath
+from tasks.lake import lake_files
+from tasks.settings import ConvertOptions
+from tasks.validate import ExpectedFile, validate_parquet_file
+from tests.fake_archive.derived import aggregate, klines_of, render_agg_csv, render_klines_csv, with_orders
+from tests.fake_archive.generate import generate_trades
+
+OPTS = ConvertOptions(row_group_rows=2000)
+DAY = date(2024, 1, 1)
+
+
+def _zip(path: Path, name: str, body: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(name, body)
+    return path
+
+
+def _trades(spec: ArchiveSpec, n: int = 6000, first_id: int = 1000, seed: int = 3):
+    raw = generate_trades(n, spec.start, spec.end, first_id, seed, market=spec.market)
+    return with_orders(raw, seed)
+
+
+def test_paths_and_names_of_every_dataset() -> None:
+    agg = ArchiveSpec("um", "BTCUSDT", "daily", DAY, "aggTrades")
+    assert agg.key == "data/futures/um/daily/aggTrades/BTCUSDT/BTCUSDT-aggTrades-2024-01-01.zip"
+    assert agg.lake_dir(Path("/d")) == Path("/d/lake/aggTrades/market=um/symbol=BTCUSDT")
+    k = ArchiveSpec("spot", "BTCUSDT", "monthly", DAY, "klines-1m")
+    assert k.key == "data/spot/monthly/klines/BTCUSDT/1m/BTCUSDT-1m-2024-01.zip"
+    assert k.lake_dir(Path("/d")) == Path("/d/lake/klines/interval=1m/market=spot/symbol=BTCUSDT")
+    assert parse_archive_name("spot", "monthly", "BTCUSDT-1m-2024-01.zip", "klines-1m") == k
+    # A name of another dataset is not one of this dataset's archives.
+    assert parse_archive_name("um", "daily", "BTCUSDT-trades-2024-01-01.zip", "aggTrades") is None
+    assert dataset_ids(("trades", "klines", "aggTrades"), ("1m", "1h")) == ("trades", "klines-1m", "klines-1h",
+                                                                           "aggTrades")
+    for bad in ("klines-2m", "klines-../x", "candles", "trades\n"):
+        with pytest.raises(UnsafePath):
+            dataset(bad)
+    with pytest.raises(UnsafePath):
+        ArchiveSpec("spot", "BTCUSDT", "daily", DAY, "klines-7m")
+
+
+@pytest.mark.parametrize("market", ["spot", "um"])
+def test_agg_trades_convert_validate_and_chain(tmp_path: Path, market: Market) -> None:
+    spec = ArchiveSpec(market, "BTCUSDT", "daily", DAY, "aggTrades")
+    agg = aggregate(_trades(spec), first_agg_id=500)
+    assert len(agg) < 6000  # orders of several fills were folded
+    zip_path = _zip(tmp_path / "a.zip", spec.csv_name, render_agg_csv(agg, market, DAY))
+    result = convert_archive(zip_path, spec, "f" * 64, spec.staging_file(tmp_path), OPTS)
+    assert result.rows == len(agg)
+    assert (result.first_trade_id, result.last_trade_id) == (500, 500 + len(agg) - 1)
+    table = pq.read_table(result.path)
+    assert table.schema.names == AGG_TRADES.schema.names
+    assert table.column("first_trade_id").to_pylist()[:3] == agg.first_trade_id[:3].tolist()
+    assert np.allclose(table.column("qty").to_numpy(), agg.qty_units / 10**agg.qty_decimals)
+    assert table.column("is_best_match").null_count == (0 if market == "spot" else len(agg))
+    report = validate_parquet_file(result.path, ExpectedFile(dataset="aggTrades"))
+    assert report.chain_gaps.count == 0 and report.chain_overlaps == 0
+    # The same file checked as trades is refused: the schemas differ.
+    with pytest.raises(LakeValidationError, match="schema columns differ"):
+        validate_parquet_file(result.path, ExpectedFile(dataset="trades"))
+
+
+def test_agg_trades_chain_break_is_reported_not_refused(tmp_path: Path) -> None:
+    """An aggTrade that skips a trade id: the file lands, and the gap of trade ids is reported."""
+    spec = ArchiveSpec("um", "BTCUSDT", "daily", DAY, "aggTrades")
+    agg = aggregate(_trades(spec))
+    k = len(agg) // 2 + int(np.flatnonzero(agg.last_trade_id[len(agg) // 2:] > agg.first_trade_id[len(agg) // 2:])[0])
+    agg.first_trade_id[k] += 1  # an order of several fills: its first trade is covered by no row now
+    zip_path = _zip(tmp_path / "a.zip", spec.csv_name, render_agg_csv(agg, "um", DAY))
+    result = convert_archive(zip_path, spec, "f" * 64, spec.staging_file(tmp_path), OPTS)
+    report = validate_parquet_file(result.path, ExpectedFile(dataset="aggTrades"))
+    assert report.chain_gaps.count == 1 and report.chain_gaps.missing_ids == 1
+    assert report.chain_gaps.listed == ((int(agg.last_trade_id[k - 1]), int(agg.first_trade_id[k])),)
+
+
+def test_agg_trade_with_first_after_last_is_refused(tmp_path: Path) -> None:
+    spec = ArchiveSpec("um", "BTCUSDT", "daily", DAY, "aggTrades")
+    agg = aggregate(_trades(spec, n=500))
+    agg.first_trade_id[7] = agg.last_trade_id[7] + 5
+    zip_path = _zip(tmp_path / "a.zip", spec.csv_name, render_agg_csv(agg, "um", DAY))
+    with pytest.raises(InvalidData, match=r"1 rows with first_trade_id above last_trade_id \(id \d+ \(line 9\)\)"):
+        convert_archive(zip_path, spec, "f" * 64, spec.staging_file(tmp_path), OPTS)
+    assert not spec.staging_file(tmp_path).exists()
+
+
+@pytest.mark.parametrize(("market", "unit"), [("spot", "ms"), ("spot", "us"), ("um", "ms")])
+def test_klines_convert_every_minute_and_drop_ignore(tmp_path: Path, market: Market, unit: str) -> None:
+    spec = ArchiveSpec(market, "BTCUSDT", "daily", DAY, "klines-1m")
+    trades = _trades(ArchiveSpec(market, "BTCUSDT", "daily", DAY), n=3000)
+    k = klines_of(trades, int(spec.start.timestamp()) * 1_000_000, int(spec.end.timestamp()) * 1_000_000)
+    body = render_klines_csv(k, market, DAY, time_unit=unit)  # type: ignore[arg-type]
+    zip_path = _zip(tmp_path / "k.zip", spec.csv_name, body)
+    result = convert_archive(zip_path, spec, "f" * 64, spec.staging_file(tmp_path), OPTS)
+    assert result.rows == 1440 and result.time_unit == unit
+    table = pq.read_table(result.path)
+    assert "ignore" not in table.schema.names
+    assert table.schema == klines("1m").schema.with_metadata(table.schema.metadata)
+    opens = table.column("open_time").cast("int64").to_numpy()
+    assert (np.diff(opens) == 60_000_000).all()
+    closes = table.column("close_time").cast("int64").to_numpy()
+    assert (closes - opens == 59_999_000 if unit == "ms" else closes - opens == 59_999_999).all()
+    assert int(table.column("trades").to_numpy().sum()) == 3000
+    report = validate_parquet_file(result.path, ExpectedFile(dataset="klines-1m"))
+    assert report.id_gaps.count == 0
+
+
+def test_klines_missing_minute_is_a_gap_and_a_bad_high_is_refused(tmp_path: Path) -> None:
+    spec = ArchiveSpec("um", "BTCUSDT", "daily", DAY, "klines-1m")
+    trades = _trades(ArchiveSpec("um", "BTCUSDT", "daily", DAY), n=3000)
+    k = klines_of(trades, int(spec.start.timestamp()) * 1_000_000, int(spec.end.timestamp()) * 1_000_000)
+    lines = render_klines_csv(k, "um", DAY).splitlines(keepends=True)
+    without = b"".join(lines[:101] + lines[104:])  # header + 100 minutes, then 3 minutes left out
+    result = convert_archive(_zip(tmp_path / "k.zip", spec.csv_name, without), spec, "f" * 64,
+                             spec.staging_file(tmp_path), OPTS)
+    report = validate_parquet_file(result.path, ExpectedFile(dataset="klines-1m"))
+    assert (report.id_gaps.count, report.id_gaps.missing_ids) == (1, 3)
+    fields = lines[5].split(b",")
+    fields[2] = b"1.00"  # a high below the open
+    bad = b"".join([*lines[:5], b",".join(fields), *lines[6:]])
+    with pytest.raises(InvalidData, match="open above high"):
+        convert_archive(_zip(tmp_path / "bad.zip", spec.csv_name, bad), spec, "f" * 64,
+                        spec.staging_file(tmp_path / "other"), OPTS)
+
+
+def test_agg_trades_merge_into_one_verified_file(tmp_path: Path) -> None:
+    """Three daily aggTrades archives merge into one lake file, verified by its digest; trades untouched."""
+    first = 1
+    for i in range(3):
+        day = DAY + timedelta(days=i)
+        spec = ArchiveSpec("um", "BTCUSDT", "daily", day, "aggTrades")
+        agg = aggregate(_trades(spec, n=2000, first_id=1 + 2000 * i, seed=i), first_agg_id=first)
+        first += len(agg)
+        zip_path = _zip(tmp_path / f"{i}.zip", spec.csv_name, render_agg_csv(agg, "um", day))
+        convert_archive(zip_path, spec, f"{i}" * 64, spec.staging_file(tmp_path), OPTS)
+    result = compact_symbol(tmp_path, "um", "BTCUSDT", 1 << 30, OPTS, consolidate=True, dataset_id="aggTrades")
+    assert result.dataset == "aggTrades" and len(result.staged_merged) == 3
+    files = lake_files(tmp_path, "um", "BTCUSDT", "aggTrades")
+    assert [f.name for f in files] == ["2024-01-01_2024-01-03.parquet"]
+    assert pq.read_metadata(files[0]).num_rows == first - 1
+    report = validate_parquet_file(files[0], ExpectedFile(dataset="aggTrades"))
+    assert report.chain_gaps.count == 0 and report.id_gaps.count == 0
+    assert lake_files(tmp_path, "um", "BTCUSDT", TRADES.id) == []
