@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--granularity", default="auto", choices=["daily", "monthly", "auto"],
                    help="daily archives, monthly archives, or auto: monthly for whole published months and "
                    "daily for the rest, never both for the same days (default)")
+    p.add_argument("--dataset", nargs="+", default=None, choices=["trades", "aggTrades", "klines"],
+                   help="datasets to bring up to date, in order (default trades)")
+    p.add_argument("--interval", nargs="+", default=None, metavar="INTERVAL",
+                   help="kline intervals with --dataset klines: 1s (spot) 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d, "
+                        "monthly also 3d 1w 1mo (default 1m)")
     p.add_argument("--base-url", default=None, help="archive root (default https://data.binance.vision)")
     p.add_argument("--listing-url", default=None,
                    help="S3 listing endpoint (default https://s3-ap-northeast-1.amazonaws.com/data.binance.vision)")
@@ -164,6 +169,11 @@ def _given_settings(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, name)
         if value is not None:
             given[name] = tuple(value) if isinstance(value, list) else value
+    if args.dataset is not None or args.interval is not None:
+        names = tuple(args.dataset or ("klines",))  # --interval alone means klines of those intervals
+        intervals = tuple(args.interval or ("1m",))
+        given["datasets"] = tuple(f"klines-{i}" if n == "klines" else n for n in names
+                                  for i in (intervals if n == "klines" else ("",)))
     return given
 
 

@@ -55,7 +55,7 @@ from flows.runtime import (
 from tasks.archive_spec import ArchiveSpec, Granularity, parse_archive_name
 from tasks.atomic import remove_stale_temporaries
 from tasks.batching import Batcher, sort_published
-from tasks.compact import recover_lake
+from tasks.compact import CompactionResult, recover_lake
 from tasks.datadir import open_data_dir
 from tasks.download import Published, local_archive_matches, stored_checksum
 from tasks.errors import (
@@ -71,6 +71,7 @@ from tasks.features import from_cache, parse_feature
 from tasks.http import HttpOptions
 from tasks.ingest import IngestResult, SymbolValidation
 from tasks.labels import batch_label
+from tasks.lake import lake_sources
 from tasks.listing import Discovery
 from tasks.lock import data_dir_lock
 from tasks.plan import MissingDay
@@ -153,37 +154,46 @@ def run_pipeline(settings: Settings, notes: Sequence[str] = ()) -> PipelineRepor
         for line in startup:
             logger.warning("%s", line)
         report.notes.extend(startup)
-        steps = settings.steps
         # Saved before any task runs: a block write while tasks write their states can meet
         # SQLite's SQLITE_BUSY_SNAPSHOT on the temporary API server, answered 503, and the
         # Prefect client retries after 2 s (measured: 1 run in 2 of the e2e benchmark).
         cache = cache_storage(data_dir)
-        if "download" in steps or "convert" in steps:
-            _ingest(settings, data_dir, report, cache)
-        if "merge" in steps or "optimize" in steps:
-            report.stage_started("merge")
-            _compact(settings, data_dir, report)
-            report.stage_ended("merge")
-        # Validation, the gap report and the features only read the merged lake: they run together.
-        readers = []
-        for name, step in (("validate", _validate), ("gaps", _gaps), ("features", partial(_features, cache=cache))):
-            if name in steps:
-                report.stage_started(name)
-                readers.append((name, step(settings, data_dir, report)))
-        for name, collect in readers:
-            collect()
-            report.stage_ended(name)
-        _reread_repaired(settings, data_dir, report, cache)
-        if "cleanup" in steps:
-            report.stage_started("cleanup")
-            _cleanup(settings, data_dir, report)
-            report.stage_ended("cleanup")
+        # One pass per dataset, in the order asked: each is its own lake (`tasks.datasets`).
+        for ds in settings.datasets:
+            _run_dataset(settings.model_copy(update={"datasets": (ds,)}), data_dir, report, cache)
         publish_artifacts(report)  # flows/artifacts.py: run-summary, lake-gaps and the tables
     if settings.dask_address or settings.dask_processes:
         flush_worker_logs()  # other processes' logs; an in-process cluster's are this process's own
     # One line: the CLI prints the whole summary, and a UI run has it as the run-summary artifact.
     logger.info("%s", report.log_line())
     return report
+
+
+def _run_dataset(settings: Settings, data_dir: Path, report: PipelineReport, cache: LocalFileSystem) -> None:
+    """The steps of one dataset's pass (`settings.dataset`). Features, gap reports and repairs are of trades."""
+    steps = settings.steps
+    if "download" in steps or "convert" in steps:
+        _ingest(settings, data_dir, report, cache)
+    if "merge" in steps or "optimize" in steps:
+        report.stage_started("merge")
+        _compact(settings, data_dir, report)
+        report.stage_ended("merge")
+    # Validation, the gap report and the features only read the merged lake: they run together.
+    readers = []
+    trades_only = {"gaps", "features"}
+    for name, step in (("validate", _validate), ("gaps", _gaps), ("features", partial(_features, cache=cache))):
+        if name in steps and (settings.trades or name not in trades_only):
+            report.stage_started(name)
+            readers.append((name, step(settings, data_dir, report)))
+    for name, collect in readers:
+        collect()
+        report.stage_ended(name)
+    if settings.trades:
+        _reread_repaired(settings, data_dir, report, cache)
+    if "cleanup" in steps:
+        report.stage_started("cleanup")
+        _cleanup(settings, data_dir, report)
+        report.stage_ended("cleanup")
 
 
 def cache_storage(data_dir: Path) -> LocalFileSystem:
@@ -235,14 +245,15 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
         progress.begin("list", len(settings.symbols) * len(granularities(settings)), "folders")
         discoveries = discover_task(
             settings.listing_url, settings.market, list(settings.symbols), granularities(settings), http,
-            settings.concurrency,
+            settings.concurrency, settings.dataset,
         )
         progress.advance("list", len(discoveries))
         progress.end("list")
     else:
         discoveries = local_discoveries(settings, data_dir)
 
-    unlisted = _unlisted(settings, discoveries, http) if downloading else {}
+    # Whether a symbol exists at all is asked of the trades listing (every symbol has trades).
+    unlisted = _unlisted(settings, discoveries, http) if downloading and settings.trades else {}
     plan = plan_run(settings, discoveries, data_dir, unlisted)
     specs: list[ArchiveSpec] = plan.archives
     sizes: dict[ArchiveSpec, int] = {}
@@ -305,7 +316,8 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
     download = download_task.with_options(result_storage=cache, retries=0)
     io_runner: ThreadPoolTaskRunner[Any]
     # A damaged lake file (on record from an earlier validation) does not count as holding its archives.
-    in_lake = {s: intact_sources(data_dir, settings.market, s) for s in settings.symbols} if converting else {}
+    held_by = intact_sources if settings.trades else partial(lake_sources, dataset=settings.dataset)
+    in_lake = {s: held_by(data_dir, settings.market, s) for s in settings.symbols} if converting else {}
     fetching: set[ArchiveSpec] = set()  # downloads whose bytes come over the network (no verified local copy)
     if converting:
         progress.begin("convert", 0)  # before the first batch can end; grown as archives are queued
@@ -434,10 +446,13 @@ def _validate(settings: Settings, data_dir: Path, report: PipelineReport) -> Cal
     A symbol with a lake file that failed (or one damaged on record) is then repaired from the
     kept archives (`tasks.repair`), and its validation is the one after the repair.
     """
-    verified = {symbol: tuple(v for c in report.compactions if c.symbol == symbol for v in c.verified)
+    ds = settings.dataset
+    verified = {symbol: tuple(v for c in report.compactions if c.symbol == symbol and c.dataset == ds
+                              for v in c.verified)
                 for symbol in settings.symbols}
     futures = [
-        validate_symbol_task.submit(data_dir, settings.market, symbol, settings.start, settings.end, verified[symbol])
+        validate_symbol_task.submit(data_dir, settings.market, symbol, settings.start, settings.end, verified[symbol],
+                                    ds)
         for symbol in settings.symbols
     ]
 
@@ -449,7 +464,8 @@ def _validate(settings: Settings, data_dir: Path, report: PipelineReport) -> Cal
                 report.validation_errors.append(describe(result))
                 continue
             assert isinstance(result, SymbolValidation)
-            if result.failed_files or damage_on_record(data_dir, settings.market, result.symbol):
+            # Repairs rebuild trades files (tasks.repair); another dataset's damage stays reported.
+            if settings.trades and (result.failed_files or damage_on_record(data_dir, settings.market, result.symbol)):
                 repairs.append((result, repair_symbol_task.submit(
                     data_dir, settings.market, result.symbol, result, settings.target_file_bytes,
                     settings.convert_options, settings.start, settings.end, verified[result.symbol])))
@@ -477,7 +493,8 @@ def _validate(settings: Settings, data_dir: Path, report: PipelineReport) -> Cal
         report.validated_at_write += result.verified_at_write
         report.validation_errors.extend(result.errors)
         report.gaps.extend(
-            GapNote(settings.market, result.symbol, g.where, g.after_id, g.before_id, g.missing_ids)
+            GapNote(settings.market, result.symbol, g.where if settings.trades else f"{ds} {g.where}", g.after_id,
+                    g.before_id, g.missing_ids)
             for g in result.gaps
         )
 
@@ -525,12 +542,14 @@ def _results(futures: list[tuple[str, PrefectFuture[Any]]], errors: list[str]) -
 
 def _compact(settings: Settings, data_dir: Path, report: PipelineReport) -> None:
     mode = "optimize" if "optimize" in settings.steps else "merge"
+    what = "" if settings.trades else f" {settings.dataset}"
     futures = [
-        (symbol, f"{mode} {settings.market}/{symbol}",
+        (symbol, f"{mode}{what} {settings.market}/{symbol}",
          compact_task.submit(data_dir, settings.market, symbol, settings.target_file_bytes, settings.convert_options,
-                             mode))
+                             mode, settings.dataset))
         for symbol in settings.symbols
     ]
+    done: list[CompactionResult] = []
     progress = current()
     progress.begin("merge", len(futures), "symbols")
     for symbol, label, fut in futures:
@@ -544,8 +563,9 @@ def _compact(settings: Settings, data_dir: Path, report: PipelineReport) -> None
             report.upkeep_errors.append(f"{label}: {describe(result)}")
         else:
             report.compactions.append(result)
+            done.append(result)
     progress.end("merge")
-    for c in report.compactions:
+    for c in done:  # this pass's: an earlier dataset's were counted by its own pass
         report.landed(c.staged_merged, "merged")
         report.landed(c.staged_dropped, "lake")
         for archive, reason in c.quarantined:
@@ -601,9 +621,10 @@ def _features(settings: Settings, data_dir: Path, report: PipelineReport,
 
 
 def _cleanup(settings: Settings, data_dir: Path, report: PipelineReport) -> None:
+    what = "" if settings.trades else f" {settings.dataset}"
     futures = [
-        (f"cleanup {settings.market}/{symbol}",
-         cleanup_task.submit(data_dir, settings.market, symbol, settings.start, settings.end))
+        (f"cleanup{what} {settings.market}/{symbol}",
+         cleanup_task.submit(data_dir, settings.market, symbol, settings.start, settings.end, settings.dataset))
         for symbol in settings.symbols
     ]
     report.cleanups.extend(_results(futures, report.upkeep_errors))

@@ -30,7 +30,9 @@ class CleanupResult:
     kept: tuple[tuple[str, str], ...]  # (archive, reason)
 
 
-def cleanup_symbol(data_dir: Path, market: Market, symbol: str, start: date, end: date) -> CleanupResult:
+def cleanup_symbol(
+    data_dir: Path, market: Market, symbol: str, start: date, end: date, dataset: str = "trades"
+) -> CleanupResult:
     """Delete the ZIP and `.CHECKSUM` of every downloaded archive of the symbol within [start, end]
     whose rows are verified in the lake."""
     removed: list[str] = []
@@ -39,8 +41,8 @@ def cleanup_symbol(data_dir: Path, market: Market, symbol: str, start: date, end
     validated: dict[Path, bool] = {}
     granularities: tuple[Granularity, ...] = ("daily", "monthly")
     for granularity in granularities:
-        for zip_path in local_archives(data_dir, symbol_prefix(market, granularity, symbol)):
-            spec = parse_archive_name(market, granularity, zip_path.name)
+        for zip_path in local_archives(data_dir, symbol_prefix(market, granularity, symbol, dataset)):
+            spec = parse_archive_name(market, granularity, zip_path.name, dataset)
             if spec is None or spec.symbol != symbol or spec.last_day < start or spec.first_day > end:
                 continue
             reason = _why_keep(spec, data_dir, validated)
@@ -66,7 +68,7 @@ def _why_keep(spec: ArchiveSpec, data_dir: Path, validated: dict[Path, bool]) ->
     path, _ = held
     if path not in validated:
         try:
-            validate_parquet_file(path, ExpectedFile(rows=_rows(path)))
+            validate_parquet_file(path, ExpectedFile(rows=_rows(path), dataset=spec.dataset))
             validated[path] = True
         except LakeValidationError:
             validated[path] = False

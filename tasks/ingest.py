@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tasks.archive_spec import ArchiveSpec, Market
 from tasks.convert import convert_archive
+from tasks.datasets import dataset
 from tasks.errors import ChecksumMismatch, LakeValidationError, NotDownloaded, PipelineError, TradeIdCollision
 from tasks.lake import LakeEntry, lake_inventory, lake_source, staging_holds
 from tasks.refusals import ARCHIVE_CONTENT_KINDS, note_content_refusal
@@ -67,7 +68,7 @@ def ingest_archive(spec: ArchiveSpec, sha256: str, data_dir: Path, options: Conv
     out = spec.staging_file(data_dir)
     if staging_holds(spec, sha256, data_dir):
         try:
-            report = validate_parquet_file(out, _expected_for(spec, None))
+            report = validate_parquet_file(out, _expected_for(spec, None, spec.dataset))
         except LakeValidationError:
             pass  # rebuild it from the archive below
         else:
@@ -122,7 +123,7 @@ def _dropped(report: FileReport) -> int:
     return sum(int(s.get("duplicates_dropped", 0)) for s in sources)
 
 
-def _expected_for(spec: ArchiveSpec | None, entry: LakeEntry | None) -> ExpectedFile:
+def _expected_for(spec: ArchiveSpec | None, entry: LakeEntry | None, dataset_id: str = "trades") -> ExpectedFile:
     """What a lake file must satisfy: rows from its own source metadata, times inside its days."""
     if entry is not None:
         first, last = entry.first_day, entry.last_day
@@ -132,7 +133,7 @@ def _expected_for(spec: ArchiveSpec | None, entry: LakeEntry | None) -> Expected
         first, last, rows = spec.first_day, spec.last_day, None
     start = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
     end = datetime.combine(last + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
-    return ExpectedFile(rows=rows, start=start, end=end)
+    return ExpectedFile(rows=rows, start=start, end=end, dataset=dataset_id)
 
 
 @dataclass(frozen=True)
@@ -158,10 +159,12 @@ class SymbolValidation:
     unlisted_gaps: int = 0
     verified_at_write: int = 0  # files whose report came from this run's merge (not read again)
     failed_files: tuple[Path, ...] = ()  # lake files that failed validation (for tasks.repair)
+    dataset: str = "trades"
 
 
 def validate_symbol(
-    data_dir: Path, market: Market, symbol: str, start: date, end: date, verified: Sequence[VerifiedFile] = ()
+    data_dir: Path, market: Market, symbol: str, start: date, end: date, verified: Sequence[VerifiedFile] = (),
+    dataset_id: str = "trades",
 ) -> SymbolValidation:
     """Validate the lake files of a symbol overlapping [start, end], and their neighbours' continuity.
 
@@ -170,8 +173,11 @@ def validate_symbol(
     files are reported; they are real in Binance data (binance-public-data#363) and are
     not errors. Files whose ranges overlap are errors. A file in `verified` (written and
     validated in full by this run's merge) that is unchanged since is not read again.
+    For klines the "ids" are open times and a gap is missing intervals; for aggTrades the
+    trade ids their rows leave out (a break of the first/last trade id chain) are gaps too.
     """
-    entries = lake_inventory(data_dir, market, symbol)
+    data = dataset(dataset_id)
+    entries = lake_inventory(data_dir, market, symbol, dataset_id)
     chosen = [e for e in entries if e.last_day >= start and e.first_day <= end]
     # One neighbour on each side, so continuity across the range's borders is checked too.
     before = [e for e in entries if e.last_day < start]
@@ -190,22 +196,32 @@ def validate_symbol(
             continue
         known = next((v for v in verified if v.still_matches(entry.path)), None)
         try:
-            rep = known.report if known is not None else validate_parquet_file(entry.path, _expected_for(None, entry))
+            rep = known.report if known is not None else validate_parquet_file(
+                entry.path, _expected_for(None, entry, dataset_id))
             reused += known is not None
         except PipelineError as exc:
             errors.append(str(exc))
             failed.append(entry.path)
             continue
         reports.append(rep)
-        gaps.extend(SymbolGap(entry.path.name, a, b, b - a - 1) for a, b in rep.id_gaps.listed)
+        step = data.step_us or 1
+        gaps.extend(SymbolGap(entry.path.name, a, b, (b - a) // step - 1) for a, b in rep.id_gaps.listed)
         unlisted += rep.id_gaps.count - len(rep.id_gaps.listed)
+        gaps.extend(SymbolGap(f"{entry.path.name} (trade ids no aggTrade covers)", a, b, b - a - 1)
+                    for a, b in rep.chain_gaps.listed)
+        if rep.chain_overlaps:
+            errors.append(f"{entry.path}: {rep.chain_overlaps} aggTrades cover trade ids of the row before them")
     for g in continuity_gaps(reports):
         where = f"{g.prev_path.name} -> {g.next_path.name}"
         if g.overlap:
-            errors.append(f"{where}: trade ids overlap between adjacent files ({g.prev_last_id} >= {g.next_first_id})")
-        else:
+            errors.append(f"{where}: {data.key} values overlap between adjacent files "
+                          f"({g.prev_last_id} >= {g.next_first_id})")
+        elif data.continuity == "ids":
             gaps.append(SymbolGap(where, g.prev_last_id, g.next_first_id, g.size))
+        elif data.step_us and g.next_first_id - g.prev_last_id > data.step_us:
+            gaps.append(SymbolGap(where, g.prev_last_id, g.next_first_id,
+                                  (g.next_first_id - g.prev_last_id) // data.step_us - 1))
     return SymbolValidation(
         market, symbol, len(reports), sum(r.rows for r in reports), tuple(gaps), tuple(errors), unlisted, reused,
-        tuple(failed),
+        tuple(failed), dataset_id,
     )

@@ -22,11 +22,11 @@ from xml.etree import ElementTree as ET
 import aiohttp
 
 from tasks.archive_spec import (
-    MARKET_PATH,
     SYMBOL_RE,
     ArchiveSpec,
     Granularity,
     Market,
+    dataset_prefix,
     parse_archive_name,
     symbol_prefix,
 )
@@ -135,11 +135,12 @@ class Discovery:
     #: network faults past every retry (worth another run) rather than a malformed answer.
     error: str | None = None
     transient: bool = False
+    dataset: str = "trades"
 
     @property
     def prefix(self) -> str:
         """The listing prefix of this folder: `data/spot/daily/trades/BTCUSDT/`."""
-        return symbol_prefix(self.market, self.granularity, self.symbol)
+        return symbol_prefix(self.market, self.granularity, self.symbol, self.dataset)
 
     def periods(self) -> set[date]:
         """Published periods: days, or first days of months."""
@@ -152,13 +153,14 @@ def classify_keys(
     symbol: str,
     objects: list[ListedObject],
     folders: Sequence[str] = (),
+    dataset: str = "trades",
 ) -> Discovery:
     """Turn listed keys into archive specs, refusing any key that is not a plain file in the folder.
 
     A key is only ever used to recognise a published period; local paths are built from
     the spec, never from the key, so a hostile key cannot place a file anywhere.
     """
-    prefix = symbol_prefix(market, granularity, symbol)
+    prefix = symbol_prefix(market, granularity, symbol, dataset)
     archives: dict[ArchiveSpec, int] = {}
     rejected: list[tuple[str, str]] = []
     for obj in objects:
@@ -175,7 +177,7 @@ def classify_keys(
         if not name.endswith(".zip"):
             continue  # other objects (e.g. stray files) are not archives; nothing to do with them
         try:
-            spec = parse_archive_name(market, granularity, name)
+            spec = parse_archive_name(market, granularity, name, dataset)
         except (UnsafePath, ValueError):  # e.g. a symbol part longer than a symbol may be
             spec = None
         if spec is None or spec.symbol != symbol:
@@ -189,7 +191,7 @@ def classify_keys(
         unsafe = not folder.startswith(prefix) or ".." in rest.split("/") or rest.startswith("/")
         reason = "unsafe key: it would escape the symbol's folder" if unsafe else "unexpected sub-folder"
         rejected.append((folder, reason))
-    return Discovery(market, symbol, granularity, archives, tuple(rejected))
+    return Discovery(market, symbol, granularity, archives, tuple(rejected), dataset=dataset)
 
 
 async def discover(
@@ -199,6 +201,7 @@ async def discover(
     granularities: list[Granularity],
     options: HttpOptions,
     concurrency: int = 8,
+    dataset: str = "trades",
 ) -> list[Discovery]:
     """List every (symbol, granularity) folder concurrently; a folder that cannot be listed fails alone.
 
@@ -210,23 +213,25 @@ async def discover(
         async def one(symbol: str, granularity: Granularity) -> Discovery:
             try:
                 async with sem:
-                    prefix = symbol_prefix(market, granularity, symbol)
+                    prefix = symbol_prefix(market, granularity, symbol, dataset)
                     objects, folders = await list_prefix(session, listing_url, prefix, options)
-                return classify_keys(market, granularity, symbol, objects, folders)
+                return classify_keys(market, granularity, symbol, objects, folders, dataset)
             except PipelineError as exc:  # a malformed page or a dead folder costs only this folder
                 return Discovery(market, symbol, granularity, error=describe(exc),
-                                 transient=isinstance(exc, TransientNetworkError))
+                                 transient=isinstance(exc, TransientNetworkError), dataset=dataset)
 
         return list(await asyncio.gather(*(one(s, g) for s in symbols for g in granularities)))
 
 
-async def list_symbols(listing_url: str, market: Market, granularity: Granularity, options: HttpOptions) -> list[str]:
+async def list_symbols(
+    listing_url: str, market: Market, granularity: Granularity, options: HttpOptions, dataset: str = "trades"
+) -> list[str]:
     """Every symbol folder of a market (spot alone has more than 1,000: pagination matters).
 
     A folder whose name is not a symbol (`[A-Z0-9_]{1,40}`: e.g. `../`, a space, lower case, a
     trailing newline) is left out and logged, so one odd folder cannot stop an update of all.
     """
-    base = f"data/{MARKET_PATH[market]}/{granularity}/trades/"
+    base = dataset_prefix(market, granularity, dataset)
     async with make_session(options) as session:
         _, prefixes = await list_prefix(session, listing_url, base, options)
     symbols = []

@@ -57,6 +57,7 @@ def plan_symbol(
     published_daily: set[date],
     published_monthly: set[date],
     lake: dict[date, SourceRef],
+    dataset: str = "trades",
 ) -> Plan:
     """Choose the archives for one symbol.
 
@@ -84,7 +85,7 @@ def plan_symbol(
             note = ""
         if use_monthly:
             if month in published_monthly:
-                plan.archives.append(ArchiveSpec(market, symbol, "monthly", month))
+                plan.archives.append(ArchiveSpec(market, symbol, "monthly", month, dataset))
             else:
                 plan.missing.extend(MissingDay(market, symbol, d, "monthly archive not published") for d in req_days)
             continue
@@ -93,7 +94,7 @@ def plan_symbol(
             if held is not None and held.granularity == "monthly":
                 continue  # provided by the monthly archive already in the lake
             if day in published_daily:
-                plan.archives.append(ArchiveSpec(market, symbol, "daily", day))
+                plan.archives.append(ArchiveSpec(market, symbol, "daily", day, dataset))
             else:
                 reason = "daily archive not published"
                 plan.missing.append(MissingDay(market, symbol, day, f"{reason}; {note}" if note else reason))

@@ -66,14 +66,14 @@ def archive_cache_key(stage: str) -> Any:
     return key
 
 
-@task(name="discover", task_run_name="discover {market}", persist_result=False, retries=2, retry_delay_seconds=5,
-      retry_condition_fn=retry_if_transient)
+@task(name="discover", task_run_name="discover {market} {dataset}", persist_result=False, retries=2,
+      retry_delay_seconds=5, retry_condition_fn=retry_if_transient)
 def discover_task(
     listing_url: str, market: Market, symbols: list[str], granularities: list[Granularity], http: HttpOptions,
-    concurrency: int,
+    concurrency: int, dataset: str = "trades",
 ) -> list[Discovery]:
-    """List what the bucket publishes for each symbol and granularity."""
-    found = asyncio.run(discover(listing_url, market, symbols, granularities, http, concurrency))
+    """List what the bucket publishes for each symbol and granularity (of one dataset)."""
+    found = asyncio.run(discover(listing_url, market, symbols, granularities, http, concurrency, dataset))
     logger = get_run_logger()
     for d in found:
         if d.error:
@@ -149,15 +149,16 @@ def ingest_batch_task(
     return out
 
 
-@task(name="validate-symbol", task_run_name="validate {market}/{symbol}", persist_result=False)
+@task(name="validate-symbol", task_run_name="validate {dataset} {market}/{symbol}", persist_result=False)
 def validate_symbol_task(
-    data_dir: Path, market: Market, symbol: str, start: Any, end: Any, verified: tuple[VerifiedFile, ...] = ()
+    data_dir: Path, market: Market, symbol: str, start: Any, end: Any, verified: tuple[VerifiedFile, ...] = (),
+    dataset: str = "trades",
 ) -> SymbolValidation:
-    """Validate every lake file of a symbol overlapping [start, end] and the id continuity between them.
+    """Validate every lake file of a symbol overlapping [start, end] and the key continuity between them.
 
     `verified`: files this run's merge wrote and validated in full; unchanged, they are not read again.
     """
-    return validate_symbol(data_dir, market, symbol, start, end, verified)
+    return validate_symbol(data_dir, market, symbol, start, end, verified, dataset)
 
 
 @task(name="repair-symbol", task_run_name="repair {market}/{symbol}", persist_result=False)
@@ -173,12 +174,14 @@ def repair_symbol_task(
     return result, after
 
 
-@task(name="merge-symbol", task_run_name="{mode} {market}/{symbol}", persist_result=False)
+@task(name="merge-symbol", task_run_name="{mode} {dataset} {market}/{symbol}", persist_result=False)
 def compact_task(
-    data_dir: Path, market: Market, symbol: str, target_bytes: int, options: ConvertOptions, mode: str
+    data_dir: Path, market: Market, symbol: str, target_bytes: int, options: ConvertOptions, mode: str,
+    dataset: str = "trades",
 ) -> CompactionResult:
     """Merge the symbol's staged archives into the lake (mode "merge") or re-pack it too ("optimize")."""
-    result = compact_symbol(data_dir, market, symbol, target_bytes, options, consolidate=mode == "optimize")
+    result = compact_symbol(data_dir, market, symbol, target_bytes, options, consolidate=mode == "optimize",
+                            dataset_id=dataset)
     if result.files_written or result.files_removed:
         get_run_logger().info(
             "%s/%s: wrote %s (%d rows, %d bytes), removed %d files, merged %d staged archives in %.2fs",
@@ -199,10 +202,12 @@ def gaps_task(
     return report
 
 
-@task(name="cleanup-archives", task_run_name="cleanup {market}/{symbol}", persist_result=False)
-def cleanup_task(data_dir: Path, market: Market, symbol: str, start: date, end: date) -> CleanupResult:
+@task(name="cleanup-archives", task_run_name="cleanup {dataset} {market}/{symbol}", persist_result=False)
+def cleanup_task(
+    data_dir: Path, market: Market, symbol: str, start: date, end: date, dataset: str = "trades"
+) -> CleanupResult:
     """Delete the symbol's downloaded archives whose rows are verified in the lake."""
-    result = cleanup_symbol(data_dir, market, symbol, start, end)
+    result = cleanup_symbol(data_dir, market, symbol, start, end, dataset)
     get_run_logger().info("%s/%s: removed %d archives, %d bytes freed; kept %d",
                           market, symbol, len(result.removed), result.bytes_freed, len(result.kept))
     return result

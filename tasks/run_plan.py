@@ -181,13 +181,13 @@ def local_discoveries(settings: Settings, data_dir: Path) -> list[Discovery]:
     found = []
     for symbol in settings.symbols:
         for g in granularities(settings):
-            probe = ArchiveSpec(settings.market, symbol, g, settings.start.replace(day=1))
+            probe = ArchiveSpec(settings.market, symbol, g, settings.start.replace(day=1), settings.dataset)
             specs = {}
             for path in local_archives(data_dir, probe.folder_key):
-                spec = parse_archive_name(settings.market, g, path.name)
+                spec = parse_archive_name(settings.market, g, path.name, settings.dataset)
                 if spec is not None and spec.symbol == symbol:
                     specs[spec] = path.stat().st_size
-            found.append(Discovery(settings.market, symbol, g, specs))
+            found.append(Discovery(settings.market, symbol, g, specs, dataset=settings.dataset))
     return found
 
 
@@ -215,12 +215,12 @@ def plan_run(settings: Settings, discoveries: Sequence[Discovery], data_dir: Pat
             p.rejected.extend(d.rejected)
         daily = set().union(*(d.periods() for d in mine if d.granularity == "daily"))
         monthly = set().union(*(d.periods() for d in mine if d.granularity == "monthly"))
-        entries = lake_inventory(data_dir, settings.market, symbol)
+        entries = lake_inventory(data_dir, settings.market, symbol, settings.dataset)
         held = coverage(entries)
         planned = plan_symbol(settings.market, symbol, settings.start, settings.end, settings.granularity, daily,
-                              monthly, held)
+                              monthly, held, settings.dataset)
         p.archives, p.missing = planned.archives, planned.missing
-        if downloading:
+        if downloading and settings.dataset == "trades":  # repairs: trades only so far
             p.restoring = restore_specs(data_dir, settings.market, symbol)
         sources = {s.archive for e in entries for s in e.sources}
         p.in_lake = {s for s in p.fetch if s.key in sources}
@@ -229,7 +229,7 @@ def plan_run(settings: Settings, discoveries: Sequence[Discovery], data_dir: Pat
         p.lake_days = len(requested)
         p.lake_rows = sum(s.rows for s in {held[d] for d in requested})
         p.lake_span = (min(held), max(held)) if held else None
-        p.staged = len(staged_inventory(data_dir, settings.market, symbol))
+        p.staged = len(staged_inventory(data_dir, settings.market, symbol, settings.dataset))
     return plan
 
 

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     granularity: Literal["daily", "monthly", "auto"] = Field(
         "auto", description="auto: monthly archives for whole published months, daily for the rest."
     )
+    datasets: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("trades",), description="Datasets, in order: trades, aggTrades, klines-<interval> (e.g. klines-1m)."
+    )
     base_url: str = DEFAULT_BASE_URL
     listing_url: str = DEFAULT_LISTING_URL
     concurrency: int = Field(8, ge=1, le=64, description="Downloads in flight at once.")
@@ -150,6 +153,23 @@ class Settings(BaseSettings):
         False, description="Fail the run on any refused archive, also one already refused under the same "
         "published checksum (by default such a known refusal is reported but fails only the run that found it).",
     )
+
+    @field_validator("datasets", mode="before")
+    @classmethod
+    def _split_datasets(cls, value: object) -> object:
+        return split_list(value, r"[\s,]+", ",")
+
+    @field_validator("datasets")
+    @classmethod
+    def _check_datasets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from tasks.datasets import dataset
+
+        if not value:
+            raise ValueError("at least one dataset is needed: trades, aggTrades or klines-<interval>")
+        try:
+            return tuple(dict.fromkeys(dataset(v).id for v in value))
+        except UnsafePath as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("symbols", "steps", mode="before")
     @classmethod
@@ -227,7 +247,22 @@ class Settings(BaseSettings):
     def _check_range(self) -> Settings:
         if self.end < self.start:
             raise ValueError(f"end {self.end} is before start {self.start}")
+        if "klines-1s" in self.datasets and self.market != "spot":
+            raise ValueError("klines of 1s are published for spot only")
+        monthly_only = [d for d in self.datasets if d in ("klines-3d", "klines-1w", "klines-1mo")]
+        if monthly_only and self.granularity == "daily":
+            raise ValueError(f"{', '.join(monthly_only)} are published monthly only: use --granularity monthly or auto")
         return self
+
+    @property
+    def dataset(self) -> str:
+        """The dataset a pipeline pass works on: the first of `datasets` (a run makes one pass per dataset)."""
+        return self.datasets[0]
+
+    @property
+    def trades(self) -> bool:
+        """True when this pass is over trades (the dataset features and repairs work from)."""
+        return self.dataset == "trades"
 
     @property
     def convert_options(self) -> ConvertOptions:

@@ -161,3 +161,78 @@ def test_agg_trades_merge_into_one_verified_file(tmp_path: Path) -> None:
     report = validate_parquet_file(files[0], ExpectedFile(dataset="aggTrades"))
     assert report.chain_gaps.count == 0 and report.id_gaps.count == 0
     assert lake_files(tmp_path, "um", "BTCUSDT", TRADES.id) == []
+
+
+@pytest.mark.slow
+def test_flow_brings_trades_agg_trades_and_klines_up_to_date(
+    tmp_path: Path, fake_archive: object, dask_address: str, prefect_api: str
+) -> None:
+    """One run of the flow with three datasets: each lands in its own lake, validated; a re-run is all cached."""
+    from flows.full_pipeline import full_pipeline
+    from flows.runtime import dask_runner
+    from tasks.report import PipelineReport, RunFailed
+    from tasks.settings import Settings
+    from tests.fake_archive.derived import publish_derived
+    from tests.fake_archive.scenarios import make_spec, publish_trades
+
+    fa = fake_archive
+    published = {}
+    next_id, next_agg = 1, 1
+    for i in range(2):
+        day = DAY + timedelta(days=i)
+        spec = make_spec("um", "BTCUSDT", day.isoformat())
+        trades = with_orders(generate_trades(4000, spec.start, spec.end, next_id, seed=i, market="um"), seed=i)
+        publish_trades(fa, spec, trades)  # type: ignore[arg-type]
+        for ds, (s, rows) in publish_derived(fa, "um", "BTCUSDT", day, trades, next_agg).items():  # type: ignore[misc]
+            published.setdefault(ds, []).append((s, rows))
+        next_id += 4000
+        next_agg += published["aggTrades"][-1][1]
+
+    def run() -> PipelineReport:
+        settings = Settings(data_dir=tmp_path / "data", market="um", symbols=("BTCUSDT",), start=DAY,
+                            end=DAY + timedelta(days=1), granularity="daily",
+                            datasets=("trades", "aggTrades", "klines-1m"), base_url=fa.base_url,  # type: ignore[attr-defined]
+                            listing_url=fa.listing_url, dask_address=dask_address, retries=1,  # type: ignore[attr-defined]
+                            retry_base_delay=0.01, features=())
+        state = full_pipeline.with_options(task_runner=dask_runner(settings))(settings=settings, return_state=True)
+        result = state.result(raise_on_failure=False)
+        report = result.report if isinstance(result, RunFailed) else result
+        assert isinstance(report, PipelineReport), result
+        assert state.is_completed(), report.summary()
+        return report
+
+    report = run()
+    status = {o.archive: (o.status, o.where) for o in report.outcomes}
+    for specs in published.values():
+        for spec, _ in specs:
+            assert status[spec.key] == ("ingested", "merged"), (spec.key, status)
+    data = tmp_path / "data"
+    for ds, specs in published.items():
+        files = lake_files(data, "um", "BTCUSDT", ds)
+        assert [f.name for f in files] == ["2024-01-01_2024-01-02.parquet"], ds
+        assert pq.read_metadata(files[0]).num_rows == sum(rows for _, rows in specs)
+        validate_parquet_file(files[0], ExpectedFile(dataset=ds))
+    assert report.validation_errors == []
+    assert (data / "lake" / "klines" / "interval=1m" / "market=um" / "symbol=BTCUSDT").is_dir()
+    # Nothing new: every archive of every dataset is reported as already in the lake.
+    again = run()
+    assert {o.status for o in again.outcomes} == {"cached"}, again.summary()
+
+
+def test_command_line_datasets_and_intervals(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from flows.cli import settings_from_args
+    from tasks.settings import describe_settings_error
+
+    base = ["--data-dir", str(tmp_path), "--symbols", "BTCUSDT", "--start", "2024-01-01", "--end", "2024-01-02"]
+    assert settings_from_args(base).datasets == ("trades",)
+    got = settings_from_args([*base, "--dataset", "trades", "klines", "aggTrades", "--interval", "1m", "1h"])
+    assert got.datasets == ("trades", "klines-1m", "klines-1h", "aggTrades")
+    assert settings_from_args([*base, "--dataset", "klines"]).datasets == ("klines-1m",)
+    for bad, words in ((["--interval", "7m"], "kline interval must be one of"),
+                       (["--market", "um", "--dataset", "klines", "--interval", "1s"], "1s are published for spot"),
+                       (["--granularity", "daily", "--dataset", "klines", "--interval", "1w"], "monthly only")):
+        with pytest.raises(ValidationError) as info:
+            settings_from_args([*base, *bad])
+        assert words in describe_settings_error(info.value)

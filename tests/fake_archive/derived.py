@@ -225,3 +225,26 @@ def render_klines_csv(k: Klines, market: Market, day: date, *, header: bool | No
         lines.append(f"{o // per},{','.join(prices)},{vol},{close_time},{quote},{int(k.trades[i])},{buy},"
                      f"{buy_quote},0\n")
     return (KLINE_HEADER if with_header else b"") + "".join(lines).encode()
+
+
+def publish_derived(fa: object, market: Market, symbol: str, day: date, trades: Trades,
+                    first_agg_id: int = 1) -> dict[str, object]:
+    """Publish the day's aggTrades and 1m klines, derived from `trades`, beside its trades archive.
+
+    Returns {dataset id: (spec, rows)}; `fa` is a `FakeArchive`.
+    """
+    from datetime import UTC, datetime, timedelta
+
+    from tasks.archive_spec import ArchiveSpec
+
+    start = int(datetime.combine(day, datetime.min.time(), tzinfo=UTC).timestamp()) * 1_000_000
+    end = start + int(timedelta(days=1).total_seconds()) * 1_000_000
+    agg = aggregate(trades, first_agg_id)
+    k = klines_of(trades, start, end)
+    out: dict[str, object] = {}
+    for ds, body, rows in (("aggTrades", render_agg_csv(agg, market, day), len(agg)),
+                           ("klines-1m", render_klines_csv(k, market, day), len(k))):
+        spec = ArchiveSpec(market, symbol, "daily", day, ds)
+        fa.publish(spec, body)  # type: ignore[attr-defined]
+        out[ds] = (spec, rows)
+    return out
