@@ -264,6 +264,17 @@ def summary_markdown(report: PipelineReport) -> str:
     elif report.missing:
         parts.append("### Days not published\n\n" + markdown_table(
             ["symbol", "days", "why"], _capped(missing_ranges(report.missing), 3, "runs of days")))
+    audit_rows: list[list[object]] = [
+        [f"{a.market}/{a.symbol}", m.day, m.kind, num(m.count), short(m.samples[0], 80) if m.samples else ""]
+        for a in report.audits for m in a.mismatches
+    ]
+    if audit_rows:
+        parts.append("### Audit: datasets that disagree (a fact about the archive; the data landed)\n\n"
+                     + markdown_table(["symbol", "day", "kind", "count", "e.g."], _capped(audit_rows, 5, "mismatches"),
+                                      right=(3,)))
+    elif report.audits:
+        checks = sum(sum(a.checked.values()) for a in report.audits)
+        parts.append(f"Audit: {num(checks)} day checks across datasets, all in agreement.")
     if report.validated_files:
         at_write = f" ({num(report.validated_at_write)} as the merge wrote them)" if report.validated_at_write else ""
         parts.append(f"Validated {num(report.validated_files)} lake files{at_write}.")

@@ -54,6 +54,7 @@ from flows.runtime import (
 )
 from tasks.archive_spec import ArchiveSpec, Granularity, parse_archive_name
 from tasks.atomic import remove_stale_temporaries
+from tasks.audit import AUDITED_DATASETS, lake_datasets
 from tasks.batching import Batcher, sort_published
 from tasks.compact import CompactionResult, recover_lake
 from tasks.datadir import open_data_dir
@@ -77,6 +78,7 @@ from tasks.lock import data_dir_lock
 from tasks.plan import MissingDay
 from tasks.prefect_cache import LakeCacheStorage
 from tasks.prefect_tasks import (
+    audit_task,
     checksums_task,
     cleanup_task,
     compact_task,
@@ -161,6 +163,13 @@ def run_pipeline(settings: Settings, notes: Sequence[str] = ()) -> PipelineRepor
         # One pass per dataset, in the order asked: each is its own lake (`tasks.datasets`).
         for ds in settings.datasets:
             _run_dataset(settings.model_copy(update={"datasets": (ds,)}), data_dir, report, cache)
+        # The audit is for symbols with two datasets or more in the lake (file names only: cheap).
+        audited = [s for s in settings.symbols
+                   if len(lake_datasets(data_dir, settings.market, s, AUDITED_DATASETS)) > 1]
+        if "audit" in settings.steps and audited:
+            report.stage_started("audit")
+            _audit(settings.model_copy(update={"symbols": tuple(audited)}), data_dir, report)
+            report.stage_ended("audit")
         publish_artifacts(report)  # flows/artifacts.py: run-summary, lake-gaps and the tables
     if settings.dask_address or settings.dask_processes:
         flush_worker_logs()  # other processes' logs; an in-process cluster's are this process's own
@@ -618,6 +627,16 @@ def _features(settings: Settings, data_dir: Path, report: PipelineReport,
                 report.features.append(from_cache(result) if fut.state.name == "Cached" else result)
 
     return collect
+
+
+def _audit(settings: Settings, data_dir: Path, report: PipelineReport) -> None:
+    """Check each symbol's datasets in the lake against each other (symbols holding two or more)."""
+    futures = [
+        (f"audit {settings.market}/{symbol}",
+         audit_task.submit(data_dir, settings.market, symbol, settings.start, settings.end))
+        for symbol in settings.symbols
+    ]
+    report.audits.extend(a for a in _results(futures, report.upkeep_errors) if a is not None)
 
 
 def _cleanup(settings: Settings, data_dir: Path, report: PipelineReport) -> None:

@@ -24,6 +24,7 @@ from prefect.logging import get_run_logger
 from prefect.utilities.hashing import hash_objects
 
 from tasks.archive_spec import ArchiveSpec, Granularity, Market
+from tasks.audit import AUDITED_DATASETS, AuditReport, audit_symbol, lake_datasets, write_audit_report
 from tasks.cleanup import CleanupResult, cleanup_symbol
 from tasks.compact import CompactionResult, compact_symbol
 from tasks.download import DownloadResult, Published, download_archive, fetch_checksums
@@ -199,6 +200,24 @@ def gaps_task(
     """Build and write the symbol's gap report."""
     report = gap_report(data_dir, market, symbol, start, end, not_published, tolerance_s, refused_now)
     write_gap_report(data_dir, report)
+    return report
+
+
+@task(name="audit", task_run_name="audit {market}/{symbol}", persist_result=False)
+def audit_task(data_dir: Path, market: Market, symbol: str, start: date, end: date) -> AuditReport | None:
+    """Check the symbol's datasets in the lake against each other; None when it holds fewer than two.
+
+    Mismatches are reported (and written beside the gap report), never raised: they are facts about the archive.
+    """
+    held = lake_datasets(data_dir, market, symbol, AUDITED_DATASETS)
+    if len(held) < 2:
+        return None
+    report = audit_symbol(data_dir, market, symbol, start, end, held)
+    path = write_audit_report(data_dir, report)
+    logger = get_run_logger()
+    for line in report.summary_lines():
+        (logger.warning if line.startswith("  ") else logger.info)("%s", line)
+    logger.info("audit report: %s", path)
     return report
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Literal
 
+from tasks.audit import AuditReport
 from tasks.cleanup import CleanupResult
 from tasks.compact import CompactionResult
 from tasks.features import FeatureResult
@@ -77,6 +78,7 @@ class PipelineReport:
     validated_at_write: int = 0  # of those, validated in full by this run's merge as it wrote them
     compactions: list[CompactionResult] = field(default_factory=list)
     gap_reports: list[GapReport] = field(default_factory=list)
+    audits: list[AuditReport] = field(default_factory=list)  # datasets of a symbol checked against each other
     cleanups: list[CleanupResult] = field(default_factory=list)
     features: list[FeatureResult] = field(default_factory=list)
     repairs: list[RepairResult] = field(default_factory=list)  # damaged lake files rebuilt, or not (validate step)
@@ -169,6 +171,7 @@ class PipelineReport:
         self.validated_at_write += other.validated_at_write
         self.compactions.extend(other.compactions)
         self.gap_reports.extend(other.gap_reports)
+        self.audits.extend(other.audits)
         self.cleanups.extend(other.cleanups)
         self.features.extend(other.features)
         self.repairs.extend(other.repairs)
@@ -277,6 +280,8 @@ class PipelineReport:
                 lines.append(f"  ... and {len(self.gaps) - 20} more")
         for gr in self.gap_reports:
             lines.extend(gr.summary_lines())
+        for audit in self.audits:
+            lines.extend(audit.summary_lines())
         if self.stages:
             lines.append(f"stages (wall clock, they overlap): {self.timeline()}")
         return "\n".join(lines)

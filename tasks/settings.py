@@ -26,13 +26,14 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from tasks.archive_spec import Market, check_symbol
 from tasks.errors import UnsafePath
 
-Step = Literal["download", "convert", "merge", "optimize", "validate", "gaps", "features", "cleanup"]
+Step = Literal["download", "convert", "merge", "optimize", "validate", "gaps", "audit", "features", "cleanup"]
 #: Every step, in the order a run performs them.
-ALL_STEPS: tuple[Step, ...] = ("download", "convert", "merge", "optimize", "validate", "gaps", "features", "cleanup")
+ALL_STEPS: tuple[Step, ...] = ("download", "convert", "merge", "optimize", "validate", "gaps", "audit", "features",
+                               "cleanup")
 #: What a run does unless told otherwise: optimize re-packs files left under target by
 #: earlier merges (cheap when there is nothing to do); cleanup deletes downloaded archives
 #: (the lake's backup), so it only runs when asked for.
-STEPS: tuple[Step, ...] = ("download", "convert", "merge", "optimize", "validate", "gaps", "features")
+STEPS: tuple[Step, ...] = ("download", "convert", "merge", "optimize", "validate", "gaps", "audit", "features")
 
 DEFAULT_BASE_URL = "https://data.binance.vision"
 DEFAULT_LISTING_URL = "https://s3-ap-northeast-1.amazonaws.com/data.binance.vision"

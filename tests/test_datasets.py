@@ -214,6 +214,10 @@ def test_flow_brings_trades_agg_trades_and_klines_up_to_date(
         validate_parquet_file(files[0], ExpectedFile(dataset=ds))
     assert report.validation_errors == []
     assert (data / "lake" / "klines" / "interval=1m" / "market=um" / "symbol=BTCUSDT").is_dir()
+    # The audit compared the three, day by day, and they agree (they were derived from the same trades).
+    [audit] = report.audits
+    assert audit.checked == {"aggTrades vs trades": 2, "klines-1m vs trades": 2} and audit.mismatches == []
+    assert (data / "reports" / "audit" / "market=um" / "symbol=BTCUSDT.json").is_file()
     # Nothing new: every archive of every dataset is reported as already in the lake.
     again = run()
     assert {o.status for o in again.outcomes} == {"cached"}, again.summary()
