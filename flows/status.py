@@ -1,8 +1,9 @@
 """What the lake holds: `python -m flows.status --data-dir ./data`.
 
-Per market and symbol: days covered, first and last day, rows, bytes on disk, files,
-archives waiting in staging, the last gap report's findings, and what the next daily
-update would fetch (every day after the last one in the lake, up to yesterday UTC).
+Per dataset, market and symbol: days covered, first and last day, rows, bytes on disk,
+files, archives waiting in staging, the last gap report's findings (trades) and audit's
+mismatches (datasets against each other), and what the next daily update would fetch
+(every day after the last one in the lake, up to yesterday UTC).
 A coloured table in a terminal, plain tab-separated text when piped (or `--plain`).
 Reads file names and Parquet footers only: instant on a lake of terabytes.
 """
@@ -18,7 +19,10 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import cast
 
-from tasks.archive_spec import Market
+from tasks.archive_spec import MARKETS, SYMBOL_RE, Market
+from tasks.audit import AUDITED_DATASETS
+from tasks.audit import report_path as audit_report_path
+from tasks.datasets import dataset
 from tasks.errors import DataDirRefused
 from tasks.gaps import quarantined, report_path
 from tasks.lake import coverage, lake_inventory, staged_inventory
@@ -42,6 +46,7 @@ class SymbolStatus:
     gaps: str  # the last gap report's findings, or "no report"
     next_update: str  # the days the next daily update would fetch
     problems: int
+    dataset: str = "trades"
 
 
 def _gap_summary(data_dir: Path, market: str, symbol: str) -> tuple[str, int]:
@@ -59,11 +64,22 @@ def _gap_summary(data_dir: Path, market: str, symbol: str) -> tuple[str, int]:
     return (", ".join(parts) or "none") + f" ({doc.get('start')}..{doc.get('end')})", int(doc.get("problems", 0))
 
 
-def symbol_status(data_dir: Path, market: str, symbol: str, today: date) -> SymbolStatus:
-    """The status of one symbol of the lake, as of `today` (UTC)."""
-    entries = lake_inventory(data_dir, market, symbol)
+def _audit_summary(data_dir: Path, market: str, symbol: str) -> tuple[str, int]:
+    try:
+        doc = json.loads(audit_report_path(data_dir, market, symbol).read_text())
+        found = [m for m in doc.get("mismatches", []) if isinstance(m, dict)]
+    except (OSError, ValueError, AttributeError):
+        return "", 0
+    days = len({m.get("day") for m in found})
+    text = f"audit: {len(found)} mismatch kinds on {days} days" if found else "audit: datasets agree"
+    return f"{text} ({doc.get('start')}..{doc.get('end')})", len(found)
+
+
+def symbol_status(data_dir: Path, market: str, symbol: str, today: date, dataset: str = "trades") -> SymbolStatus:
+    """The status of one symbol of one dataset of the lake, as of `today` (UTC)."""
+    entries = lake_inventory(data_dir, market, symbol, dataset)
     days = coverage(entries)
-    staged = staged_inventory(data_dir, market, symbol)
+    staged = staged_inventory(data_dir, market, symbol, dataset)
     first = min(days) if days else None
     last = max(days) if days else None
     yesterday = today - timedelta(days=1)
@@ -74,9 +90,16 @@ def symbol_status(data_dir: Path, market: str, symbol: str, today: date) -> Symb
     else:
         n = (yesterday - last).days
         nxt = f"{n} day{'s' if n > 1 else ''}: {last + timedelta(days=1)}..{yesterday}"
-    gaps, problems = _gap_summary(data_dir, market, symbol)
+    if dataset == "trades":
+        gaps, problems = _gap_summary(data_dir, market, symbol)
+        audit, mismatches = _audit_summary(data_dir, market, symbol)
+        if audit:
+            gaps, problems = f"{gaps}; {audit}", problems + mismatches
+    else:
+        gaps, problems = "validate reports its gaps", 0
     # Refused archives whose days the lake does not hold, even when no gap report was written since.
-    refused = {v["archive"] for d, v in quarantined(data_dir, cast(Market, market), symbol).items() if d not in days}
+    refused = {v["archive"] for d, v in quarantined(data_dir, cast(Market, market), symbol, dataset).items()
+               if d not in days}
     if refused:
         gaps += f"; {len(refused)} archive{'s' if len(refused) > 1 else ''} refused (see quarantine/)"
         problems = max(problems, len(refused))
@@ -85,19 +108,22 @@ def symbol_status(data_dir: Path, market: str, symbol: str, today: date) -> Symb
         rows=sum(s.rows for e in entries for s in e.sources),
         bytes=sum(e.path.stat().st_size for e in entries),
         staged=len(staged), gaps=gaps, next_update=nxt,
-        problems=problems + sum(1 for e in entries if e.problem),
+        problems=problems + sum(1 for e in entries if e.problem), dataset=dataset,
     )
 
 
 def lake_status(data_dir: Path, today: date | None = None) -> list[SymbolStatus]:
-    """Every (market, symbol) found in the lake or in staging."""
+    """Every (dataset, market, symbol) found in the lake or in staging, trades first."""
     today = today or datetime.now(UTC).date()
-    pairs: set[tuple[str, str]] = set()
-    for area in ("lake", "staging"):
-        root = data_dir / area / "trades"
-        for folder in root.glob("market=*/symbol=*") if root.is_dir() else []:
-            pairs.add((folder.parent.name.split("=", 1)[1], folder.name.split("=", 1)[1]))
-    return [symbol_status(data_dir, m, s, today) for m, s in sorted(pairs)]
+    found: set[tuple[int, str, str, str]] = set()
+    for order, ds in enumerate(AUDITED_DATASETS):
+        for area in ("lake", "staging"):
+            root = data_dir / area / dataset(ds).lake_folder
+            for folder in root.glob("market=*/symbol=*") if root.is_dir() else []:
+                market, symbol = folder.parent.name.split("=", 1)[1], folder.name.split("=", 1)[1]
+                if SYMBOL_RE.fullmatch(symbol) and market in MARKETS:
+                    found.add((order, ds, market, symbol))
+    return [symbol_status(data_dir, m, s, today, ds) for _, ds, m, s in sorted(found)]
 
 
 def _size(n: int) -> str:
@@ -109,13 +135,14 @@ def _size(n: int) -> str:
     return f"{value:.1f} TB"
 
 
-COLUMNS = ("market", "symbol", "days", "first", "last", "rows", "size", "files", "staged", "gaps", "next update")
+COLUMNS = ("dataset", "market", "symbol", "days", "first", "last", "rows", "size", "files", "staged", "gaps",
+           "next update")
 
 
 def render(rows: list[SymbolStatus], colour: bool) -> str:
     """A table: aligned with colours for a terminal, tab-separated without."""
     cells = [
-        [r.market, r.symbol, str(r.days), str(r.first_day or "-"), str(r.last_day or "-"), f"{r.rows:,}",
+        [r.dataset, r.market, r.symbol, str(r.days), str(r.first_day or "-"), str(r.last_day or "-"), f"{r.rows:,}",
          _size(r.bytes), str(r.files), str(r.staged), r.gaps, r.next_update]
         for r in rows
     ]
@@ -126,8 +153,8 @@ def render(rows: list[SymbolStatus], colour: bool) -> str:
     out = [bold + "  ".join(h.ljust(w) for h, w in zip(COLUMNS, widths, strict=True)) + reset]
     for r, line in zip(rows, cells, strict=True):
         parts = [c.ljust(w) for c, w in zip(line, widths, strict=True)]
-        parts[9] = (red if r.problems else green) + parts[9] + reset
-        parts[10] = (green if r.next_update == "up to date" else yellow) + parts[10] + reset
+        parts[10] = (red if r.problems else green) + parts[10] + reset
+        parts[11] = (green if r.next_update == "up to date" else yellow) + parts[11] + reset
         out.append("  ".join(parts))
     return "\n".join(out)
 

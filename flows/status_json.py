@@ -58,7 +58,8 @@ def _symbol(data_dir: Path, row: SymbolStatus, as_of: date) -> dict[str, Any]:
     doc["next_update_days"] = (_span(row.last_day + timedelta(days=1), yesterday)
                                if row.last_day is not None and row.last_day < yesterday else None)
     doc["gaps_summary"] = row.gaps
-    doc["gaps"] = gap_details(data_dir, row.market, row.symbol)
+    # The gap report is of trades; other datasets' gaps are in the validate step's report.
+    doc["gaps"] = gap_details(data_dir, row.market, row.symbol) if row.dataset == "trades" else {}
     return doc
 
 

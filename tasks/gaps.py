@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from tasks.archive_spec import MARKET_PATH, QUARANTINE_NOTE_SUFFIX, Market, parse_archive_name
+from tasks.archive_spec import QUARANTINE_NOTE_SUFFIX, Market, parse_archive_name, symbol_prefix
 from tasks.atomic import write_bytes_atomic
 from tasks.lake import coverage, lake_inventory, staged_inventory
 from tasks.plan import days_between
@@ -158,18 +158,20 @@ def day_stats(paths: list[Path], start: date, end: date, batch_rows: int = 1 << 
     return stats
 
 
-def quarantined(data_dir: Path, market: Market, symbol: str) -> dict[date, dict[str, str]]:
-    """Days of archives refused into quarantine, with the archive and the recorded reason."""
+def quarantined(
+    data_dir: Path, market: Market, symbol: str, dataset: str = "trades"
+) -> dict[date, dict[str, str]]:
+    """Days of archives (of one dataset) refused into quarantine, with the archive and the recorded reason."""
     out: dict[date, dict[str, str]] = {}
     for granularity in ("daily", "monthly"):
-        folder = data_dir / "quarantine" / "data" / MARKET_PATH[market] / granularity / "trades" / symbol
+        folder = data_dir / "quarantine" / symbol_prefix(market, granularity, symbol, dataset)
         for reason_file in sorted(folder.glob("*" + QUARANTINE_NOTE_SUFFIX)) if folder.is_dir() else []:
             try:
                 doc = json.loads(reason_file.read_text())
             except (OSError, ValueError):
                 doc = {}
             name = reason_file.name.removesuffix(QUARANTINE_NOTE_SUFFIX)
-            spec = parse_archive_name(market, granularity, name)
+            spec = parse_archive_name(market, granularity, name, dataset)
             if spec is None:
                 continue
             for d in spec.days():

@@ -218,6 +218,14 @@ def test_flow_brings_trades_agg_trades_and_klines_up_to_date(
     [audit] = report.audits
     assert audit.checked == {"aggTrades vs trades": 2, "klines-1m vs trades": 2} and audit.mismatches == []
     assert (data / "reports" / "audit" / "market=um" / "symbol=BTCUSDT.json").is_file()
+    # Status: one row per dataset, trades first; the trades row carries the audit's verdict.
+    from flows.status import lake_status, render
+
+    rows = lake_status(data, today=DAY + timedelta(days=3))
+    assert [(r.dataset, r.days, r.rows) for r in rows] == [
+        ("trades", 2, 8000), ("aggTrades", 2, sum(n for _, n in published["aggTrades"])), ("klines-1m", 2, 2880)]
+    assert "audit: datasets agree" in rows[0].gaps and rows[0].problems == 0
+    assert render(rows, colour=False).splitlines()[0].startswith("dataset\tmarket\tsymbol")
     # Nothing new: every archive of every dataset is reported as already in the lake.
     again = run()
     assert {o.status for o in again.outcomes} == {"cached"}, again.summary()
