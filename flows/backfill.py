@@ -40,6 +40,7 @@ def backfill(
     granularity: Literal["auto", "daily", "monthly"] = "auto",
     steps: tuple[Step, ...] = STEPS,
     features: tuple[str, ...] = DEFAULT_FEATURES,
+    datasets: tuple[str, ...] = ("trades",),
 ) -> PipelineReport | State[PipelineReport]:
     """Back-fill Binance trade archives into the lake for a market, symbols and a range of days.
 
@@ -53,12 +54,14 @@ def backfill(
         end: Last day to ingest (UTC, inclusive).
         market: spot, um (USD-M futures) or cm (COIN-M futures).
         granularity: auto takes monthly archives for whole published months and daily ones for the rest.
-        steps: What to do, in this order: download, convert, merge, optimize, validate, gaps, features, cleanup
+        steps: What to do, in this order: download, convert, merge, optimize, validate, gaps, audit, features, cleanup
             (cleanup deletes downloaded archives whose rows are verified in the lake).
         features: Bar kinds to compute from the lake, each `kind[:field=value,...]`, e.g. ema_dollar_imbalance
             or dollar:threshold=1e7,name=dollar_10m.
+        datasets: trades, aggTrades and klines-<interval> (e.g. klines-1m, klines-1h), each its own lake,
+            audited against each other.
     """
-    settings = backfill_settings(symbols, start, end, market, granularity, steps, features)
+    settings = backfill_settings(symbols, start, end, market, granularity, steps, features, datasets)
     get_run_logger().info("back-fill %s %s %s..%s into %s", market, ", ".join(settings.symbols), start, end,
                           settings.data_dir)
     # The same run, checks and end state as the CLI's flow (its body, not a sub-flow run).
@@ -67,11 +70,12 @@ def backfill(
 
 def backfill_settings(
     symbols: list[str], start: date, end: date, market: str, granularity: str, steps: tuple[str, ...],
-    features: tuple[str, ...],
+    features: tuple[str, ...], datasets: tuple[str, ...] = ("trades",),
 ) -> Settings:
     """Settings from the form's parameters, the rest from `BINANCE_LAKE_*`; ValueError naming each bad one."""
     given: dict[str, Any] = {"symbols": tuple(symbols), "start": start, "end": end, "market": market,
-                             "granularity": granularity, "steps": tuple(steps), "features": tuple(features)}
+                             "granularity": granularity, "steps": tuple(steps), "features": tuple(features),
+                             "datasets": tuple(datasets)}
     if not os.environ.get("BINANCE_LAKE_DATA_DIR"):
         given["data_dir"] = DEFAULT_DATA_DIR
     try:

@@ -170,10 +170,9 @@ def _given_settings(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             given[name] = tuple(value) if isinstance(value, list) else value
     if args.dataset is not None or args.interval is not None:
-        names = tuple(args.dataset or ("klines",))  # --interval alone means klines of those intervals
-        intervals = tuple(args.interval or ("1m",))
-        given["datasets"] = tuple(f"klines-{i}" if n == "klines" else n for n in names
-                                  for i in (intervals if n == "klines" else ("",)))
+        from tasks.dataset_ids import dataset_ids
+
+        given["datasets"] = dataset_ids(args.dataset, args.interval)
     return given
 
 

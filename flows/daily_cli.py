@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-backfill", dest="backfill_new_symbols", action="store_false",
                    help="a symbol without history in the lake gets only the re-probe window, instead of its "
                    "whole published history from its first published day")
+    p.add_argument("--dataset", nargs="+", default=None, choices=["trades", "aggTrades", "klines"],
+                   help="datasets to bring up to date, in order (default trades)")
+    p.add_argument("--interval", nargs="+", default=None, metavar="INTERVAL",
+                   help="kline intervals with --dataset klines, e.g. 1m 1h (default 1m)")
     p.add_argument("--base-url", default=None, help="archive root (default https://data.binance.vision)")
     p.add_argument("--listing-url", default=None,
                    help="S3 listing endpoint (default https://s3-ap-northeast-1.amazonaws.com/data.binance.vision)")
@@ -98,15 +102,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             p.error(f"argument --today: {exc}")
     # The terminal's and the process's, not the flow's.
-    kwargs = {k: v for k, v in vars(args).items() if k not in ("quiet", "verbose", "keep_warm")}
+    kwargs = {k: v for k, v in vars(args).items() if k not in ("quiet", "verbose", "keep_warm", "dataset", "interval")}
     create = kwargs.pop("create")
     given = {k: v for k in ("base_url", "listing_url", "dask_address") if (v := kwargs[k])}
+    if args.dataset is not None or args.interval is not None:
+        from tasks.dataset_ids import dataset_ids
+
+        given["datasets"] = dataset_ids(args.dataset, args.interval)
     try:
         probe = Settings(data_dir=args.data_dir, market=args.market, symbols=tuple(args.symbols or ["PROBE"]),
                          start=date(2020, 1, 1), end=date(2020, 1, 1), **given)
     except (ValidationError, SettingsError) as exc:
         print_validation_error(exc, {"data_dir", "market", "symbols", "start", "end", *given})
         return 2
+    if "datasets" in given:
+        kwargs["datasets"] = list(probe.datasets)
     # Before any server starts, so a typo fails in a second: the data dir (then created and
     # marked: the server keeps its schema template in it), and the symbols given.
     keep_warm = keep_warm_or_exit(args.keep_warm)

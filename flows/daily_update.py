@@ -57,10 +57,19 @@ from tasks.settings import DEFAULT_LISTING_URL, Settings
 from tasks.units import plural
 
 
-def last_day_held(data_dir: Path, market: Market, symbol: str) -> date | None:
-    """The last day the lake (or staging) holds for a symbol, None for a symbol without history."""
-    days = coverage(lake_inventory(data_dir, market, symbol)) | coverage(staged_inventory(data_dir, market, symbol))
-    return max(days) if days else None
+def last_day_held(data_dir: Path, market: Market, symbol: str, datasets: Sequence[str] = ("trades",)) -> date | None:
+    """The last day the lake (or staging) holds for a symbol in every one of `datasets`; None when one has nothing.
+
+    The earliest of the datasets' last days: the update window then covers the dataset that lags.
+    """
+    last: list[date] = []
+    for ds in datasets:
+        days = (coverage(lake_inventory(data_dir, market, symbol, ds))
+                | coverage(staged_inventory(data_dir, market, symbol, ds)))
+        if not days:
+            return None
+        last.append(max(days))
+    return min(last) if last else None
 
 
 def update_window(last: date | None, today: date, reprobe_days: int) -> tuple[date, date]:
@@ -111,6 +120,7 @@ def daily_update(
     dask_address: str | None = None,
     strict: bool | None = None,
     backfill_new_symbols: bool = True,
+    datasets: list[str] | None = None,
 ) -> PipelineReport | State[PipelineReport]:
     """Bring every configured symbol up to yesterday (UTC) and re-probe the last `reprobe_days` days.
 
@@ -119,7 +129,8 @@ def daily_update(
     `strict`: fail on any refused archive, also one refused before under the same published
     checksum (default: such a known refusal is reported and does not fail the run again).
     A symbol without history in the lake is back-filled from its first published day
-    (granularity auto) unless `backfill_new_symbols` is False.
+    (granularity auto) unless `backfill_new_symbols` is False. `datasets`: dataset ids
+    (trades, aggTrades, klines-1m, ...; default trades), each brought up to date.
     Other settings (concurrency, target file size, ...) come from `BINANCE_LAKE_*` variables.
     """
     logger = get_run_logger()
@@ -127,6 +138,8 @@ def daily_update(
     overrides: dict[str, Any] = {k: v for k, v in (("base_url", base_url), ("listing_url", listing_url),
                                                    ("dask_address", dask_address), ("strict", strict))
                                  if v is not None}
+    wanted = tuple(datasets or ("trades",))
+    overrides["datasets"] = wanted
     if symbols is None:
         found = list_symbols_task(listing_url or DEFAULT_LISTING_URL, market)
         symbols = select_symbols(found, include or [], exclude or [])
@@ -136,7 +149,7 @@ def daily_update(
     if not symbols:
         notes.append("no symbol selected: nothing to do")
         return PipelineReport(notes=notes)
-    held = {s: last_day_held(data_dir, market, s) for s in symbols}
+    held = {s: last_day_held(data_dir, market, s, wanted) for s in symbols}
     windows: dict[str, tuple[date, date, Granularity | Literal["auto"]]] = {
         s: (*update_window(held[s], today, reprobe_days), "daily") for s in symbols}
     new = [s for s in symbols if held[s] is None]

@@ -13,10 +13,13 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from tasks.datasets import Dataset, dataset
+from tasks import dataset_ids as ids
 from tasks.errors import UnsafePath
+
+if TYPE_CHECKING:
+    from tasks.datasets import Dataset
 
 Market = Literal["spot", "um", "cm"]
 Granularity = Literal["daily", "monthly"]
@@ -71,13 +74,15 @@ class ArchiveSpec:
 
     def __post_init__(self) -> None:
         check_symbol(self.symbol)
-        dataset(self.dataset)  # refuses an unknown dataset
+        ids.parse_id(self.dataset)  # refuses an unknown dataset
         if self.granularity == "monthly" and self.period.day != 1:
             raise ValueError(f"monthly archive period must start on day 1, got {self.period}")
 
     @property
     def data(self) -> Dataset:
-        """The dataset's declaration."""
+        """The dataset's declaration (`tasks.datasets`: schema, dialects, key)."""
+        from tasks.datasets import dataset
+
         return dataset(self.dataset)
 
     @property
@@ -111,12 +116,12 @@ class ArchiveSpec:
     @property
     def file_name(self) -> str:
         """`BTCUSDT-trades-2024-01-01.zip`."""
-        return f"{self.symbol}-{self.data.file_tag}-{self.label}.zip"
+        return f"{self.symbol}-{ids.file_tag(self.dataset)}-{self.label}.zip"
 
     @property
     def csv_name(self) -> str:
         """The CSV member Binance puts in the ZIP: `BTCUSDT-trades-2024-01-01.csv`."""
-        return f"{self.symbol}-{self.data.file_tag}-{self.label}.csv"
+        return f"{self.symbol}-{ids.file_tag(self.dataset)}-{self.label}.csv"
 
     @property
     def folder_key(self) -> str:
@@ -171,22 +176,22 @@ class ArchiveSpec:
 
 def symbol_prefix(market: str, granularity: str, symbol: str, dataset_id: str = "trades") -> str:
     """`data/futures/um/monthly/trades/BTCUSDT/`, `data/spot/daily/klines/BTCUSDT/1m/`."""
-    return f"data/{MARKET_PATH[market]}/{granularity}/{dataset(dataset_id).archive_folder(check_symbol(symbol))}"
+    return f"data/{MARKET_PATH[market]}/{granularity}/{ids.archive_folder(dataset_id, check_symbol(symbol))}"
 
 
 def dataset_prefix(market: str, granularity: str, dataset_id: str = "trades") -> str:
     """`data/spot/daily/aggTrades/`: the listing prefix whose sub-folders are the dataset's symbols."""
-    return f"data/{MARKET_PATH[market]}/{granularity}/{dataset(dataset_id).name}/"
+    return f"data/{MARKET_PATH[market]}/{granularity}/{ids.listing_folder(dataset_id)}/"
 
 
 def lake_symbol_dir(data_dir: Path, market: str, symbol: str, dataset_id: str = "trades") -> Path:
     """`<data_dir>/lake/trades/market=spot/symbol=BTCUSDT` (`lake/klines/interval=1m/...` for klines)."""
-    return data_dir / "lake" / dataset(dataset_id).lake_folder / f"market={market}" / f"symbol={check_symbol(symbol)}"
+    return data_dir / "lake" / ids.lake_folder(dataset_id) / f"market={market}" / f"symbol={check_symbol(symbol)}"
 
 
 def staging_symbol_dir(data_dir: Path, market: str, symbol: str, dataset_id: str = "trades") -> Path:
     """`<data_dir>/staging/trades/market=spot/symbol=BTCUSDT`: converted archives not yet merged."""
-    return (data_dir / "staging" / dataset(dataset_id).lake_folder / f"market={market}"
+    return (data_dir / "staging" / ids.lake_folder(dataset_id) / f"market={market}"
             / f"symbol={check_symbol(symbol)}")
 
 
@@ -199,7 +204,7 @@ def parse_archive_name(
     market: Market, granularity: Granularity, name: str, dataset_id: str = "trades"
 ) -> ArchiveSpec | None:
     """Parse `BTCUSDT-trades-2024-01-01.zip` (daily) or `...-2024-01.zip` (monthly); None if not one."""
-    m = _name_pattern(dataset(dataset_id).file_tag, granularity).fullmatch(name)
+    m = _name_pattern(ids.file_tag(dataset_id), granularity).fullmatch(name)
     if not m:
         return None
     try:

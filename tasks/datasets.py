@@ -16,45 +16,21 @@ What the archive publishes (docs/binance-archive.md):
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 import pyarrow as pa
 
-from tasks.errors import UnsafePath
+from tasks import dataset_ids as ids
+from tasks.dataset_ids import DATASET_NAMES as DATASET_NAMES
+from tasks.dataset_ids import KLINE_INTERVALS as KLINE_INTERVALS
+from tasks.dataset_ids import MONTHLY_ONLY_INTERVALS as MONTHLY_ONLY_INTERVALS
+from tasks.dataset_ids import dataset_ids as dataset_ids
 
 TIME_TYPE = pa.timestamp("us", tz="UTC")
 
 Continuity = Literal["ids", "interval"]
-
-#: Kline intervals and their length in µs; `1s` is published for spot only. `1mo` has no
-#: fixed length (None): its rows are checked for order, not for spacing.
-_MINUTE_US = 60_000_000
-KLINE_INTERVALS: dict[str, int | None] = {
-    "1s": 1_000_000,
-    "1m": _MINUTE_US,
-    "3m": 3 * _MINUTE_US,
-    "5m": 5 * _MINUTE_US,
-    "15m": 15 * _MINUTE_US,
-    "30m": 30 * _MINUTE_US,
-    "1h": 60 * _MINUTE_US,
-    "2h": 120 * _MINUTE_US,
-    "4h": 240 * _MINUTE_US,
-    "6h": 360 * _MINUTE_US,
-    "8h": 480 * _MINUTE_US,
-    "12h": 720 * _MINUTE_US,
-    "1d": 1440 * _MINUTE_US,
-    "3d": 3 * 1440 * _MINUTE_US,
-    "1w": 7 * 1440 * _MINUTE_US,
-    "1mo": None,
-}
-#: Intervals whose rows do not fit in one day: published monthly only.
-MONTHLY_ONLY_INTERVALS = frozenset({"3d", "1w", "1mo"})
-#: The names `--dataset` accepts.
-DATASET_NAMES: tuple[str, ...] = ("trades", "aggTrades", "klines")
-
 
 @dataclass(frozen=True)
 class Dataset:
@@ -100,19 +76,17 @@ class Dataset:
 
     def archive_folder(self, symbol: str) -> str:
         """The folder under `data/<market>/<granularity>/`: `trades/BTCUSDT/`, `klines/BTCUSDT/1m/`."""
-        if self.interval is None:
-            return f"{self.name}/{symbol}/"
-        return f"{self.name}/{symbol}/{self.interval}/"
+        return ids.archive_folder(self.id, symbol)
 
     @property
     def file_tag(self) -> str:
         """The word between symbol and date in file names: `trades`, `aggTrades`, `1m`."""
-        return self.interval if self.interval is not None else self.name
+        return ids.file_tag(self.id)
 
     @property
     def lake_folder(self) -> str:
         """The folder under `lake/` (and `staging/`): `trades`, `aggTrades`, `klines/interval=1m`."""
-        return self.name if self.interval is None else f"{self.name}/interval={self.interval}"
+        return ids.lake_folder(self.id)
 
     @property
     def non_nullable(self) -> tuple[str, ...]:
@@ -240,14 +214,12 @@ KLINES_SCHEMA = pa.schema(
         pa.field("taker_buy_quote", pa.float64(), nullable=False, metadata={"doc": "COIN-M: base-asset volume"}),
     ]
 )
-_INTERVAL_RE = re.compile(r"\A(1s|1m|3m|5m|15m|30m|1h|2h|4h|6h|8h|12h|1d|3d|1w|1mo)\Z")
 
 
 @functools.cache
 def klines(interval: str) -> Dataset:
-    """The klines dataset of one interval (`1s`, `1m` … `1d`, `3d`, `1w`, `1mo`)."""
-    if not isinstance(interval, str) or not _INTERVAL_RE.fullmatch(interval):
-        raise UnsafePath(repr(interval), f"a kline interval must be one of {', '.join(KLINE_INTERVALS)}")
+    """The klines dataset of one interval (`1s`, `1m` … `1d`, `3d`, `1w`, `1mo`); UnsafePath for another."""
+    ids.check_interval(interval)
     return Dataset(
         name="klines",
         interval=interval,
@@ -284,17 +256,6 @@ def dataset(dataset_id: str) -> Dataset:
     found = _BY_ID.get(dataset_id)
     if found is not None:
         return found
-    if isinstance(dataset_id, str) and dataset_id.startswith("klines-"):
-        return klines(dataset_id.removeprefix("klines-"))
-    raise UnsafePath(repr(dataset_id), "a dataset is trades, aggTrades or klines-<interval>")
-
-
-def dataset_ids(names: tuple[str, ...], intervals: tuple[str, ...]) -> tuple[str, ...]:
-    """Dataset ids of `--dataset` names and `--interval`s: klines once per interval, in the order given."""
-    out: list[str] = []
-    for name in names:
-        if name == "klines":
-            out.extend(klines(i).id for i in intervals)
-        else:
-            out.append(dataset(name).id)
-    return tuple(dict.fromkeys(out))
+    _, interval = ids.parse_id(dataset_id)  # UnsafePath for an unknown id
+    assert interval is not None
+    return klines(interval)

@@ -24,6 +24,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tasks.archive_spec import Market, check_symbol
+from tasks.dataset_ids import parse_id
 from tasks.errors import UnsafePath
 
 Step = Literal["download", "convert", "merge", "optimize", "validate", "gaps", "audit", "features", "cleanup"]
@@ -163,12 +164,12 @@ class Settings(BaseSettings):
     @field_validator("datasets")
     @classmethod
     def _check_datasets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        from tasks.datasets import dataset
-
         if not value:
             raise ValueError("at least one dataset is needed: trades, aggTrades or klines-<interval>")
         try:
-            return tuple(dict.fromkeys(dataset(v).id for v in value))
+            for v in value:
+                parse_id(v)
+            return tuple(dict.fromkeys(value))
         except UnsafePath as exc:
             raise ValueError(str(exc)) from None
 

@@ -53,6 +53,7 @@ def test_paths_and_names_of_every_dataset() -> None:
     assert parse_archive_name("um", "daily", "BTCUSDT-trades-2024-01-01.zip", "aggTrades") is None
     assert dataset_ids(("trades", "klines", "aggTrades"), ("1m", "1h")) == ("trades", "klines-1m", "klines-1h",
                                                                            "aggTrades")
+    assert dataset_ids(None, ("1h",)) == ("klines-1h",) and dataset_ids(("klines",), None) == ("klines-1m",)
     for bad in ("klines-2m", "klines-../x", "candles", "trades\n"):
         with pytest.raises(UnsafePath):
             dataset(bad)

@@ -1,0 +1,95 @@
+"""Dataset ids and the path pieces they give, without the schemas (no pyarrow: the CLIs check ids first).
+
+An id is `trades`, `aggTrades` or `klines-<interval>`; `tasks.datasets` holds what each
+dataset is (schema, dialects, key, continuity).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+from tasks.errors import UnsafePath
+
+#: Kline intervals and their length in µs; `1s` is published for spot only. `1mo` has no
+#: fixed length (None): its rows are checked for order, not for spacing.
+_MINUTE_US = 60_000_000
+KLINE_INTERVALS: dict[str, int | None] = {
+    "1s": 1_000_000,
+    "1m": _MINUTE_US,
+    "3m": 3 * _MINUTE_US,
+    "5m": 5 * _MINUTE_US,
+    "15m": 15 * _MINUTE_US,
+    "30m": 30 * _MINUTE_US,
+    "1h": 60 * _MINUTE_US,
+    "2h": 120 * _MINUTE_US,
+    "4h": 240 * _MINUTE_US,
+    "6h": 360 * _MINUTE_US,
+    "8h": 480 * _MINUTE_US,
+    "12h": 720 * _MINUTE_US,
+    "1d": 1440 * _MINUTE_US,
+    "3d": 3 * 1440 * _MINUTE_US,
+    "1w": 7 * 1440 * _MINUTE_US,
+    "1mo": None,
+}
+#: Intervals whose rows do not fit in one day: published monthly only.
+MONTHLY_ONLY_INTERVALS = frozenset({"3d", "1w", "1mo"})
+#: The names `--dataset` accepts.
+DATASET_NAMES: tuple[str, ...] = ("trades", "aggTrades", "klines")
+_INTERVAL_RE = re.compile(r"\A(1s|1m|3m|5m|15m|30m|1h|2h|4h|6h|8h|12h|1d|3d|1w|1mo)\Z")
+
+
+def check_interval(interval: str) -> str:
+    """`interval` if it is a published kline interval, else UnsafePath naming the allowed ones."""
+    if not isinstance(interval, str) or not _INTERVAL_RE.fullmatch(interval):
+        raise UnsafePath(repr(interval), f"a kline interval must be one of {', '.join(KLINE_INTERVALS)}")
+    return interval
+
+
+@functools.cache
+def parse_id(dataset_id: str) -> tuple[str, str | None]:
+    """(name, interval or None) of a dataset id; UnsafePath for anything but trades, aggTrades, klines-<interval>."""
+    if dataset_id in ("trades", "aggTrades"):
+        return dataset_id, None
+    if isinstance(dataset_id, str) and dataset_id.startswith("klines-"):
+        return "klines", check_interval(dataset_id.removeprefix("klines-"))
+    raise UnsafePath(repr(dataset_id), "a dataset is trades, aggTrades or klines-<interval>")
+
+
+def archive_folder(dataset_id: str, symbol: str) -> str:
+    """The folder under `data/<market>/<granularity>/`: `trades/BTCUSDT/`, `klines/BTCUSDT/1m/`."""
+    name, interval = parse_id(dataset_id)
+    return f"{name}/{symbol}/" if interval is None else f"{name}/{symbol}/{interval}/"
+
+
+def file_tag(dataset_id: str) -> str:
+    """The word between symbol and date in file names: `trades`, `aggTrades`, `1m`."""
+    name, interval = parse_id(dataset_id)
+    return interval if interval is not None else name
+
+
+def lake_folder(dataset_id: str) -> str:
+    """The folder under `lake/` (and `staging/`): `trades`, `aggTrades`, `klines/interval=1m`."""
+    name, interval = parse_id(dataset_id)
+    return name if interval is None else f"{name}/interval={interval}"
+
+
+def listing_folder(dataset_id: str) -> str:
+    """The folder under `data/<market>/<granularity>/` whose sub-folders are symbols: `trades`, `klines`."""
+    return parse_id(dataset_id)[0]
+
+
+def dataset_ids(names: tuple[str, ...] | list[str] | None, intervals: tuple[str, ...] | list[str] | None
+                ) -> tuple[str, ...]:
+    """Dataset ids of the command line's `--dataset` names and `--interval`s, in the order given.
+
+    Klines once per interval (default 1m); `--interval` alone means klines. Not checked
+    here: `Settings` refuses an unknown dataset or interval with its own message.
+    """
+    out: list[str] = []
+    for name in names or ("klines",):
+        if name == "klines":
+            out.extend(f"klines-{i}" for i in intervals or ("1m",))
+        else:
+            out.append(name)
+    return tuple(dict.fromkeys(out))
