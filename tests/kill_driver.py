@@ -10,6 +10,7 @@ number of operations counted, so a test learns the matrix's size (several data d
 after the other, are for re-runs: one process instead of one each). Every step first does
 what a run does under the data dir's lock: finish or undo left swaps, sweep temporaries.
 KILL_NO_EXCHANGE=1 runs as on a filesystem without the atomic directory exchange.
+KILL_DATASET=aggTrades (or klines-1m, ...) merges that dataset's lake instead of trades.
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def main() -> None:
             ingest_archive(ArchiveSpec("spot", "BTCUSDT", "daily", date.fromisoformat(day)), sha, data, options)
         elif step == "merge":
             (target,) = rest
-            compact_symbol(data, "spot", "BTCUSDT", int(target), options, consolidate=False)
+            compact_symbol(data, "spot", "BTCUSDT", int(target), options, consolidate=False,
+                           dataset_id=os.environ.get("KILL_DATASET", "trades"))
         elif step == "features":
             from tasks.features import compute_feature, parse_feature
 

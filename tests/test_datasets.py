@@ -6,6 +6,7 @@ in the published dialects; each test states what a stage must make of them.
 
 from __future__ import annotations
 
+import json
 import zipfile
 from datetime import date, timedelta
 from pathlib import Path
@@ -249,3 +250,57 @@ def test_command_line_datasets_and_intervals(tmp_path: Path) -> None:
         with pytest.raises(ValidationError) as info:
             settings_from_args([*base, *bad])
         assert words in describe_settings_error(info.value)
+
+
+@pytest.mark.slow
+def test_sigkill_at_every_file_operation_of_an_agg_trades_merge(tmp_path: Path) -> None:
+    """A real process killed at each rename/unlink/exchange of an aggTrades merge: readers see the old or
+    the new files, and the next merge ends byte-identical to an uninterrupted one."""
+    import hashlib
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    def stage(data: Path) -> None:
+        first = 1
+        for i in range(2):
+            day = DAY + timedelta(days=i)
+            spec = ArchiveSpec("spot", "BTCUSDT", "daily", day, "aggTrades")
+            agg = aggregate(_trades(spec, n=3000, first_id=1 + 3000 * i, seed=i), first_agg_id=first)
+            first += len(agg)
+            zip_path = _zip(tmp_path / "zips" / f"{i}.zip", spec.csv_name, render_agg_csv(agg, "spot", day))
+            convert_archive(zip_path, spec, f"{i}" * 64, spec.staging_file(data), OPTS)
+
+    def files(data: Path) -> dict[str, str]:
+        root = data / "lake" / "aggTrades"
+        return {str(p.relative_to(data)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(root.rglob("*")) if p.is_file() and not any(
+                    part.startswith(".") for part in p.relative_to(data).parts)} if root.is_dir() else {}
+
+    def driver(data: Path, kill_at: int) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, PYTHONPATH=str(REPO), KILL_AT=str(kill_at), KILL_DATASET="aggTrades")
+        return subprocess.run([sys.executable, "-m", "tests.kill_driver", "merge", str(data), str(1 << 30)],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+    template = tmp_path / "template"
+    stage(template)
+    clean = tmp_path / "clean"
+    shutil.copytree(template, clean)
+    done = driver(clean, 0)
+    assert done.returncode == 0, done.stderr
+    operations = json.loads(done.stdout.strip().splitlines()[-1])["operations"]
+    expected = files(clean)
+    assert len(expected) == 1 and operations >= 3
+    for n in range(1, operations + 1):
+        data = tmp_path / f"kill{n}"
+        shutil.copytree(template, data)
+        killed = driver(data, n)
+        assert killed.returncode == -9, (n, killed.stderr[-500:])
+        assert files(data) in ({}, expected), n  # the old set (nothing yet) or the new one, never a mix
+        again = driver(data, 0)
+        assert again.returncode == 0, (n, again.stderr[-500:])
+        assert files(data) == expected, n
+        assert not list((data / "staging").rglob("*.parquet")), n
