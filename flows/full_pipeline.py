@@ -438,7 +438,9 @@ def _ingest_detail(result: IngestResult) -> str:
     if result.duplicates_dropped:
         parts.append(f"{result.duplicates_dropped} duplicate rows dropped")
     if result.id_gaps:
-        parts.append(f"{result.id_gaps} id gaps ({result.missing_ids} ids missing)")
+        missing = "intervals" if result.spec.dataset.startswith("klines-") else "ids"
+        parts.append(f"{result.id_gaps} {'gaps' if missing == 'intervals' else 'id gaps'} "
+                     f"({result.missing_ids} {missing} missing)")
     return "; ".join(parts)
 
 

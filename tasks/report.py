@@ -17,6 +17,7 @@ from tasks.labels import day_runs
 from tasks.plan import MissingDay
 from tasks.repair import RepairResult
 from tasks.units import plural
+from tasks.utc import micros_to_datetime
 
 Status = Literal["ingested", "cached", "downloaded", "missing", "refused", "failed"]
 FAILED_STATUSES = ("refused", "failed")
@@ -274,6 +275,11 @@ class PipelineReport:
             at_write = f" ({self.validated_at_write} as the merge wrote them)" if self.validated_at_write else ""
             lines.append(f"validated lake files: {self.validated_files}{at_write}; trade-id gaps: {len(self.gaps)}")
             for g in self.gaps[:20]:
+                if g.where.startswith("klines-"):  # open times (µs), and missing intervals
+                    after, before = (micros_to_datetime(x).isoformat() for x in (g.after_id, g.before_id))
+                    lines.append(f"  gap {g.market} {g.symbol} {g.where}: klines {after} -> {before} "
+                                 f"({g.missing_ids} intervals missing)")
+                    continue
                 lines.append(f"  gap {g.market} {g.symbol} {g.where}: ids {g.after_id} -> {g.before_id} "
                              f"({g.missing_ids} missing)")
             if len(self.gaps) > 20:

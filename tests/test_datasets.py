@@ -304,3 +304,25 @@ def test_sigkill_at_every_file_operation_of_an_agg_trades_merge(tmp_path: Path) 
         assert again.returncode == 0, (n, again.stderr[-500:])
         assert files(data) == expected, n
         assert not list((data / "staging").rglob("*.parquet")), n
+
+
+def test_kline_gaps_read_as_times_and_intervals_in_the_summary(tmp_path: Path) -> None:
+    """A day of 1m klines with 3 minutes left out: validate reports one gap of 3 intervals, as times."""
+    from tasks.ingest import validate_symbol
+    from tasks.report import GapNote, PipelineReport
+
+    spec = ArchiveSpec("um", "BTCUSDT", "daily", DAY, "klines-1m")
+    trades = _trades(ArchiveSpec("um", "BTCUSDT", "daily", DAY), n=3000)
+    k = klines_of(trades, int(spec.start.timestamp()) * 1_000_000, int(spec.end.timestamp()) * 1_000_000)
+    lines = render_klines_csv(k, "um", DAY).splitlines(keepends=True)
+    body = b"".join(lines[:101] + lines[104:])
+    convert_archive(_zip(tmp_path / "k.zip", spec.csv_name, body), spec, "f" * 64, spec.staging_file(tmp_path), OPTS)
+    compact_symbol(tmp_path, "um", "BTCUSDT", 1 << 30, OPTS, consolidate=False, dataset_id="klines-1m")
+    result = validate_symbol(tmp_path, "um", "BTCUSDT", DAY, DAY, dataset_id="klines-1m")
+    assert result.errors == () and result.dataset == "klines-1m"
+    [gap] = result.gaps
+    assert gap.missing_ids == 3
+    report = PipelineReport(validated_files=1, gaps=[GapNote("um", "BTCUSDT", f"klines-1m {gap.where}", gap.after_id,
+                                                             gap.before_id, gap.missing_ids)])
+    assert ("klines 2024-01-01T01:39:00+00:00 -> 2024-01-01T01:43:00+00:00 (3 intervals missing)"
+            in report.summary())
