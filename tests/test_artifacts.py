@@ -30,7 +30,7 @@ from tests.conftest import REPO
 from tests.fake_archive import FakeArchive, publish_day
 
 #: The back-fill's run form: what a user sets per run, and nothing else.
-FORM = {"market", "symbols", "start", "end", "granularity", "steps", "features"}
+FORM = {"market", "symbols", "start", "end", "granularity", "steps", "features", "datasets"}
 N = 1500  # trades a day: four digits, so separators show
 
 
@@ -145,8 +145,9 @@ def test_run_artifacts_name_changes_failures_gaps_and_task_runs(
     assert converts and all(re.fullmatch("convert " + batch, n) for n in converts), converts
     held = sum(int(m.group(1)) if (m := re.search(r"\((\d+) archives\)", n)) else 1 for n in converts)
     assert held == landed  # the refused archive failed its checksum: never converted
-    assert {"optimize spot/BTCUSDT", "optimize spot/ETHUSDT", "validate spot/BTCUSDT", "gaps spot/ETHUSDT",
-            "discover spot", "fetch checksums", "features spot/BTCUSDT ema_dollar_imbalance"} <= set(task_names)
+    assert {"optimize trades spot/BTCUSDT", "optimize trades spot/ETHUSDT", "validate trades spot/BTCUSDT",
+            "gaps spot/ETHUSDT", "discover spot trades", "fetch checksums",
+            "features spot/BTCUSDT ema_dollar_imbalance"} <= set(task_names)
 
     # Run again: the same archive refused again under the same published checksum is a known
     # refusal. The run succeeds, and the summary says so first, with nothing new changed.

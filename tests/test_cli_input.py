@@ -286,7 +286,9 @@ def test_daily_update_options_reach_the_flow() -> None:
     cli_only = {"help", "version", "create", "quiet", "verbose", "keep-warm"}
     options = set(re.findall(r"--([a-z-]+)", done.stdout.split("options:", 1)[1])) - cli_only
     params = {p.replace("_", "-") for p in daily_update.parameters.properties}
-    assert options - {"no-backfill"} <= params and "backfill-new-symbols" in params
+    # --dataset and --interval combine into one parameter (klines-1m, ...), --no-backfill is its negation.
+    assert options - {"no-backfill", "dataset", "interval"} <= params
+    assert {"backfill-new-symbols", "datasets"} <= params and {"dataset", "interval"} <= options
 
 
 # --- daily update: a new symbol --------------------------------------------------------------------------------------
