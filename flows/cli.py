@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-file-bytes", type=int, default=None,
                    help="lake files are packed up to this size (default 1073741824, 1 GiB)")
     p.add_argument("--dask-address", default=None, help="an existing Dask scheduler (default: a local cluster)")
+    p.add_argument("--audit-sources", action="store_true", default=None,
+                   help="also download the other source of the same days (monthly for days taken daily, daily for "
+                   "a month taken monthly), never landed, so the audit step compares monthly with daily")
     p.add_argument("--strict", action="store_true", default=None,
                    help="exit 1 on any refused archive, also one refused before under the same published checksum "
                    "(by default such a known refusal is reported, and only new ones fail the run)")
@@ -165,7 +168,7 @@ def _given_settings(args: argparse.Namespace) -> dict[str, Any]:
         "end": args.end, "granularity": args.granularity,
     }
     for name in ("base_url", "listing_url", "concurrency", "steps", "dask_address", "target_file_bytes",
-                 "features", "strict"):
+                 "features", "audit_sources", "strict"):
         value = getattr(args, name)
         if value is not None:
             given[name] = tuple(value) if isinstance(value, list) else value

@@ -163,13 +163,19 @@ def run_pipeline(settings: Settings, notes: Sequence[str] = ()) -> PipelineRepor
         # One pass per dataset, in the order asked: each is its own lake (`tasks.datasets`).
         for ds in settings.datasets:
             _run_dataset(settings.model_copy(update={"datasets": (ds,)}), data_dir, report, cache)
-        # The audit is for symbols with two datasets or more in the lake (file names only: cheap).
-        audited = [s for s in settings.symbols
-                   if len(lake_datasets(data_dir, settings.market, s, AUDITED_DATASETS)) > 1]
+        # The audit is for symbols with two datasets or more in the lake (file names only: cheap),
+        # and for every symbol when the run fetched the other source of its days (`audit_sources`).
+        audited = [s for s in settings.symbols if settings.audit_sources
+                   or len(lake_datasets(data_dir, settings.market, s, AUDITED_DATASETS)) > 1]
         if "audit" in settings.steps and audited:
             report.stage_started("audit")
             _audit(settings.model_copy(update={"symbols": tuple(audited)}), data_dir, report)
             report.stage_ended("audit")
+        if "cleanup" in settings.steps:  # after the audit, which may compare the downloaded archives
+            report.stage_started("cleanup")
+            for ds in settings.datasets:
+                _cleanup(settings.model_copy(update={"datasets": (ds,)}), data_dir, report)
+            report.stage_ended("cleanup")
         publish_artifacts(report)  # flows/artifacts.py: run-summary, lake-gaps and the tables
     if settings.dask_address or settings.dask_processes:
         flush_worker_logs()  # other processes' logs; an in-process cluster's are this process's own
@@ -199,10 +205,6 @@ def _run_dataset(settings: Settings, data_dir: Path, report: PipelineReport, cac
         report.stage_ended(name)
     if settings.trades:
         _reread_repaired(settings, data_dir, report, cache)
-    if "cleanup" in steps:
-        report.stage_started("cleanup")
-        _cleanup(settings, data_dir, report)
-        report.stage_ended("cleanup")
 
 
 def cache_storage(data_dir: Path) -> LocalFileSystem:
@@ -266,7 +268,9 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
     plan = plan_run(settings, discoveries, data_dir, unlisted)
     specs: list[ArchiveSpec] = plan.archives
     sizes: dict[ArchiveSpec, int] = {}
-    restoring: set[ArchiveSpec] = set()  # archives of damaged lake files, no longer kept: fetched for the repair
+    # Downloaded, not converted: archives of damaged lake files (the repair converts them) and the
+    # other source of the same days (the audit compares them); the reason is the outcome's detail.
+    restoring: dict[ArchiveSpec, str] = {}
     for sp in plan.symbols:
         if sp.not_listed is not None:  # a typo (a run from the UI): one line, not every day "not published"
             report.outcomes.append(ArchiveOutcome(sp.symbol, "refused", detail=sp.not_listed,
@@ -278,7 +282,8 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
                                               detail=d.error or "") for d in sp.unlisted)
         report.outcomes.extend(ArchiveOutcome(key, "refused", detail=reason) for key, reason in sp.rejected)
         sizes.update(sp.sizes)
-        restoring.update(sp.restoring)
+        restoring.update(dict.fromkeys(sp.counterparts, "kept for the audit of monthly against daily, not landed"))
+        restoring.update(dict.fromkeys(sp.restoring, "kept for the repair of a damaged lake file"))
         report.missing.extend(sp.missing)
     rendered = plan.render()  # what `--dry-run` prints
     logger.info("%s", rendered)
@@ -396,7 +401,7 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
                 report.outcomes.append(
                     ArchiveOutcome(spec.key, "cached" if cached else "downloaded", bytes=result.bytes,
                                    seconds=0.0 if cached else result.seconds,
-                                   detail="kept for the repair of a damaged lake file" if spec in restoring else "",
+                                   detail=restoring.get(spec, ""),
                                    where="downloads")
                 )
         if downloading:
@@ -632,10 +637,15 @@ def _features(settings: Settings, data_dir: Path, report: PipelineReport,
 
 
 def _audit(settings: Settings, data_dir: Path, report: PipelineReport) -> None:
-    """Check each symbol's datasets in the lake against each other (symbols holding two or more)."""
+    """Check each symbol's datasets in the lake against each other (symbols holding two or more).
+
+    With `audit_sources`, each dataset's monthly archives against its daily ones of the same days too.
+    """
+    sources = settings.datasets if settings.audit_sources else ()
     futures = [
         (f"audit {settings.market}/{symbol}",
-         audit_task.submit(data_dir, settings.market, symbol, settings.start, settings.end))
+         audit_task.submit(data_dir, settings.market, symbol, settings.start, settings.end, sources,
+                           settings.convert_options))
         for symbol in settings.symbols
     ]
     report.audits.extend(a for a in _results(futures, report.upkeep_errors) if a is not None)

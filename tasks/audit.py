@@ -19,7 +19,7 @@ time), whatever the range.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
@@ -106,17 +106,23 @@ def lake_datasets(data_dir: Path, market: str, symbol: str, candidates: tuple[st
 def _days(data_dir: Path, market: str, symbol: str, dataset_id: str, start: date,
           end: date) -> Iterator[tuple[int, pa.Table]]:
     """(day number since the epoch, the day's rows) of a dataset's lake files, days in [start, end], in order."""
-    data = dataset(dataset_id)
+    paths = [p for p in lake_files(data_dir, market, symbol, dataset_id)
+             if (span := range_of(p.name)) is not None and span[1] >= start and span[0] <= end]
+    return day_tables(paths, dataset(dataset_id).time, start, end)
+
+
+def day_tables(paths: Iterable[Path], time_column: str, start: date, end: date) -> Iterator[tuple[int, pa.Table]]:
+    """(day number since the epoch, the day's rows) of Parquet files in time order, days in [start, end].
+
+    Read in batches: memory holds one day (and one batch), whatever the files hold.
+    """
     lo, hi = (d.toordinal() - EPOCH_DAY.toordinal() for d in (start, end))
     pending: list[pa.RecordBatch] = []
     current: int | None = None
-    for path in lake_files(data_dir, market, symbol, dataset_id):
-        span = range_of(path.name)
-        if span is None or span[1] < start or span[0] > end:
-            continue
+    for path in paths:
         with pq.ParquetFile(path) as pf:
             for batch in pf.iter_batches(batch_size=_BATCH_ROWS, use_threads=False):
-                t = np.asarray(batch.column(data.time).cast(pa.int64()).to_numpy(), dtype=np.int64)
+                t = np.asarray(batch.column(time_column).cast(pa.int64()).to_numpy(), dtype=np.int64)
                 days = t // DAY_US
                 # Rows are in key order, and their days never go back: cut the batch at day changes.
                 cuts = np.flatnonzero(np.diff(days)) + 1
@@ -133,7 +139,8 @@ def _days(data_dir: Path, market: str, symbol: str, dataset_id: str, start: date
         yield current, pa.Table.from_batches(pending)
 
 
-def _col(table: pa.Table, name: str) -> np.ndarray[Any, Any]:
+def column_values(table: pa.Table, name: str) -> np.ndarray[Any, Any]:
+    """A column as a NumPy array; timestamps as int64 microseconds."""
     column = table.column(name)
     if pa.types.is_timestamp(column.type):
         column = column.cast(pa.int64())
@@ -144,26 +151,29 @@ def _close(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> np.ndarray[Any, 
     return np.asarray(np.abs(a - b) <= ABS_TOL + REL_TOL * np.maximum(np.abs(a), np.abs(b)))
 
 
-def _iso(day: int) -> str:
+def iso_day(day: int) -> str:
     return micros_to_datetime(day * DAY_US).date().isoformat()
 
 
-class _Findings:
+class Findings:
+    """Mismatches of one day, added to a report: kinds with no row are not recorded."""
+
     def __init__(self, report: AuditReport, day: int) -> None:
         self._report = report
-        self._day = _iso(day)
+        self._day = iso_day(day)
 
     def add(self, kind: str, mask_or_count: np.ndarray[Any, Any] | int, samples: list[str]) -> None:
+        """Record `kind` with its count (the mask's true rows, or a number) and the first samples."""
         count = int(mask_or_count.sum()) if isinstance(mask_or_count, np.ndarray) else int(mask_or_count)
         if count:
             self._report.mismatches.append(Mismatch(self._day, kind, count, tuple(samples[:MAX_SAMPLES])))
 
 
-def audit_agg_trades(trades: pa.Table, agg: pa.Table, found: _Findings) -> None:
+def audit_agg_trades(trades: pa.Table, agg: pa.Table, found: Findings) -> None:
     """aggTrades of a day against the day's trades (both sorted by their ids)."""
-    tid = _col(trades, "trade_id")
-    first, last = _col(agg, "first_trade_id"), _col(agg, "last_trade_id")
-    agg_ids = _col(agg, "agg_trade_id")
+    tid = column_values(trades, "trade_id")
+    first, last = column_values(agg, "first_trade_id"), column_values(agg, "last_trade_id")
+    agg_ids = column_values(agg, "agg_trade_id")
     # Which aggTrade each trade falls in: the last one starting at or before it.
     at = np.searchsorted(first, tid, side="right") - 1
     inside = (at >= 0) & (tid <= last[np.maximum(at, 0)])
@@ -182,13 +192,13 @@ def audit_agg_trades(trades: pa.Table, agg: pa.Table, found: _Findings) -> None:
               int((span - covered)[missing].sum()),
               [f"aggTrade {int(agg_ids[i])} covers {int(first[i])}..{int(last[i])}, {int(covered[i])} trades found"
                for i in np.flatnonzero(missing)[:MAX_SAMPLES]])
-    qty = np.bincount(idx, weights=_col(trades, "qty")[inside], minlength=len(agg))
-    bad_qty = ~missing & ~_close(qty, _col(agg, "qty"))
+    qty = np.bincount(idx, weights=column_values(trades, "qty")[inside], minlength=len(agg))
+    bad_qty = ~missing & ~_close(qty, column_values(agg, "qty"))
     found.add("aggTrades vs trades: qty differs from the sum of its trades", bad_qty,
-              [f"aggTrade {int(agg_ids[i])}: qty {_col(agg, 'qty')[i]!r}, its trades sum to {qty[i]!r}"
+              [f"aggTrade {int(agg_ids[i])}: qty {column_values(agg, 'qty')[i]!r}, its trades sum to {qty[i]!r}"
                for i in np.flatnonzero(bad_qty)[:MAX_SAMPLES]])
     for name, label in (("price", "price"), ("is_buyer_maker", "side"), ("time", "time")):
-        theirs, mine = _col(trades, name)[inside], _col(agg, name)[idx]
+        theirs, mine = column_values(trades, name)[inside], column_values(agg, name)[idx]
         bad = theirs != mine
         found.add(f"aggTrades vs trades: a trade's {label} differs from its aggTrade's", bad,
                   [f"trade {int(t)} in aggTrade {int(agg_ids[i])}: {a!r} vs {b!r}"
@@ -201,11 +211,11 @@ _KLINE_SUMS = ("volume", "quote_volume", "taker_buy_base", "taker_buy_quote")
 
 def klines_from_trades(trades: pa.Table, market: str) -> dict[str, np.ndarray[Any, Any]]:
     """The 1m klines of the minutes that have trades: open_time (µs) and every compared field."""
-    t = _col(trades, "time")
-    price, qty = _col(trades, "price"), _col(trades, "qty")
+    t = column_values(trades, "time")
+    price, qty = column_values(trades, "price"), column_values(trades, "qty")
     # COIN-M's kline "quote volume" is the base-asset volume (#267): the trades' base_qty.
-    notional = _col(trades, "base_qty" if market == "cm" else "quote_qty").astype(np.float64)
-    buy = ~_col(trades, "is_buyer_maker").astype(bool)
+    notional = column_values(trades, "base_qty" if market == "cm" else "quote_qty").astype(np.float64)
+    buy = ~column_values(trades, "is_buyer_maker").astype(bool)
     minute = t // _MINUTE_US
     starts = np.flatnonzero(np.concatenate([[True], minute[1:] != minute[:-1]]))
     ends = np.concatenate([starts[1:], [len(t)]]) - 1
@@ -220,9 +230,9 @@ def klines_from_trades(trades: pa.Table, market: str) -> dict[str, np.ndarray[An
     }
 
 
-def _compare_klines(mine: dict[str, np.ndarray[Any, Any]], published: pa.Table, what: str, found: _Findings) -> None:
+def _compare_klines(mine: dict[str, np.ndarray[Any, Any]], published: pa.Table, what: str, found: Findings) -> None:
     """Published klines against rebuilt ones; intervals without rebuilt rows must have no trades."""
-    opens = _col(published, "open_time")
+    opens = column_values(published, "open_time")
     pos = np.searchsorted(opens, mine["open_time"])
     pos_ok = pos < len(opens)
     matched = pos_ok & (opens[np.minimum(pos, len(opens) - 1)] == mine["open_time"])
@@ -231,13 +241,13 @@ def _compare_klines(mine: dict[str, np.ndarray[Any, Any]], published: pa.Table, 
     rows = pos[matched]
     has = np.zeros(len(opens), dtype=bool)
     has[rows] = True
-    empty_bad = ~has & (_col(published, "trades") != 0)
+    empty_bad = ~has & (column_values(published, "trades") != 0)
     found.add(f"{what}: published klines counting trades that are not there", empty_bad,
               [f"{micros_to_datetime(int(o)).isoformat()}: {int(n)} trades"
-               for o, n in zip(opens[empty_bad][:MAX_SAMPLES], _col(published, "trades")[empty_bad][:MAX_SAMPLES],
-                               strict=False)])
+               for o, n in zip(opens[empty_bad][:MAX_SAMPLES],
+                               column_values(published, "trades")[empty_bad][:MAX_SAMPLES], strict=False)])
     for name in ("open", "high", "low", "close", "trades", *_KLINE_SUMS):
-        theirs, ours = _col(published, name)[rows], mine[name][matched]
+        theirs, ours = column_values(published, name)[rows], mine[name][matched]
         bad = ~_close(theirs.astype(np.float64), ours.astype(np.float64)) if name in _KLINE_SUMS else theirs != ours
         found.add(f"{what}: {name} differs", bad,
                   [f"{micros_to_datetime(int(o)).isoformat()}: published {a!r}, rebuilt {b!r}"
@@ -247,13 +257,14 @@ def _compare_klines(mine: dict[str, np.ndarray[Any, Any]], published: pa.Table, 
 
 def klines_from_klines(one_minute: pa.Table, interval_us: int) -> dict[str, np.ndarray[Any, Any]]:
     """Klines of a longer interval built from 1m klines (only intervals with traded minutes count)."""
-    o = _col(one_minute, "open_time")
-    keep = _col(one_minute, "trades") > 0
+    o = column_values(one_minute, "open_time")
+    keep = column_values(one_minute, "trades") > 0
     o = o[keep]
     slot = o // interval_us
     starts = np.flatnonzero(np.concatenate([[True], slot[1:] != slot[:-1]])) if len(o) else np.zeros(0, np.int64)
     ends = np.concatenate([starts[1:], [len(o)]]) - 1
-    col = {name: _col(one_minute, name)[keep] for name in ("open", "high", "low", "close", "trades", *_KLINE_SUMS)}
+    col = {name: column_values(one_minute, name)[keep]
+           for name in ("open", "high", "low", "close", "trades", *_KLINE_SUMS)}
     out = {"open_time": slot[starts] * interval_us, "open": col["open"][starts], "close": col["close"][ends],
            "high": np.maximum.reduceat(col["high"], starts) if len(o) else col["high"],
            "low": np.minimum.reduceat(col["low"], starts) if len(o) else col["low"]}
@@ -283,7 +294,7 @@ def audit_symbol(
                 today[d] = h[1]
                 report.rows[d] = report.rows.get(d, 0) + h[1].num_rows
                 heads[d] = next(streams[d], None)
-        found = _Findings(report, day)
+        found = Findings(report, day)
         trades = today.get("trades")
         if trades is not None and "aggTrades" in today:
             audit_agg_trades(trades, today["aggTrades"], found)

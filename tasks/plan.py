@@ -99,3 +99,35 @@ def plan_symbol(
                 reason = "daily archive not published"
                 plan.missing.append(MissingDay(market, symbol, day, f"{reason}; {note}" if note else reason))
     return plan
+
+
+def counterpart_specs(
+    market: Market,
+    symbol: str,
+    start: date,
+    end: date,
+    published_daily: set[date],
+    published_monthly: set[date],
+    planned: list[ArchiveSpec],
+    dataset: str = "trades",
+) -> list[ArchiveSpec]:
+    """The other source of the requested days, for the audit: never landed, only compared.
+
+    For every month touching [start, end] that is published both monthly and daily (for at
+    least one requested day), both sources of the requested days, less what `planned` fetches
+    already: the monthly archive of days taken daily, the daily archives of a month taken
+    monthly. Monthly and daily archives of the same days disagree at times
+    (binance-public-data#475); the audit says where.
+    """
+    have = set(planned)
+    out: list[ArchiveSpec] = []
+    for month in months_touching(start, end):
+        if month not in published_monthly:
+            continue
+        days = [d for d in days_between(max(start, month), min(end, month_end(month))) if d in published_daily]
+        if not days:
+            continue
+        both = [ArchiveSpec(market, symbol, "monthly", month, dataset),
+                *(ArchiveSpec(market, symbol, "daily", d, dataset) for d in days)]
+        out.extend(s for s in both if s not in have)
+    return out

@@ -25,6 +25,7 @@ from prefect.utilities.hashing import hash_objects
 
 from tasks.archive_spec import ArchiveSpec, Granularity, Market
 from tasks.audit import AUDITED_DATASETS, AuditReport, audit_symbol, lake_datasets, write_audit_report
+from tasks.audit_sources import audit_sources
 from tasks.cleanup import CleanupResult, cleanup_symbol
 from tasks.compact import CompactionResult, compact_symbol
 from tasks.download import DownloadResult, Published, download_archive, fetch_checksums
@@ -204,15 +205,23 @@ def gaps_task(
 
 
 @task(name="audit", task_run_name="audit {market}/{symbol}", persist_result=False)
-def audit_task(data_dir: Path, market: Market, symbol: str, start: date, end: date) -> AuditReport | None:
-    """Check the symbol's datasets in the lake against each other; None when it holds fewer than two.
+def audit_task(
+    data_dir: Path, market: Market, symbol: str, start: date, end: date, datasets: tuple[str, ...] = (),
+    options: ConvertOptions | None = None,
+) -> AuditReport | None:
+    """Check the symbol's datasets in the lake against each other, and each of `datasets` monthly against daily.
 
+    Datasets are compared when the lake holds two or more; monthly against daily where both
+    sources of the same days are downloaded (`audit_sources`). None when nothing could be compared.
     Mismatches are reported (and written beside the gap report), never raised: they are facts about the archive.
     """
     held = lake_datasets(data_dir, market, symbol, AUDITED_DATASETS)
-    if len(held) < 2:
+    report = (audit_symbol(data_dir, market, symbol, start, end, held) if len(held) >= 2
+              else AuditReport(market, symbol, start.isoformat(), end.isoformat()))
+    for dataset_id in datasets:
+        audit_sources(data_dir, market, symbol, dataset_id, start, end, options or ConvertOptions(), report)
+    if not report.checked and not report.mismatches:
         return None
-    report = audit_symbol(data_dir, market, symbol, start, end, held)
     path = write_audit_report(data_dir, report)
     logger = get_run_logger()
     for line in report.summary_lines():

@@ -25,7 +25,7 @@ from tasks.http import HttpOptions
 from tasks.labels import day_runs
 from tasks.lake import coverage, lake_inventory, staged_inventory
 from tasks.listing import Discovery, discover
-from tasks.plan import MissingDay, plan_symbol
+from tasks.plan import MissingDay, counterpart_specs, plan_symbol
 from tasks.repair import restore_specs
 from tasks.settings import Settings
 from tasks.units import format_bytes
@@ -46,6 +46,7 @@ class SymbolPlan:
     unlisted: list[Discovery] = field(default_factory=list)  # folders whose listing failed: nothing planned
     rejected: list[tuple[str, str]] = field(default_factory=list)  # listing keys refused, and why
     restoring: list[ArchiveSpec] = field(default_factory=list)  # fetched again to repair a damaged lake file
+    counterparts: list[ArchiveSpec] = field(default_factory=list)  # the other source of the days, for the audit
     in_lake: set[ArchiveSpec] = field(default_factory=set)  # planned archives the lake holds already
     downloaded: set[ArchiveSpec] = field(default_factory=set)  # planned archives downloaded earlier, not in the lake
     lake_days: int = 0  # requested days the lake holds
@@ -56,7 +57,8 @@ class SymbolPlan:
     @property
     def fetch(self) -> list[ArchiveSpec]:
         """Every archive a run with the download step asks the archive for."""
-        return self.archives + [s for s in self.restoring if s not in self.archives]
+        extra = [s for s in (*self.restoring, *self.counterparts) if s not in self.archives]
+        return self.archives + list(dict.fromkeys(extra))
 
     @property
     def to_download(self) -> list[ArchiveSpec]:
@@ -120,6 +122,10 @@ class RunPlan:
                     todo = [s for s in mine if s not in p.in_lake and s not in p.downloaded]
                     parts.append(f"to download: {len(todo):,}, {format_bytes(p.bytes_of(todo))}")
                 lines.append(f"  {name} {g}: " + "; ".join(parts))
+            if p.counterparts and self.downloading:
+                lines.append(f"  {name}: of these, {count(len(p.counterparts), 'archive')} "
+                             f"({format_bytes(p.bytes_of(p.counterparts))}) only for the audit of monthly against "
+                             "daily: downloaded and compared, never landed")
             if not specs and not p.unlisted:
                 lines.append(f"  {name}: no archive to fetch")
             if p.missing:
@@ -170,8 +176,8 @@ def http_options(settings: Settings) -> HttpOptions:
 
 
 def granularities(settings: Settings) -> list[Granularity]:
-    """The archive kinds a run lists: both for `auto`."""
-    if settings.granularity == "auto":
+    """The archive kinds a run lists: both for `auto`, and for the audit of monthly against daily."""
+    if settings.granularity == "auto" or (settings.audit_sources and "audit" in settings.steps):
         return ["daily", "monthly"]
     return [settings.granularity]
 
@@ -217,11 +223,17 @@ def plan_run(settings: Settings, discoveries: Sequence[Discovery], data_dir: Pat
         monthly = set().union(*(d.periods() for d in mine if d.granularity == "monthly"))
         entries = lake_inventory(data_dir, settings.market, symbol, settings.dataset)
         held = coverage(entries)
-        planned = plan_symbol(settings.market, symbol, settings.start, settings.end, settings.granularity, daily,
-                              monthly, held, settings.dataset)
+        # The plan reads the granularity asked for (the other is listed for the audit only).
+        asked = settings.granularity
+        planned = plan_symbol(settings.market, symbol, settings.start, settings.end, asked,
+                              daily if asked != "monthly" else set(), monthly if asked != "daily" else set(),
+                              held, settings.dataset)
         p.archives, p.missing = planned.archives, planned.missing
         if downloading and settings.dataset == "trades":  # repairs: trades only so far
             p.restoring = restore_specs(data_dir, settings.market, symbol)
+        if downloading and settings.audit_sources and "audit" in settings.steps:
+            p.counterparts = counterpart_specs(settings.market, symbol, settings.start, settings.end, daily, monthly,
+                                               p.archives, settings.dataset)
         sources = {s.archive for e in entries for s in e.sources}
         p.in_lake = {s for s in p.fetch if s.key in sources}
         p.downloaded = {s for s in p.fetch if s not in p.in_lake and _downloaded(s, data_dir)}

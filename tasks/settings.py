@@ -151,6 +151,11 @@ class Settings(BaseSettings):
     dask_processes: bool = Field(
         False, description="Local cluster of worker processes instead of threads in the flow's process.",
     )
+    audit_sources: bool = Field(
+        False, description="Also download the other source of the same days (the monthly archive of days taken "
+        "daily, the daily archives of a month taken monthly), never landed, so the audit compares monthly with daily "
+        "(binance-public-data#475).",
+    )
     strict: bool = Field(
         False, description="Fail the run on any refused archive, also one already refused under the same "
         "published checksum (by default such a known refusal is reported but fails only the run that found it).",
