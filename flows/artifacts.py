@@ -191,7 +191,8 @@ def missing_ranges(missing: Sequence[MissingDay]) -> list[list[object]]:
     """Requested days no archive provides, as runs: [symbol, days, why]."""
     days: dict[tuple[str, str, str], set[date]] = {}
     for m in missing:
-        days.setdefault((m.market, m.symbol, m.reason), set()).add(m.day)
+        symbol = m.symbol if m.dataset == "trades" else f"{m.symbol} {m.dataset}"
+        days.setdefault((m.market, symbol, m.reason), set()).add(m.day)
     rows: list[list[object]] = []
     for (market, symbol, reason), got in sorted(days.items()):
         rows.extend([f"{market}/{symbol}", span_with_count(a, b), reason] for a, b in day_runs(got))
@@ -204,16 +205,17 @@ def gap_overview_rows(report: PipelineReport) -> list[list[object]]:
     for g in report.gap_reports:
         kinds = []
         for n, what in ((len(g.not_published), "not published"), (len(g.refused), "refused"),
-                        (len(g.not_in_lake), "not in the lake"), (len(g.no_trades), "without trades"),
+                        (len(g.not_in_lake), "not in the lake"), (len(g.no_trades), f"without {g.rows_word}"),
                         (len(g.truncated), "maybe truncated")):
             if n:
                 kinds.append(f"{plural(n, 'day')} {what}")
         id_gaps = len(g.id_gaps_inside) + len(g.id_gaps_between)
         if id_gaps:
             ids = sum(int(x["missing_ids"]) for x in [*g.id_gaps_inside, *g.id_gaps_between])
-            kinds.append(f"{plural(id_gaps, 'trade-id gap')} ({num(ids)} ids)")
+            word = "kline gap" if g.unit == "intervals" else g.unit.replace(" ids", "-id gap")
+            kinds.append(f"{plural(id_gaps, word)} ({num(ids)} {g.unit.split()[-1]})")
         total = (g.end - g.start).days + 1
-        rows.append([f"{g.market}/{g.symbol}", span(g.start, g.end), f"{num(g.days_in_lake)} of {num(total)}",
+        rows.append([g.label, span(g.start, g.end), f"{num(g.days_in_lake)} of {num(total)}",
                      "; ".join(kinds) or "none"])
     return rows
 
@@ -322,7 +324,7 @@ def gap_findings(g: GapReport) -> list[tuple[str, str]]:
     """(days, finding) for every gap of one symbol, in day order; runs of days as `first..last (n days)`."""
     found: list[tuple[date, str, str]] = []
     for days, what in ((g.not_published, "not published"), (g.not_in_lake, "not in the lake (not fetched yet)"),
-                       (g.no_trades, "no trades (its archive is in the lake)")):
+                       (g.no_trades, f"no {g.rows_word} (its archive is in the lake)")):
         found.extend((a, span_with_count(a, b), what) for a, b in day_runs(days))
     # Refused days: a monthly archive refuses a whole month, one row per archive.
     refused: dict[str, list[dict[str, str]]] = {}
@@ -335,16 +337,16 @@ def gap_findings(g: GapReport) -> list[tuple[str, str]]:
     for x in g.id_gaps_inside:
         day = date.fromisoformat(str(x["day"]))
         n = int(x["gaps"])
-        found.append((day, str(day), f"{num(int(x['missing_ids']))} trade ids missing inside the day "
+        found.append((day, str(day), f"{num(int(x['missing_ids']))} {g.unit} missing inside the day "
                                      f"({num(n)} gap{'s' if n > 1 else ''})"))
     for x in g.id_gaps_between:
         after, before = date.fromisoformat(str(x["after"])), date.fromisoformat(str(x["before"]))
-        found.append((after, span(after, before), f"{num(int(x['missing_ids']))} trade ids missing after id "
+        found.append((after, span(after, before), f"{num(int(x['missing_ids']))} {g.unit} missing after id "
                                                   f"{num(int(x['after_id']))} (before id {num(int(x['before_id']))})"))
     for t in g.truncated:
         day = date.fromisoformat(str(t["day"]))
         first, last = str(t["first"])[11:19], str(t["last"])[11:19]
-        found.append((day, str(day), f"truncated? trades only from {first} to {last} UTC"))
+        found.append((day, str(day), f"truncated? {g.rows_word} only from {first} to {last} UTC"))
     found.sort(key=lambda f: f[0])
     return [(days, what) for _, days, what in found]
 
@@ -359,7 +361,7 @@ def gap_rows(report: PipelineReport) -> list[dict[str, object]]:
     for g in report.gap_reports:
         total = (g.end - g.start).days + 1
         findings = gap_findings(g)
-        rows.append({"symbol": f"{g.market}/{g.symbol}", "days": span(g.start, g.end),
+        rows.append({"symbol": g.label, "days": span(g.start, g.end),
                      "gap": f"{num(g.days_in_lake)} of {num(total)} days in the lake; "
                             + (f"{num(len(findings))} gaps" if findings else "no gaps")})
         rows.extend({"symbol": g.symbol, "days": days, "gap": what} for days, what in findings)

@@ -69,6 +69,7 @@ from tasks.errors import (
     describe,
 )
 from tasks.features import from_cache, parse_feature
+from tasks.gaps import reported as gaps_reported
 from tasks.http import HttpOptions
 from tasks.ingest import IngestResult, SymbolValidation
 from tasks.labels import batch_label
@@ -185,7 +186,7 @@ def run_pipeline(settings: Settings, notes: Sequence[str] = ()) -> PipelineRepor
 
 
 def _run_dataset(settings: Settings, data_dir: Path, report: PipelineReport, cache: LocalFileSystem) -> None:
-    """The steps of one dataset's pass (`settings.dataset`). Features, gap reports and repairs are of trades."""
+    """The steps of one dataset's pass (`settings.dataset`). Features and repairs are of trades."""
     steps = settings.steps
     if "download" in steps or "convert" in steps:
         _ingest(settings, data_dir, report, cache)
@@ -195,7 +196,7 @@ def _run_dataset(settings: Settings, data_dir: Path, report: PipelineReport, cac
         report.stage_ended("merge")
     # Validation, the gap report and the features only read the merged lake: they run together.
     readers = []
-    trades_only = {"gaps", "features"}
+    trades_only = {"features"} if gaps_reported(settings.dataset) else {"gaps", "features"}
     for name, step in (("validate", _validate), ("gaps", _gaps), ("features", partial(_features, cache=cache))):
         if name in steps and (settings.trades or name not in trades_only):
             report.stage_started(name)
@@ -387,7 +388,7 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
                 # Listed, but the archive answers 404: not published (yet); never retried, not a failure.
                 report.outcomes.append(ArchiveOutcome(spec.key, "missing", detail=describe(result)))
                 report.missing.extend(
-                    MissingDay(spec.market, spec.symbol, d, "archive answers 404") for d in spec.days()
+                    MissingDay(spec.market, spec.symbol, d, "archive answers 404", spec.dataset) for d in spec.days()
                 )
                 continue
             if isinstance(result, BaseException):
@@ -534,7 +535,7 @@ def _reread_repaired(settings: Settings, data_dir: Path, report: PipelineReport,
         return head.startswith(("gap report ", "features ")) and head.rsplit(" ", 1)[-1] in where
 
     report.upkeep_errors = [e for e in report.upkeep_errors if not first_pass(e)]
-    report.gap_reports = [g for g in report.gap_reports if g.symbol not in again]
+    report.gap_reports = [g for g in report.gap_reports if g.symbol not in again or g.dataset != settings.dataset]
     report.features = [f for f in report.features if f.symbol not in again]
     redo = settings.model_copy(update={"symbols": tuple(sorted(again))})
     for name, step in steps:
@@ -595,7 +596,7 @@ def _refused_days(settings: Settings, report: PipelineReport) -> dict[str, dict[
         parts = o.archive.split("/")
         if len(parts) < 5 or parts[-4] not in ("daily", "monthly"):
             continue  # a refused listing key, not an archive
-        spec = parse_archive_name(settings.market, cast(Granularity, parts[-4]), parts[-1])
+        spec = parse_archive_name(settings.market, cast(Granularity, parts[-4]), parts[-1], settings.dataset)
         if spec is not None and spec.key == o.archive:
             for d in spec.days():
                 out.setdefault(spec.symbol, {})[d] = {"day": str(d), "archive": o.archive, "reason": o.detail}
@@ -604,11 +605,12 @@ def _refused_days(settings: Settings, report: PipelineReport) -> dict[str, dict[
 
 def _gaps(settings: Settings, data_dir: Path, report: PipelineReport) -> Callable[[], None]:
     refused = _refused_days(settings, report)
+    what = "" if settings.trades else f" {settings.dataset}"
     futures = [
-        (f"gap report {settings.market}/{symbol}",
+        (f"gap report {settings.market}/{symbol}{what}",
          gaps_task.submit(data_dir, settings.market, symbol, settings.start, settings.end,
-                          {m.day for m in report.missing if m.symbol == symbol}, settings.truncation_tolerance_s,
-                          refused.get(symbol, {})))
+                          {m.day for m in report.missing if m.symbol == symbol and m.dataset == settings.dataset},
+                          settings.truncation_tolerance_s, refused.get(symbol, {}), settings.dataset))
         for symbol in settings.symbols
     ]
     return lambda: report.gap_reports.extend(_results(futures, report.upkeep_errors))

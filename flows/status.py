@@ -24,7 +24,7 @@ from tasks.audit import AUDITED_DATASETS
 from tasks.audit import report_path as audit_report_path
 from tasks.datasets import dataset
 from tasks.errors import DataDirRefused
-from tasks.gaps import quarantined, report_path
+from tasks.gaps import quarantined, report_path, reported
 from tasks.lake import coverage, lake_inventory, staged_inventory
 from tasks.preflight import check_status_data_dir, version_line
 from tasks.settings import CliParser
@@ -49,8 +49,10 @@ class SymbolStatus:
     dataset: str = "trades"
 
 
-def _gap_summary(data_dir: Path, market: str, symbol: str) -> tuple[str, int]:
-    path = report_path(data_dir, market, symbol)
+def _gap_summary(data_dir: Path, market: str, symbol: str, dataset_id: str = "trades") -> tuple[str, int]:
+    if not reported(dataset_id):
+        return "not reported day by day (intervals longer than a day)", 0
+    path = report_path(data_dir, market, symbol, dataset_id)
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -71,12 +73,17 @@ def _audit_summary(data_dir: Path, market: str, symbol: str) -> tuple[str, int]:
     except (OSError, ValueError, AttributeError):
         return "", 0
     days = len({m.get("day") for m in found})
-    text = f"audit: {len(found)} mismatch kinds on {days} days" if found else "audit: datasets agree"
+    text = f"audit: {len(found)} mismatch kinds on {days} days" if found else "audit: no mismatch"
     return f"{text} ({doc.get('start')}..{doc.get('end')})", len(found)
 
 
-def symbol_status(data_dir: Path, market: str, symbol: str, today: date, dataset: str = "trades") -> SymbolStatus:
-    """The status of one symbol of one dataset of the lake, as of `today` (UTC)."""
+def symbol_status(data_dir: Path, market: str, symbol: str, today: date, dataset: str = "trades",
+                  with_audit: bool | None = None) -> SymbolStatus:
+    """The status of one symbol of one dataset of the lake, as of `today` (UTC).
+
+    `with_audit`: add the symbol's last audit verdict (by default on the trades row; `lake_status`
+    puts it on the symbol's first row, whatever its dataset).
+    """
     entries = lake_inventory(data_dir, market, symbol, dataset)
     days = coverage(entries)
     staged = staged_inventory(data_dir, market, symbol, dataset)
@@ -90,13 +97,11 @@ def symbol_status(data_dir: Path, market: str, symbol: str, today: date, dataset
     else:
         n = (yesterday - last).days
         nxt = f"{n} day{'s' if n > 1 else ''}: {last + timedelta(days=1)}..{yesterday}"
-    if dataset == "trades":
-        gaps, problems = _gap_summary(data_dir, market, symbol)
+    gaps, problems = _gap_summary(data_dir, market, symbol, dataset)
+    if with_audit or (with_audit is None and dataset == "trades"):
         audit, mismatches = _audit_summary(data_dir, market, symbol)
         if audit:
             gaps, problems = f"{gaps}; {audit}", problems + mismatches
-    else:
-        gaps, problems = "validate reports its gaps", 0
     # Refused archives whose days the lake does not hold, even when no gap report was written since.
     refused = {v["archive"] for d, v in quarantined(data_dir, cast(Market, market), symbol, dataset).items()
                if d not in days}
@@ -123,7 +128,11 @@ def lake_status(data_dir: Path, today: date | None = None) -> list[SymbolStatus]
                 market, symbol = folder.parent.name.split("=", 1)[1], folder.name.split("=", 1)[1]
                 if SYMBOL_RE.fullmatch(symbol) and market in MARKETS:
                     found.add((order, ds, market, symbol))
-    return [symbol_status(data_dir, m, s, today, ds) for _, ds, m, s in sorted(found)]
+    rows, seen = [], set()
+    for _, ds, m, s in sorted(found):
+        rows.append(symbol_status(data_dir, m, s, today, ds, with_audit=(m, s) not in seen))
+        seen.add((m, s))
+    return rows
 
 
 def _size(n: int) -> str:

@@ -8,7 +8,7 @@ Version 2 (version 1 was a bare list whose `gaps` was a sentence):
                   "next_update": "2 days: 2024-01-06..2024-01-07",
                   "next_update_days": {"from": "2024-01-06", "to": "2024-01-07", "days": 2},
                   "gaps_summary": "1 unpublished, 1 id gaps between days (2024-01-01..2024-01-05)",
-                  "gaps": {"report": "reports/gaps/market=spot/symbol=BTCUSDT.json",
+                  "gaps": {"report": "reports/gaps/market=spot/symbol=BTCUSDT.json", "unit": "trade ids",
                            "start": "2024-01-01", "end": "2024-01-05", "days_in_lake": 4,
                            "not_published": [{"from": "2024-01-03", "to": "2024-01-03", "days": 1}],
                            "refused": [{"from": ..., "to": ..., "days": 1, "archive": "data/...zip", "reason": ...}],
@@ -24,7 +24,10 @@ Version 2 (version 1 was a bare list whose `gaps` was a sentence):
 Every key of version 1 but `gaps` keeps its name and meaning; its sentence is `gaps_summary`.
 Day ranges are inclusive. `gaps` comes from the symbol's last gap report
 (`reports/gaps/...json`; `report`, `start`, `end` and `days_in_lake` are null without one),
-plus the archives refused into quarantine whose days the lake does not hold.
+plus the archives refused into quarantine whose days the lake does not hold. Each dataset
+has its row (`dataset`); `unit` says what `missing_ids` counts: trade ids, aggTrade ids, or
+kline intervals (whose `after_id`/`before_id` are open times in µs). Klines longer than a
+day have no gap report: their `gaps` is empty.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from tasks.archive_spec import Market
-from tasks.gaps import quarantined, report_path
+from tasks.gaps import quarantined, report_path, reported, unit_of
 from tasks.lake import coverage, lake_inventory
 
 if TYPE_CHECKING:
@@ -58,23 +61,23 @@ def _symbol(data_dir: Path, row: SymbolStatus, as_of: date) -> dict[str, Any]:
     doc["next_update_days"] = (_span(row.last_day + timedelta(days=1), yesterday)
                                if row.last_day is not None and row.last_day < yesterday else None)
     doc["gaps_summary"] = row.gaps
-    # The gap report is of trades; other datasets' gaps are in the validate step's report.
-    doc["gaps"] = gap_details(data_dir, row.market, row.symbol) if row.dataset == "trades" else {}
+    # Klines longer than a day have no gap report (not day-based).
+    doc["gaps"] = gap_details(data_dir, row.market, row.symbol, row.dataset) if reported(row.dataset) else {}
     return doc
 
 
-def gap_details(data_dir: Path, market: str, symbol: str) -> dict[str, Any]:
-    """The gaps of one symbol as data: kinds, day ranges with their sizes, id gaps with their ids."""
-    path = report_path(data_dir, market, symbol)
+def gap_details(data_dir: Path, market: str, symbol: str, dataset_id: str = "trades") -> dict[str, Any]:
+    """The gaps of one symbol's dataset as data: kinds, day ranges with their sizes, id gaps with their ids."""
+    path = report_path(data_dir, market, symbol, dataset_id)
     try:
         report: dict[str, Any] = json.loads(path.read_text())
         if not isinstance(report, dict):
             raise ValueError(path)
     except (OSError, ValueError):
         report = {}
-    held = coverage(lake_inventory(data_dir, market, symbol))
+    held = coverage(lake_inventory(data_dir, market, symbol, dataset_id))
     refused_days = {str(r["day"]): r for r in report.get("refused", []) if isinstance(r, dict) and "day" in r}
-    for day, r in quarantined(data_dir, cast(Market, market), symbol).items():
+    for day, r in quarantined(data_dir, cast(Market, market), symbol, dataset_id).items():
         if day not in held:
             refused_days.setdefault(day.isoformat(), r)
     refused = _refused_ranges(refused_days.values())
@@ -87,6 +90,8 @@ def gap_details(data_dir: Path, market: str, symbol: str) -> dict[str, Any]:
     truncated = list(report.get("truncated", []))
     return {
         "report": str(path.relative_to(data_dir)) if report else None,
+        # What `missing_ids` counts: trade ids, aggTrade ids, or intervals (klines: ids are open times in µs).
+        "unit": unit_of(dataset_id),
         "start": report.get("start"), "end": report.get("end"), "days_in_lake": report.get("days_in_lake"),
         "not_published": ranges["not_published"], "refused": refused,
         "not_in_lake": ranges["not_in_lake"], "no_trades": ranges["no_trades"],

@@ -75,7 +75,8 @@ def sort_published(published: Iterable[Published], sizes: Mapping[ArchiveSpec, i
             out.outcomes.append(ArchiveOutcome(p.spec.key, "failed" if p.transient else "refused",
                                                bytes=sizes.get(p.spec), detail=p.error))
         elif p.sha256 is None:
-            out.missing.extend(MissingDay(p.spec.market, p.spec.symbol, d, p.missing_reason or "no checksum")
+            out.missing.extend(MissingDay(p.spec.market, p.spec.symbol, d, p.missing_reason or "no checksum",
+                                          p.spec.dataset)
                                for d in p.spec.days())
         else:
             out.todo.append((p.spec, p.sha256))

@@ -24,6 +24,7 @@ class MissingDay:
     symbol: str
     day: date
     reason: str
+    dataset: str = "trades"
 
 
 @dataclass
@@ -87,7 +88,8 @@ def plan_symbol(
             if month in published_monthly:
                 plan.archives.append(ArchiveSpec(market, symbol, "monthly", month, dataset))
             else:
-                plan.missing.extend(MissingDay(market, symbol, d, "monthly archive not published") for d in req_days)
+                plan.missing.extend(MissingDay(market, symbol, d, "monthly archive not published", dataset)
+                                    for d in req_days)
             continue
         for day in req_days:
             held = lake.get(day)
@@ -97,7 +99,7 @@ def plan_symbol(
                 plan.archives.append(ArchiveSpec(market, symbol, "daily", day, dataset))
             else:
                 reason = "daily archive not published"
-                plan.missing.append(MissingDay(market, symbol, day, f"{reason}; {note}" if note else reason))
+                plan.missing.append(MissingDay(market, symbol, day, f"{reason}; {note}" if note else reason, dataset))
     return plan
 
 

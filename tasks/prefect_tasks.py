@@ -193,13 +193,13 @@ def compact_task(
     return result
 
 
-@task(name="gap-report", task_run_name="gaps {market}/{symbol}", persist_result=False)
+@task(name="gap-report", task_run_name="gaps {dataset} {market}/{symbol}", persist_result=False)
 def gaps_task(
     data_dir: Path, market: Market, symbol: str, start: date, end: date, not_published: set[date],
-    tolerance_s: float, refused_now: dict[date, dict[str, str]],
+    tolerance_s: float, refused_now: dict[date, dict[str, str]], dataset: str = "trades",
 ) -> GapReport:
-    """Build and write the symbol's gap report."""
-    report = gap_report(data_dir, market, symbol, start, end, not_published, tolerance_s, refused_now)
+    """Build and write the gap report of the symbol's dataset."""
+    report = gap_report(data_dir, market, symbol, start, end, not_published, tolerance_s, refused_now, dataset)
     write_gap_report(data_dir, report)
     return report
 

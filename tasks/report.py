@@ -224,8 +224,9 @@ class PipelineReport:
         if not self.missing:
             return []
         days: dict[tuple[str, str, str], set[date]] = {}
-        for m in self.missing:
-            days.setdefault((m.market, m.symbol, m.reason), set()).add(m.day)
+        for m in self.missing:  # trades: `spot BTCUSDT`; another dataset: `spot BTCUSDT aggTrades`
+            symbol = m.symbol if m.dataset == "trades" else f"{m.symbol} {m.dataset}"
+            days.setdefault((m.market, symbol, m.reason), set()).add(m.day)
         runs = [(market, symbol, first, last, reason)
                 for (market, symbol, reason), got in days.items() for first, last in day_runs(got)]
         runs.sort(key=lambda r: (r[0], r[1], r[2]))

@@ -146,7 +146,7 @@ def test_run_artifacts_name_changes_failures_gaps_and_task_runs(
     held = sum(int(m.group(1)) if (m := re.search(r"\((\d+) archives\)", n)) else 1 for n in converts)
     assert held == landed  # the refused archive failed its checksum: never converted
     assert {"optimize trades spot/BTCUSDT", "optimize trades spot/ETHUSDT", "validate trades spot/BTCUSDT",
-            "gaps spot/ETHUSDT", "discover spot trades", "fetch checksums",
+            "gaps trades spot/ETHUSDT", "discover spot trades", "fetch checksums",
             "features spot/BTCUSDT ema_dollar_imbalance"} <= set(task_names)
 
     # Run again: the same archive refused again under the same published checksum is a known

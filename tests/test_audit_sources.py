@@ -166,6 +166,12 @@ def test_flow_fetches_the_other_source_compares_it_and_lands_only_one(
     [lake] = lake_files(tmp_path / "data", "spot", "BTCUSDT", "aggTrades")
     assert pq.read_metadata(lake).num_rows == sum(len(d) for d in daily)
     assert "rows only in the monthly archive" in report.summary()
+    # Status carries the verdict on the symbol's row, though the lake holds no trades.
+    from flows.status import lake_status
+
+    [row] = lake_status(tmp_path / "data", today=date(2024, 1, 5))
+    assert row.dataset == "aggTrades" and "audit: 2 mismatch kinds on 2 days (2024-01-01..2024-01-03)" in row.gaps
+    assert row.problems >= 2
     # Without audit_sources nothing more is fetched, and no audit runs (one dataset in the lake).
     again = run(False)
     assert monthly_spec.key not in {o.archive for o in again.outcomes} and again.audits == []

@@ -215,6 +215,9 @@ def test_flow_brings_trades_agg_trades_and_klines_up_to_date(
         assert pq.read_metadata(files[0]).num_rows == sum(rows for _, rows in specs)
         validate_parquet_file(files[0], ExpectedFile(dataset=ds))
     assert report.validation_errors == []
+    # A gap report per dataset, and none finds a gap: the archives were complete.
+    assert sorted((g.dataset, g.days_in_lake, g.problems) for g in report.gap_reports) == [
+        ("aggTrades", 2, 0), ("klines-1m", 2, 0), ("trades", 2, 0)]
     assert (data / "lake" / "klines" / "interval=1m" / "market=um" / "symbol=BTCUSDT").is_dir()
     # The audit compared the three, day by day, and they agree (they were derived from the same trades).
     [audit] = report.audits
@@ -226,7 +229,7 @@ def test_flow_brings_trades_agg_trades_and_klines_up_to_date(
     rows = lake_status(data, today=DAY + timedelta(days=3))
     assert [(r.dataset, r.days, r.rows) for r in rows] == [
         ("trades", 2, 8000), ("aggTrades", 2, sum(n for _, n in published["aggTrades"])), ("klines-1m", 2, 2880)]
-    assert "audit: datasets agree" in rows[0].gaps and rows[0].problems == 0
+    assert "audit: no mismatch" in rows[0].gaps and rows[0].problems == 0
     assert render(rows, colour=False).splitlines()[0].startswith("dataset\tmarket\tsymbol")
     # Nothing new: every archive of every dataset is reported as already in the lake.
     again = run()
@@ -326,3 +329,67 @@ def test_kline_gaps_read_as_times_and_intervals_in_the_summary(tmp_path: Path) -
                                                              gap.before_id, gap.missing_ids)])
     assert ("klines 2024-01-01T01:39:00+00:00 -> 2024-01-01T01:43:00+00:00 (3 intervals missing)"
             in report.summary())
+
+
+def test_gap_report_of_agg_trades_and_klines(tmp_path: Path) -> None:
+    """Days 1..4 asked; day 3 not published. aggTrades: one id missing inside day 2, and ids missing between
+    day 2 and day 4. 1m klines: 3 minutes missing inside day 1, the first 10 minutes of day 2 missing."""
+    from flows.artifacts import gap_findings, gap_overview_rows
+    from flows.status import lake_status
+    from flows.status_json import gap_details
+    from tasks.gaps import gap_report, report_path, write_gap_report
+    from tasks.report import PipelineReport
+
+    next_agg = 1
+    dropped = 0
+    for i in (0, 1, 3):
+        day = DAY + timedelta(days=i)
+        trades_spec = ArchiveSpec("um", "BTCUSDT", "daily", day)
+        trades = _trades(trades_spec, n=2000, first_id=1 + 2000 * i, seed=i)
+        agg = aggregate(trades, first_agg_id=next_agg)
+        next_agg += len(agg) + (50 if i == 1 else 0)  # 50 aggTrade ids unpublished after day 2 (then day 3 absent)
+        if i == 1:
+            dropped = int(agg.agg_id[30])
+            agg = agg.take(np.flatnonzero(agg.agg_id != dropped))
+        spec = ArchiveSpec("um", "BTCUSDT", "daily", day, "aggTrades")
+        convert_archive(_zip(tmp_path / f"a{i}.zip", spec.csv_name, render_agg_csv(agg, "um", day)), spec,
+                        "f" * 64, spec.staging_file(tmp_path), OPTS)
+        if i < 2:
+            kspec = ArchiveSpec("um", "BTCUSDT", "daily", day, "klines-1m")
+            start = int(kspec.start.timestamp()) * 1_000_000
+            k = klines_of(trades, start, start + 86_400_000_000)
+            lines = render_klines_csv(k, "um", day).splitlines(keepends=True)
+            body = b"".join(lines[:101] + lines[104:]) if i == 0 else b"".join(lines[:1] + lines[11:])
+            convert_archive(_zip(tmp_path / f"k{i}.zip", kspec.csv_name, body), kspec, "f" * 64,
+                            kspec.staging_file(tmp_path), OPTS)
+    for ds in ("aggTrades", "klines-1m"):
+        compact_symbol(tmp_path, "um", "BTCUSDT", 1 << 30, OPTS, consolidate=True, dataset_id=ds)
+    end = DAY + timedelta(days=3)
+    unpublished = {DAY + timedelta(days=2)}
+
+    agg_report = gap_report(tmp_path, "um", "BTCUSDT", DAY, end, unpublished, 3600.0, dataset_id="aggTrades")
+    assert (agg_report.dataset, agg_report.days_in_lake, agg_report.not_published) == ("aggTrades", 3, [*unpublished])
+    assert agg_report.id_gaps_inside == [{"day": "2024-01-02", "gaps": 1, "missing_ids": 1}]
+    [between] = agg_report.id_gaps_between
+    assert (between["after"], between["before"], between["missing_ids"]) == ("2024-01-02", "2024-01-04", 50)
+    assert agg_report.truncated == [] and agg_report.not_in_lake == []
+    assert "  gaps inside days: 1 days, 1 aggTrade ids missing" in agg_report.summary_lines()
+
+    k_report = gap_report(tmp_path, "um", "BTCUSDT", DAY, end, unpublished, 3600.0, dataset_id="klines-1m")
+    assert k_report.id_gaps_inside == [{"day": "2024-01-01", "gaps": 1, "missing_ids": 3},
+                                       {"day": "2024-01-02", "gaps": 1, "missing_ids": 10}]
+    assert k_report.id_gaps_between == [] and k_report.not_in_lake == [DAY + timedelta(days=3)]
+    assert dict(gap_findings(k_report))["2024-01-02"] == "10 intervals missing inside the day (1 gap)"
+    [row] = gap_overview_rows(PipelineReport(gap_reports=[k_report]))
+    assert row[0] == "um/BTCUSDT klines-1m" and "2 kline gaps (13 intervals)" in str(row[3])
+
+    # Each dataset's report has its own file; status and its JSON read it.
+    for r in (agg_report, k_report):
+        write_gap_report(tmp_path, r)
+    assert report_path(tmp_path, "um", "BTCUSDT", "klines-1m") == (
+        tmp_path / "reports/gaps/klines/interval=1m/market=um/symbol=BTCUSDT.json")
+    assert not report_path(tmp_path, "um", "BTCUSDT").exists()  # trades': none was written
+    rows = {r.dataset: r for r in lake_status(tmp_path, today=end)}
+    assert rows["aggTrades"].gaps.startswith("1 unpublished, 1 id gaps between days, 1 days with id gaps")
+    details = gap_details(tmp_path, "um", "BTCUSDT", "klines-1m")
+    assert details["unit"] == "intervals" and details["totals"]["missing_ids"] == 13
