@@ -142,7 +142,8 @@ def dry_run_cli(settings: Settings, create: bool = False) -> int:
         check_data_dir_usable(settings.data_dir, create)
         settings, note = cap_settings(settings)
         if "download" in settings.steps:
-            refuse_unlisted(settings.listing_url, settings.market, settings.symbols, http_options(settings))
+            refuse_unlisted(settings.listing_url, settings.market, settings.symbols, http_options(settings),
+                            settings.dataset)
     except (DataDirRefused, DateRangeRefused, SymbolNotListed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -242,8 +242,10 @@ def _unlisted(settings: Settings, discoveries: list[Discovery], http: HttpOption
              if all(not d.error and not d.archives and not d.rejected for d in discoveries if d.symbol == s)]
     if not empty:
         return {}
-    found = run_coroutine(find_unlisted(settings.listing_url, settings.market, empty, probe_options(http)))
-    return {s: unlisted_message(s, settings.market, found[s]).split(": ", 1)[1] for s in found}
+    found = run_coroutine(find_unlisted(settings.listing_url, settings.market, empty, probe_options(http),
+                                        settings.dataset))
+    where = settings.market if settings.trades else f"{settings.market} {settings.dataset}"
+    return {s: unlisted_message(s, where, found[s]).split(": ", 1)[1] for s in found}
 
 
 def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: LocalFileSystem) -> None:
@@ -264,8 +266,8 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
     else:
         discoveries = local_discoveries(settings, data_dir)
 
-    # Whether a symbol exists at all is asked of the trades listing (every symbol has trades).
-    unlisted = _unlisted(settings, discoveries, http) if downloading and settings.trades else {}
+    # A symbol whose folders of this dataset hold nothing: is it listed at all (a typo)?
+    unlisted = _unlisted(settings, discoveries, http) if downloading else {}
     plan = plan_run(settings, discoveries, data_dir, unlisted)
     specs: list[ArchiveSpec] = plan.archives
     sizes: dict[ArchiveSpec, int] = {}

@@ -140,10 +140,11 @@ def probe_options(http: Any = None) -> Any:
                    deadline_floor=min(base.deadline_floor, PROBE_TIMEOUT_S))
 
 
-async def find_unlisted(listing_url: str, market: str, symbols: Sequence[str], http: Any) -> dict[str, list[str]]:
-    """The symbols the listing does not know, each with the closest listed names (maybe none).
+async def find_unlisted(listing_url: str, market: str, symbols: Sequence[str], http: Any,
+                        dataset_id: str = "trades") -> dict[str, list[str]]:
+    """The symbols the listing does not know (for `dataset_id`), each with the closest listed names (maybe none).
 
-    A symbol is listed when its daily or its monthly trades folder holds anything: one
+    A symbol is listed when its daily or its monthly folder of the dataset holds anything: one
     single-key listing request each. Only when one is missing are the market's symbol
     folders listed, for the suggestions. A symbol whose probe fails (network, a garbage
     page) counts as listed: the run lists it again and reports that failure itself.
@@ -164,14 +165,14 @@ async def find_unlisted(listing_url: str, market: str, symbols: Sequence[str], h
         return bool(page.objects or page.prefixes)
 
     async with make_session(http) as session:
-        answers = await asyncio.gather(*(holds_anything(session, symbol_prefix(market, g, s))
+        answers = await asyncio.gather(*(holds_anything(session, symbol_prefix(market, g, s, dataset_id))
                                          for s in symbols for g in ("daily", "monthly")))
     unlisted = [s for i, s in enumerate(symbols) if answers[2 * i] is False and answers[2 * i + 1] is False]
     if not unlisted:
         return {}
     known: set[str] = set()
     granularities: tuple[Granularity, ...] = ("daily", "monthly")
-    folders = [list_symbols(listing_url, cast("Market", market), g, http) for g in granularities]
+    folders = [list_symbols(listing_url, cast("Market", market), g, http, dataset_id) for g in granularities]
     for found in await asyncio.gather(*folders, return_exceptions=True):
         if isinstance(found, list):
             known.update(found)
@@ -213,15 +214,20 @@ def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
     return box[0]
 
 
-def check_symbols_listed(listing_url: str, market: str, symbols: Sequence[str], http: Any = None) -> list[str]:
+def check_symbols_listed(listing_url: str, market: str, symbols: Sequence[str], http: Any = None,
+                         dataset_id: str = "trades") -> list[str]:
     """One message per requested symbol that the listing does not know (empty: all listed, or unknown)."""
-    found = run_coroutine(find_unlisted(listing_url, market, list(symbols), probe_options(http)))
+    found = run_coroutine(find_unlisted(listing_url, market, list(symbols), probe_options(http), dataset_id))
     return [unlisted_message(s, market, found[s]) for s in symbols if s in found]
 
 
-def refuse_unlisted(listing_url: str, market: str, symbols: Sequence[str], http: Any = None) -> None:
-    """SymbolNotListed naming every requested symbol the listing does not know, with suggestions."""
-    problems = check_symbols_listed(listing_url, market, symbols, http)
+def refuse_unlisted(listing_url: str, market: str, symbols: Sequence[str], http: Any = None,
+                    dataset_id: str = "trades") -> None:
+    """SymbolNotListed naming every requested symbol the listing does not know (for the dataset), with suggestions."""
+    problems = check_symbols_listed(listing_url, market, symbols, http, dataset_id)
+    if problems and dataset_id != "trades":  # "not listed for spot klines-1m"
+        problems = [p.replace(f"not listed for {market};", f"not listed for {market} {dataset_id};", 1)
+                    for p in problems]
     if problems:
         first, _, reason = problems[0].partition(": ")
         raise SymbolNotListed(first, "; ".join([reason, *problems[1:]]))
@@ -250,8 +256,11 @@ def check_run(settings: Settings, create: bool = False, today: date | None = Non
     if check_symbols and "download" in settings.steps:
         from tasks.http import HttpOptions
 
+        # Asked of the first dataset's folders: every symbol has trades, but a run of klines only
+        # needs its klines (and a mirror may hold nothing else).
         refuse_unlisted(settings.listing_url, settings.market, settings.symbols,
-                        HttpOptions(connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout))
+                        HttpOptions(connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout),
+                        settings.dataset)
     return settings, open_usable_data_dir(settings.data_dir, create), [note] if note else []
 
 

@@ -1,5 +1,7 @@
 """SIGKILL the real CLI (and its Dask workers) mid-run, run again: the lake equals a clean run's.
 
+For each dataset: trades, aggTrades and 1m klines (derived from the same generated trades).
+
 Also proves the ad hoc path: the clean run has no PREFECT_API_URL, so the CLI starts and
 shares its own API server with the Dask workers (the ephemeral-mode trap).
 """
@@ -19,8 +21,12 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
+from tasks.archive_spec import ArchiveSpec
+from tasks.datasets import dataset
 from tests.conftest import REPO
 from tests.fake_archive import FakeArchive, publish_day
+from tests.fake_archive.derived import aggregate, klines_of, render_agg_csv, render_klines_csv, with_orders
+from tests.fake_archive.generate import generate_trades
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +34,31 @@ DAYS = 6
 ROWS = 250_000
 
 
-def cli(fa: FakeArchive, data_dir: Path, log: Path, env_extra: dict[str, str | None]) -> subprocess.Popen[bytes]:
+def publish(fa: FakeArchive, dataset_id: str) -> int:
+    """Publish DAYS daily archives of the dataset; return the rows the lake must hold."""
+    rows = 0
+    for i in range(DAYS):
+        day = date(2024, 1, 1) + timedelta(days=i)
+        if dataset_id == "trades":
+            publish_day(fa, "spot", "BTCUSDT", day, ROWS, 1 + i * ROWS, i)
+            rows += ROWS
+            continue
+        spec = ArchiveSpec("spot", "BTCUSDT", "daily", day, dataset_id)
+        trades = with_orders(generate_trades(ROWS, spec.start, spec.end, 1 + i * ROWS, i, market="spot"), seed=i)
+        if dataset_id == "aggTrades":
+            agg = aggregate(trades, 1 + rows)
+            body, n = render_agg_csv(agg, "spot", day), len(agg)
+        else:
+            start = int(spec.start.timestamp()) * 1_000_000
+            k = klines_of(trades, start, start + 86_400_000_000)
+            body, n = render_klines_csv(k, "spot", day), len(k)
+        fa.publish(spec, body)
+        rows += n
+    return rows
+
+
+def cli(fa: FakeArchive, data_dir: Path, log: Path, env_extra: dict[str, str | None],
+        dataset_id: str = "trades") -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO)
     for k, v in env_extra.items():
@@ -39,6 +69,10 @@ def cli(fa: FakeArchive, data_dir: Path, log: Path, env_extra: dict[str, str | N
     args = [sys.executable, "-m", "flows.full_pipeline", "--market", "spot", "--symbols", "BTCUSDT",
             "--start", "2024-01-01", "--end", f"2024-01-{DAYS:02d}", "--granularity", "daily", "--concurrency", "2",
             "--data-dir", str(data_dir), "--base-url", fa.base_url, "--listing-url", fa.listing_url]
+    if dataset_id.startswith("klines-"):
+        args += ["--dataset", "klines", "--interval", dataset_id.removeprefix("klines-")]
+    elif dataset_id != "trades":
+        args += ["--dataset", dataset_id]
     with open(log, "ab") as out:
         # Own process group, so SIGKILL takes the Dask workers and any server down too, like a crash.
         return subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -70,27 +104,29 @@ def hidden(data_dir: Path, sub: str) -> list[Path]:
     return [p for p in root.rglob(".*")] if root.exists() else []
 
 
+@pytest.mark.parametrize("dataset_id", ["trades", "aggTrades", "klines-1m"])
 def test_kill_at_several_points_then_resume_equals_clean_run(
-    prefect_api: str, fake_archive: FakeArchive, tmp_path: Path
+    prefect_api: str, fake_archive: FakeArchive, tmp_path: Path, dataset_id: str
 ) -> None:
     fa = fake_archive
-    for i in range(DAYS):
-        publish_day(fa, "spot", "BTCUSDT", date(2024, 1, 1) + timedelta(days=i), ROWS, 1 + i * ROWS, i)
+    expected_rows = publish(fa, dataset_id)
+    data_def = dataset(dataset_id)
+    folder = data_def.lake_folder
     log = tmp_path / "runs.log"
 
     # Clean reference run, ad hoc: no API configured, a fresh Prefect home.
     ref = tmp_path / "ref"
-    proc = cli(fa, ref, log, {"PREFECT_API_URL": None, "PREFECT_HOME": str(tmp_path / "home-ref")})
+    proc = cli(fa, ref, log, {"PREFECT_API_URL": None, "PREFECT_HOME": str(tmp_path / "home-ref")}, dataset_id)
     assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
     expected = lake_digest(ref)
     # Merged into one target-size file; the run's gap report sits outside the lake.
-    assert list(expected) == [f"trades/market=spot/symbol=BTCUSDT/2024-01-01_2024-01-{DAYS:02d}.parquet"]
+    assert list(expected) == [f"{folder}/market=spot/symbol=BTCUSDT/2024-01-01_2024-01-{DAYS:02d}.parquet"]
 
     data = tmp_path / "data"
     env = {"PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(tmp_path / "home")}
-    lake = data / "lake" / "trades" / "market=spot" / "symbol=BTCUSDT"
-    staging = data / "staging" / "trades" / "market=spot" / "symbol=BTCUSDT"
-    slow = "data/spot/daily/trades/BTCUSDT/BTCUSDT-trades-2024-01-02.zip"
+    lake = data / "lake" / folder / "market=spot" / "symbol=BTCUSDT"
+    staging = data / "staging" / folder / "market=spot" / "symbol=BTCUSDT"
+    slow = ArchiveSpec("spot", "BTCUSDT", "daily", date(2024, 1, 2), dataset_id).key
     kill_points = [
         # mid-download: a half-written archive is on disk (the server stalls the body)
         ("download", lambda: bool(hidden(data, "archive"))),
@@ -105,7 +141,7 @@ def test_kill_at_several_points_then_resume_equals_clean_run(
     for name, condition in kill_points:
         if name == "download":
             fa.inject(slow, "stall", delay=30)
-        proc = cli(fa, data, log, env)
+        proc = cli(fa, data, log, env, dataset_id)
         if kill_when(proc, condition):
             killed.append(name)
             # Whatever the kill left, readers never see a partial file: only committed names.
@@ -114,11 +150,11 @@ def test_kill_at_several_points_then_resume_equals_clean_run(
     print("kill points hit:", killed)
     assert "download" in killed, killed  # at least the deterministic kill point was hit
 
-    proc = cli(fa, data, log, env)
+    proc = cli(fa, data, log, env, dataset_id)
     assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
     assert lake_digest(data) == expected
     assert hidden(data, "lake") == [] and hidden(data, "archive") == [] and hidden(data, "staging") == []
     assert not list(staging.glob("*.parquet"))  # every staged archive was merged
-    table = ds.dataset(data / "lake" / "trades", format="parquet", partitioning="hive").to_table(columns=["trade_id"])
-    ids = table["trade_id"].to_numpy()
-    assert len(ids) == DAYS * ROWS and len(set(ids.tolist())) == len(ids)
+    table = ds.dataset(lake, format="parquet").to_table(columns=[data_def.key])
+    keys = table[data_def.key].cast("int64").to_numpy()
+    assert len(keys) == expected_rows and len(set(keys.tolist())) == len(keys)
