@@ -162,3 +162,100 @@ def test_lock_waits_then_refuses_naming_the_holder(tmp_path: Path) -> None:
         assert str(tmp_path) in str(err.value)
     with data_dir_lock(tmp_path):  # released with the first holder
         pass
+
+
+def _publish_derived_day(fa: FakeArchive, day: date, first_id: int, first_agg: int, seed: int,
+                         drop_minutes: int = 0) -> dict[str, Any]:
+    """Publish the day's aggTrades and 1m klines (derived from the same generated trades); {dataset: (spec, rows)}.
+
+    `drop_minutes`: the klines archive leaves out its last minutes (a truncated upload).
+    """
+    from tests.fake_archive.derived import aggregate, klines_of, render_agg_csv, render_klines_csv, with_orders
+    from tests.fake_archive.generate import generate_trades
+
+    spec = ArchiveSpec("spot", "BTCUSDT", "daily", day)
+    trades = with_orders(generate_trades(N, spec.start, spec.end, first_id, seed, market="spot"), seed=seed)
+    agg = aggregate(trades, first_agg)
+    start = int(spec.start.timestamp()) * 1_000_000
+    k = klines_of(trades, start, start + 86_400_000_000)
+    lines = render_klines_csv(k, "spot", day).splitlines(keepends=True)
+    klines_body = b"".join(lines[: len(lines) - drop_minutes])
+    out: dict[str, Any] = {}
+    for ds_id, body, rows in (("aggTrades", render_agg_csv(agg, "spot", day), len(agg)),
+                              ("klines-1m", klines_body, len(k) - drop_minutes)):
+        s = ArchiveSpec("spot", "BTCUSDT", "daily", day, ds_id)
+        out[ds_id] = (fa.publish(s, body), s, rows)
+    return out
+
+
+def test_upkeep_of_agg_trades_and_klines(
+    prefect_api: str, dask_address: str, fake_archive: FakeArchive, tmp_path: Path
+) -> None:
+    """The trades upkeep above, for aggTrades and 1m klines in one run: daily merge, a late day back-filled,
+    a re-published day swapped in, gaps per dataset, status per dataset, cleanup."""
+    fa, data = fake_archive, tmp_path / "data"
+    d = [date(2024, 1, i) for i in range(1, 5)]
+    datasets = ("aggTrades", "klines-1m")
+    aggs = [1]  # each day's first aggTrade id
+
+    def day(i: int, seed: int, drop: int = 0) -> dict[str, Any]:
+        return _publish_derived_day(fa, d[i], 1 + i * N, aggs[i], seed, drop)
+
+    pubs = {0: day(0, 0)}
+    aggs.append(aggs[0] + pubs[0]["aggTrades"][2])
+    pubs[1] = day(1, 1, drop=30)  # its klines end 30 minutes early
+    aggs.append(aggs[1] + pubs[1]["aggTrades"][2])
+    # Day 3 is not published yet.
+    state, report = run(fa, data, dask_address, **common("2024-01-01", "2024-01-03", datasets=datasets))
+    assert state.is_completed(), state.message
+    for ds_id in datasets:
+        assert [p.name for p in lake_files(data, "spot", "BTCUSDT", ds_id)] == ["2024-01-01_2024-01-02.parquet"]
+    gaps = {g.dataset: g for g in report.gap_reports}
+    assert gaps["aggTrades"].not_published == [d[2]] and gaps["klines-1m"].not_published == [d[2]]
+    assert gaps["klines-1m"].id_gaps_inside == [{"day": "2024-01-02", "gaps": 1, "missing_ids": 30}]
+    assert gaps["aggTrades"].id_gaps_inside == [] and gaps["aggTrades"].truncated == []
+
+    # Next day: day 3 published late and day 4 new; both merged into the one file of each dataset.
+    pubs[2] = day(2, 2)
+    aggs.append(aggs[2] + pubs[2]["aggTrades"][2])
+    pubs[3] = day(3, 3)
+    state, report = run(fa, data, dask_address, **common("2024-01-01", "2024-01-04", datasets=datasets))
+    assert state.is_completed(), state.message
+    st = statuses(report)
+    for ds_id in datasets:
+        assert st[pubs[2][ds_id][1].key] == st[pubs[3][ds_id][1].key] == "ingested"
+        assert st[pubs[0][ds_id][1].key] == "cached"
+        [lake] = lake_files(data, "spot", "BTCUSDT", ds_id)
+        assert lake.name == "2024-01-01_2024-01-04.parquet"
+        assert pq_rows(lake) == sum(p[ds_id][2] for p in pubs.values())
+    assert {c.dataset: set(c.changed_days) for c in report.compactions} == {ds_id: {d[2], d[3]} for ds_id in datasets}
+
+    # Day 2's klines re-published complete (a new checksum): re-ingested, swapped into the merged file.
+    fixed = day(1, 1)["klines-1m"]
+    state, report = run(fa, data, dask_address, **common("2024-01-01", "2024-01-04", datasets=datasets))
+    assert state.is_completed(), state.message
+    assert statuses(report)[fixed[1].key] == "ingested"
+    assert statuses(report)[pubs[1]["aggTrades"][1].key] == "cached"  # unchanged
+    klines_pass = [c for c in report.compactions if c.dataset == "klines-1m"]
+    assert klines_pass[0].replaced_archives == (fixed[1].key,)
+    [lake] = lake_files(data, "spot", "BTCUSDT", "klines-1m")
+    assert pq_rows(lake) == 4 * 1440
+    assert {g.dataset: g.problems for g in report.gap_reports} == {"aggTrades": 0, "klines-1m": 0}
+
+    # Status: one row per dataset; then cleanup removes each dataset's verified downloads, the lakes stay.
+    rows = {r.dataset: r for r in lake_status(data, today=date(2024, 1, 6))}
+    assert set(rows) == set(datasets)
+    assert all((r.days, r.files, r.next_update) == (4, 1, "1 day: 2024-01-05..2024-01-05") for r in rows.values())
+    before = {p: p.read_bytes() for ds_id in datasets for p in lake_files(data, "spot", "BTCUSDT", ds_id)}
+    state, report = run(fa, data, dask_address,
+                        **common("2024-01-01", "2024-01-04", datasets=datasets, steps=("cleanup",)))
+    assert state.is_completed(), state.message
+    assert sorted(len(c.removed) for c in report.cleanups) == [4, 4]
+    assert not list((data / "archive").rglob("*.zip"))
+    assert {p: p.read_bytes() for ds_id in datasets for p in lake_files(data, "spot", "BTCUSDT", ds_id)} == before
+
+
+def pq_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return int(pq.read_metadata(path).num_rows)
