@@ -10,6 +10,7 @@ import json
 import zipfile
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -393,3 +394,72 @@ def test_gap_report_of_agg_trades_and_klines(tmp_path: Path) -> None:
     assert rows["aggTrades"].gaps.startswith("1 unpublished, 1 id gaps between days, 1 days with id gaps")
     details = gap_details(tmp_path, "um", "BTCUSDT", "klines-1m")
     assert details["unit"] == "intervals" and details["totals"]["missing_ids"] == 13
+
+
+def _body(dataset_id: str, day: date, first_id: int, first_agg: int, seed: int) -> tuple[bytes, int]:
+    spec = ArchiveSpec("um", "BTCUSDT", "daily", day, dataset_id)
+    trades = _trades(ArchiveSpec("um", "BTCUSDT", "daily", day), n=1500, first_id=first_id, seed=seed)
+    if dataset_id == "aggTrades":
+        agg = aggregate(trades, first_agg)
+        return render_agg_csv(agg, "um", day), len(agg)
+    start = int(spec.start.timestamp()) * 1_000_000
+    k = klines_of(trades, start, start + 86_400_000_000)
+    return render_klines_csv(k, "um", day), len(k)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset_id", ["aggTrades", "klines-1m"])
+def test_bad_archives_of_a_dataset_are_refused_by_name_and_change_nothing(
+    tmp_path: Path, fake_archive: object, dask_address: str, prefect_api: str, dataset_id: str
+) -> None:
+    """The ingest guarantees, for another dataset: corrupt, invalid and mis-checksummed archives refused by
+    name and quarantined, a 503 retried, a 404 a missing day; a re-run fails no more and changes nothing."""
+    from tests.fake_archive.generate import corrupt_zip
+    from tests.test_flow_e2e import lake_digest, run, statuses
+
+    fa: Any = fake_archive
+    days = [DAY + timedelta(days=i) for i in range(6)]
+    specs = [ArchiveSpec("um", "BTCUSDT", "daily", d, dataset_id) for d in days]
+    good, rows = _body(dataset_id, days[0], 1, 1, 0)
+    fa.publish(specs[0], good)
+    fa.publish_zip(specs[1], corrupt_zip(_body(dataset_id, days[1], 1501, 5000, 1)[0], specs[1].csv_name,
+                                         mode="garbage"))
+    fa.publish(specs[2], b"1,2.0,3.0\n2,2.0,3.0\n")  # wrong column count
+    fa.publish(specs[3], _body(dataset_id, days[3], 4501, 15000, 3)[0],
+               checksum_override="ab" * 32)  # the .CHECKSUM names another sha256
+    later, later_rows = _body(dataset_id, days[4], 6001, 20000, 4)
+    fa.publish(specs[4], later)
+    fa.inject(specs[4].key, "503", times=2)
+    fa.publish(specs[5], _body(dataset_id, days[5], 7501, 25000, 5)[0])
+    fa.inject(specs[5].key, "404")  # listed and checksummed, but the archive answers 404
+    data = tmp_path / "data"
+    kw: dict[str, Any] = {"market": "um", "symbols": ("BTCUSDT",), "start": days[0], "end": days[-1],
+                          "granularity": "daily", "datasets": (dataset_id,), "features": ()}
+
+    state, report = run(fa, data, dask_address, **kw)
+    assert state.is_failed()
+    st = statuses(report)
+    assert [st[s.key] for s in specs] == ["ingested", "refused", "refused", "refused", "ingested", "missing"]
+    reasons = {o.archive: o.detail for o in report.outcomes}
+    assert "corrupt archive" in reasons[specs[1].key] and specs[1].file_name in reasons[specs[1].key]
+    assert specs[2].file_name in reasons[specs[2].key] and "column" in reasons[specs[2].key]
+    assert "checksum mismatch" in reasons[specs[3].key]
+    assert fa.count(specs[4].key) == 3
+    [lake] = lake_files(data, "um", "BTCUSDT", dataset_id)
+    assert pq.read_metadata(lake).num_rows == rows + later_rows
+    # Refused after their checksum matched: the reason is recorded; a mismatching download itself is kept aside.
+    q = data / "quarantine"
+    assert all(q.joinpath(s.key + ".reason.json").is_file() for s in specs[1:3]) and q.joinpath(specs[3].key).is_file()
+    [gaps] = report.gap_reports
+    assert gaps.dataset == dataset_id and [r["day"] for r in gaps.refused] == [str(d) for d in days[1:4]]
+    assert gaps.not_published == [days[5]]
+    assert not [p for p in data.rglob("*") if ".tmp-" in p.name]
+    assert [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_relative_to(data)] == []
+
+    # Again: the same refusals are known (the run completes), and the lake is byte-identical.
+    before = lake_digest(data)
+    fa.clear_faults()
+    state, report = run(fa, data, dask_address, **{**kw, "end": days[4]})
+    assert state.is_completed(), state.message
+    assert {o.archive for o in report.known_refusals} == {s.key for s in specs[1:4]}
+    assert lake_digest(data) == before
