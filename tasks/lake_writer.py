@@ -26,7 +26,8 @@ from tasks.settings import ConvertOptions
 # random-walk price, sizes with few distinct values) it gave 10.2 MB against 18.8 MB for
 # BYTE_STREAM_SPLIT for a 1.1 M-row spot day at zstd 3, 15.3 MB against 29.4 MB on 2 M
 # USD-M rows (BSS pays on smooth scientific floats, not on decimal-rounded ones).
-# Every dataset follows the same rule: integer and time columns delta, floats dictionary.
+# Every dataset follows the same rule: integer and time columns delta, floats dictionary, but
+# klines (`Dataset.dictionary_floats`), whose volumes are all distinct: PLAIN there.
 
 
 def _delta_columns(schema: pa.Schema) -> list[str]:
@@ -115,7 +116,7 @@ def lake_writer(path: Path, options: ConvertOptions, data: Dataset = TRADES) -> 
         data.schema,
         compression="zstd",
         compression_level=options.zstd_level,
-        use_dictionary=_dictionary_columns(data.schema),
+        use_dictionary=_dictionary_columns(data.schema) if data.dictionary_floats else False,
         column_encoding=dict.fromkeys(_delta_columns(data.schema), "DELTA_BINARY_PACKED"),
         write_page_checksum=True,
     )

@@ -114,3 +114,18 @@ def test_audit_of_part_of_the_range_and_of_one_dataset(tmp_path: Path) -> None:
     assert later.mismatches == [] and later.checked["klines-1m vs trades"] == 1
     alone = audit_symbol(tmp_path, "um", "BTCUSDT", DAY, DAY + timedelta(days=1), ("trades",))
     assert alone.checked == {} and alone.mismatches == []
+
+
+def test_one_second_klines_are_checked_through_the_minutes_they_make(tmp_path: Path) -> None:
+    """1s klines (spot) cannot be rebuilt from 1m ones: the 1m klines are rebuilt from them instead."""
+    build_lake(tmp_path, "spot", days=1)
+    spec = ArchiveSpec("spot", "BTCUSDT", "daily", DAY)
+    trades = with_orders(generate_trades(5000, spec.start, spec.end, 1, seed=0, market="spot"), seed=0)
+    second = klines_of(trades, _us(DAY), _us(DAY + timedelta(days=1)), 1_000_000)
+    s = int(np.flatnonzero(second.trades > 0)[50])
+    second.high[s] += 100_000  # 1,000.00 above its minute's high
+    _land(tmp_path, ArchiveSpec("spot", "BTCUSDT", "daily", DAY, "klines-1s"), render_klines_csv(second, "spot", DAY))
+    compact_symbol(tmp_path, "spot", "BTCUSDT", 1 << 30, OPTS, consolidate=True, dataset_id="klines-1s")
+    report = audit_symbol(tmp_path, "spot", "BTCUSDT", DAY, DAY, (*DATASETS, "klines-1s"))
+    assert report.checked["klines-1m vs klines-1s"] == 1
+    assert [(m.kind, m.count) for m in report.mismatches] == [("klines-1m vs klines-1s: high differs", 1)]

@@ -70,6 +70,42 @@ def test_daily_update_fetches_new_days_reprobes_and_reports_late_ones(
     assert {p: p.stat().st_mtime_ns for p in (data / "lake").rglob("*.parquet")} == before
 
 
+@pytest.mark.slow
+def test_daily_update_of_agg_trades_and_klines_starts_at_the_dataset_that_lags(
+    prefect_api: str, dask_address: str, fake_archive: FakeArchive, tmp_path: Path
+) -> None:
+    from tests.test_upkeep_e2e import N, _publish_derived_day
+
+    fa, data = fake_archive, tmp_path / "data"
+    days = [date(2024, 1, d) for d in range(1, 5)]
+    first_agg = 1
+    for i, day in enumerate(days[:2]):
+        first_agg += _publish_derived_day(fa, day, 1 + i * N, first_agg, i)["aggTrades"][2]
+    # aggTrades held up to the 2nd, klines up to the 1st only.
+    run(fa, data, dask_address, market="spot", symbols=("BTCUSDT",), start=days[0], end=days[1],
+        granularity="daily", datasets=("aggTrades",), features=())
+    run(fa, data, dask_address, market="spot", symbols=("BTCUSDT",), start=days[0], end=days[0],
+        granularity="daily", datasets=("klines-1m",), features=())
+    for i, day in enumerate(days[2:], start=2):
+        first_agg += _publish_derived_day(fa, day, 1 + i * N, first_agg, i)["aggTrades"][2]
+
+    state = daily_update.with_options(task_runner=dask_runner_for(dask_address))(
+        data_dir=data, market="spot", symbols=["BTCUSDT"], reprobe_days=1, today=date(2024, 1, 5),
+        base_url=fa.base_url, listing_url=fa.listing_url, dask_address=dask_address,
+        datasets=["aggTrades", "klines-1m"], return_state=True,
+    )
+    assert state.is_completed(), state.message
+    report = state.result()
+    assert isinstance(report, PipelineReport)
+    for ds_id in ("aggTrades", "klines-1m"):
+        assert sorted(coverage(lake_inventory(data, "spot", "BTCUSDT", ds_id))) == days, ds_id
+    status = {o.archive.rsplit("/", 1)[-1]: o.status for o in report.outcomes}
+    # The window starts after the lagging dataset's last day (klines: the 1st), for both datasets.
+    assert status["BTCUSDT-1m-2024-01-02.zip"] == "ingested" and status["BTCUSDT-aggTrades-2024-01-02.zip"] == "cached"
+    assert status["BTCUSDT-aggTrades-2024-01-04.zip"] == status["BTCUSDT-1m-2024-01-04.zip"] == "ingested"
+    assert lake_inventory(data, "spot", "BTCUSDT") == []  # no trades were asked for
+
+
 def test_cli_rejects_bad_symbols(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["--data-dir", str(tmp_path), "--symbols", "../x"]) == 2
     assert "symbols" in capsys.readouterr().err
