@@ -10,6 +10,7 @@ from __future__ import annotations
 import zipfile
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -125,28 +126,21 @@ def test_flow_fetches_the_other_source_compares_it_and_lands_only_one(
     tmp_path: Path, fake_archive: object, dask_address: str, prefect_api: str
 ) -> None:
     """`audit_sources`: the monthly archive of days taken daily is downloaded, compared, never landed."""
-    from flows.full_pipeline import full_pipeline
-    from flows.runtime import dask_runner
-    from tasks.report import PipelineReport, RunFailed
-    from tasks.settings import Settings
+    from tasks.report import PipelineReport
+    from tests.test_flow_e2e import run as run_flow
 
-    fa = fake_archive
+    fa: Any = fake_archive
     monthly, daily, injected = sources()
     monthly_spec = ArchiveSpec("spot", "BTCUSDT", "monthly", JAN, "aggTrades")
-    fa.publish(monthly_spec, render_agg_csv(monthly, "spot", JAN))  # type: ignore[attr-defined]
+    fa.publish(monthly_spec, render_agg_csv(monthly, "spot", JAN))
     for day, rows in zip(DAYS, daily, strict=True):
-        fa.publish(ArchiveSpec("spot", "BTCUSDT", "daily", day, "aggTrades"),  # type: ignore[attr-defined]
+        fa.publish(ArchiveSpec("spot", "BTCUSDT", "daily", day, "aggTrades"),
                    render_agg_csv(rows, "spot", day))
 
     def run(audit_sources: bool) -> PipelineReport:
-        settings = Settings(data_dir=tmp_path / "data", symbols=("BTCUSDT",), start=DAYS[0], end=DAYS[-1],
-                            granularity="daily", datasets=("aggTrades",), audit_sources=audit_sources,
-                            base_url=fa.base_url, listing_url=fa.listing_url,  # type: ignore[attr-defined]
-                            dask_address=dask_address, retries=1, retry_base_delay=0.01, features=())
-        state = full_pipeline.with_options(task_runner=dask_runner(settings))(settings=settings, return_state=True)
-        result = state.result(raise_on_failure=False)
-        report = result.report if isinstance(result, RunFailed) else result
-        assert isinstance(report, PipelineReport), result
+        state, report = run_flow(fa, tmp_path / "data", dask_address, symbols=("BTCUSDT",), start=DAYS[0],
+                                 end=DAYS[-1], granularity="daily", datasets=("aggTrades",),
+                                 audit_sources=audit_sources, features=())
         assert state.is_completed(), report.summary()
         return report
 

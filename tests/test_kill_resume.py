@@ -1,6 +1,7 @@
 """SIGKILL the real CLI (and its Dask workers) mid-run, run again: the lake equals a clean run's.
 
-For each dataset: trades, aggTrades and 1m klines (derived from the same generated trades).
+For trades, and for aggTrades with 1m klines in one run (both derived from the same
+generated trades: a kill may land in either dataset's pass).
 
 Also proves the ad hoc path: the clean run has no PREFECT_API_URL, so the CLI starts and
 shares its own API server with the Dask workers (the ephemeral-mode trap).
@@ -58,7 +59,7 @@ def publish(fa: FakeArchive, dataset_id: str) -> int:
 
 
 def cli(fa: FakeArchive, data_dir: Path, log: Path, env_extra: dict[str, str | None],
-        dataset_id: str = "trades") -> subprocess.Popen[bytes]:
+        dataset_ids: tuple[str, ...] = ("trades",)) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO)
     for k, v in env_extra.items():
@@ -69,10 +70,10 @@ def cli(fa: FakeArchive, data_dir: Path, log: Path, env_extra: dict[str, str | N
     args = [sys.executable, "-m", "flows.full_pipeline", "--market", "spot", "--symbols", "BTCUSDT",
             "--start", "2024-01-01", "--end", f"2024-01-{DAYS:02d}", "--granularity", "daily", "--concurrency", "2",
             "--data-dir", str(data_dir), "--base-url", fa.base_url, "--listing-url", fa.listing_url]
-    if dataset_id.startswith("klines-"):
-        args += ["--dataset", "klines", "--interval", dataset_id.removeprefix("klines-")]
-    elif dataset_id != "trades":
-        args += ["--dataset", dataset_id]
+    if dataset_ids != ("trades",):
+        names = [d.split("-", 1)[0] for d in dataset_ids]
+        intervals = [d.removeprefix("klines-") for d in dataset_ids if d.startswith("klines-")]
+        args += ["--dataset", *names, *(["--interval", *intervals] if intervals else [])]
     with open(log, "ab") as out:
         # Own process group, so SIGKILL takes the Dask workers and any server down too, like a crash.
         return subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -104,36 +105,37 @@ def hidden(data_dir: Path, sub: str) -> list[Path]:
     return [p for p in root.rglob(".*")] if root.exists() else []
 
 
-@pytest.mark.parametrize("dataset_id", ["trades", "aggTrades", "klines-1m"])
+@pytest.mark.parametrize("dataset_ids", [("trades",), ("aggTrades", "klines-1m")], ids=["trades", "agg+klines"])
 def test_kill_at_several_points_then_resume_equals_clean_run(
-    prefect_api: str, fake_archive: FakeArchive, tmp_path: Path, dataset_id: str
+    prefect_api: str, fake_archive: FakeArchive, tmp_path: Path, dataset_ids: tuple[str, ...]
 ) -> None:
     fa = fake_archive
-    expected_rows = publish(fa, dataset_id)
-    data_def = dataset(dataset_id)
-    folder = data_def.lake_folder
+    expected_rows = {d: publish(fa, d) for d in dataset_ids}
+    folders = {d: dataset(d).lake_folder for d in dataset_ids}
     log = tmp_path / "runs.log"
 
     # Clean reference run, ad hoc: no API configured, a fresh Prefect home.
     ref = tmp_path / "ref"
-    proc = cli(fa, ref, log, {"PREFECT_API_URL": None, "PREFECT_HOME": str(tmp_path / "home-ref")}, dataset_id)
+    proc = cli(fa, ref, log, {"PREFECT_API_URL": None, "PREFECT_HOME": str(tmp_path / "home-ref")}, dataset_ids)
     assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
     expected = lake_digest(ref)
-    # Merged into one target-size file; the run's gap report sits outside the lake.
-    assert list(expected) == [f"{folder}/market=spot/symbol=BTCUSDT/2024-01-01_2024-01-{DAYS:02d}.parquet"]
+    # Merged into one target-size file per dataset; the run's gap report sits outside the lake.
+    assert sorted(expected) == sorted(f"{f}/market=spot/symbol=BTCUSDT/2024-01-01_2024-01-{DAYS:02d}.parquet"
+                                      for f in folders.values())
 
     data = tmp_path / "data"
     env = {"PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(tmp_path / "home")}
-    lake = data / "lake" / folder / "market=spot" / "symbol=BTCUSDT"
-    staging = data / "staging" / folder / "market=spot" / "symbol=BTCUSDT"
-    slow = ArchiveSpec("spot", "BTCUSDT", "daily", date(2024, 1, 2), dataset_id).key
+    lakes = {d: data / "lake" / f / "market=spot" / "symbol=BTCUSDT" for d, f in folders.items()}
+    staging = {d: data / "staging" / f / "market=spot" / "symbol=BTCUSDT" for d, f in folders.items()}
+    first = staging[dataset_ids[0]]
+    slow = ArchiveSpec("spot", "BTCUSDT", "daily", date(2024, 1, 2), dataset_ids[0]).key
     kill_points = [
         # mid-download: a half-written archive is on disk (the server stalls the body)
         ("download", lambda: bool(hidden(data, "archive"))),
         # mid-conversion: a temporary Parquet file exists in staging
         ("convert", lambda: bool(hidden(data, "staging"))),
         # after some archives were converted, others not
-        ("commit", lambda: staging.exists() and len(list(staging.glob("*.parquet"))) >= 3),
+        ("commit", lambda: first.exists() and len(list(first.glob("*.parquet"))) >= 3),
         # mid-merge: the merged file is being written (or its swap journalled) in the lake folder
         ("merge", lambda: bool(hidden(data, "lake"))),
     ]
@@ -141,20 +143,21 @@ def test_kill_at_several_points_then_resume_equals_clean_run(
     for name, condition in kill_points:
         if name == "download":
             fa.inject(slow, "stall", delay=30)
-        proc = cli(fa, data, log, env, dataset_id)
+        proc = cli(fa, data, log, env, dataset_ids)
         if kill_when(proc, condition):
             killed.append(name)
             # Whatever the kill left, readers never see a partial file: only committed names.
-            assert all(not p.name.startswith(".") for p in lake.glob("*.parquet")) if lake.exists() else True
+            assert all(not p.name.startswith(".") for lake in lakes.values() for p in lake.glob("*.parquet"))
     fa.clear_faults()
     print("kill points hit:", killed)
     assert "download" in killed, killed  # at least the deterministic kill point was hit
 
-    proc = cli(fa, data, log, env, dataset_id)
+    proc = cli(fa, data, log, env, dataset_ids)
     assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
     assert lake_digest(data) == expected
     assert hidden(data, "lake") == [] and hidden(data, "archive") == [] and hidden(data, "staging") == []
-    assert not list(staging.glob("*.parquet"))  # every staged archive was merged
-    table = ds.dataset(lake, format="parquet").to_table(columns=[data_def.key])
-    keys = table[data_def.key].cast("int64").to_numpy()
-    assert len(keys) == expected_rows and len(set(keys.tolist())) == len(keys)
+    for d in dataset_ids:
+        assert not list(staging[d].glob("*.parquet"))  # every staged archive was merged
+        key = dataset(d).key
+        keys = ds.dataset(lakes[d], format="parquet").to_table(columns=[key])[key].cast("int64").to_numpy()
+        assert len(keys) == expected_rows[d] and len(set(keys.tolist())) == len(keys), d
