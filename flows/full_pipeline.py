@@ -273,7 +273,7 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
     sizes: dict[ArchiveSpec, int] = {}
     # Downloaded, not converted: archives of damaged lake files (the repair converts them) and the
     # other source of the same days (the audit compares them); the reason is the outcome's detail.
-    restoring: dict[ArchiveSpec, str] = {}
+    not_converted: dict[ArchiveSpec, str] = {}
     for sp in plan.symbols:
         if sp.not_listed is not None:  # a typo (a run from the UI): one line, not every day "not published"
             report.outcomes.append(ArchiveOutcome(sp.symbol, "refused", detail=sp.not_listed,
@@ -285,8 +285,8 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
                                               detail=d.error or "") for d in sp.unlisted)
         report.outcomes.extend(ArchiveOutcome(key, "refused", detail=reason) for key, reason in sp.rejected)
         sizes.update(sp.sizes)
-        restoring.update(dict.fromkeys(sp.counterparts, "kept for the audit of monthly against daily, not landed"))
-        restoring.update(dict.fromkeys(sp.restoring, "kept for the repair of a damaged lake file"))
+        not_converted.update(dict.fromkeys(sp.counterparts, "kept for the audit of monthly against daily, not landed"))
+        not_converted.update(dict.fromkeys(sp.restoring, "kept for the repair of a damaged lake file"))
         report.missing.extend(sp.missing)
     rendered = plan.render()  # what `--dry-run` prints
     logger.info("%s", rendered)
@@ -357,7 +357,7 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
                                 "http": http, "listed_size": sizes.get(spec), "on_bytes": on_bytes},
                 )
                 downloads[dl_future] = spec
-                if converting and spec not in restoring:
+                if converting and spec not in not_converted:
                     progress.grow("convert", 1)
             elif local_archive_matches(spec, data_dir, sha):
                 progress.grow("convert", 1)
@@ -384,7 +384,7 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
             progress.advance("download", done_bytes=0 if failed else got, key=spec.key)
             if failed:  # its bytes will not come, nor its conversion
                 progress.grow("download", total_bytes=-got)
-                if converting and spec not in restoring:
+                if converting and spec not in not_converted:
                     progress.grow("convert", -1)
             if isinstance(result, NotPublished):
                 # Listed, but the archive answers 404: not published (yet); never retried, not a failure.
@@ -397,14 +397,14 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
                 report.outcomes.append(_failed_outcome(spec, result, sizes.get(spec)))
                 continue
             download_results[spec] = result
-            if converting and spec not in restoring:
+            if converting and spec not in not_converted:
                 submit(batch.add(spec))
             else:  # a repair's archive is converted by the repair itself (validate step)
                 cached = done.state.name == "Cached"
                 report.outcomes.append(
                     ArchiveOutcome(spec.key, "cached" if cached else "downloaded", bytes=result.bytes,
                                    seconds=0.0 if cached else result.seconds,
-                                   detail=restoring.get(spec, ""),
+                                   detail=not_converted.get(spec, ""),
                                    where="downloads")
                 )
         if downloading:
