@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_bar_behaviour [--scale F] [--no-check]
 
-For every production kind of `--features` with its default settings (tasks.features.
+For every production kind of `--features` with its default settings (tasks.features.incremental.
 PRESETS: target rate of 50 bars a day), on generated streams (tests/bar_streams.py: an
 intraday activity cycle, autocorrelated sides, lognormal sizes):
 - a stationary week of 1,114,623-trade days, then three regime changes: a day with 4x
@@ -41,8 +41,8 @@ import numpy.typing as npt
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tasks.bars import BarSpec, BarState, process_chunk_arrays  # noqa: E402
-from tasks.features import PRESETS  # noqa: E402
+from tasks.features.bars import BarSpec, BarState, process_chunk_arrays  # noqa: E402
+from tasks.features.incremental import PRESETS  # noqa: E402
 from tests.bar_streams import DAY_US, REGIMES, DayStats, Stream, bars_by_day, make_stream, scaled  # noqa: E402
 from tests.bar_streams import Day as StreamDay  # noqa: E402
 

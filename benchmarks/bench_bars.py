@@ -1,4 +1,4 @@
-"""Benchmark the bar kernels (tasks.bars / tasks.bars_nb) against the pure-Python oracle.
+"""Benchmark the bar kernels (tasks.features.bars / tasks.features.bars_nb) against the pure-Python oracle.
 
 Run from the repo root::
 
@@ -7,7 +7,7 @@ Run from the repo root::
 What it measures, single-threaded (so trades/s is per core):
 
 1. every bar kind in production mode (side from is_buyer_maker, O(1) running EWMA) on
-   `--trades` synthetic trades fed through `tasks.bars.process_chunk` in `--chunk`-trade
+   `--trades` synthetic trades fed through `tasks.features.bars.process_chunk` in `--chunk`-trade
    chunks, the way the pipeline feeds Parquet row groups (so the figure includes the
    side conversion, the state copy and building the pyarrow table);
 2. the same kinds with the pure-Python implementation (tests/bars_oracle.py) on the
@@ -43,7 +43,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from tasks.bars import BarSpec, BarState, process_chunk  # noqa: E402
+from tasks.features.bars import BarSpec, BarState, process_chunk  # noqa: E402
 from tests import bars_oracle  # noqa: E402
 
 TARGET_EMA_DOLLAR = 25e6

@@ -1,4 +1,4 @@
-"""Benchmark `tasks.convert.convert_archive` against polars and against plain inflating.
+"""Benchmark `tasks.convert.archive.convert_archive` against polars and against plain inflating.
 
 Run from the repo root (see benchmarks/README.md)::
 
@@ -50,7 +50,7 @@ if str(REPO_ROOT) not in sys.path:
 # numpy, pyarrow, polars and the converter are imported inside the functions that use them,
 # after the memory-probe launcher is started (see `CleanLauncher`) and, in the probes, after
 # their baseline is taken.
-from tasks.archive_spec import ArchiveSpec  # noqa: E402
+from tasks.source.archive_spec import ArchiveSpec  # noqa: E402
 
 #: Trades in BTCUSDT's spot archive of 2024-01-01.
 DAY_ROWS = 1_114_623
@@ -152,7 +152,7 @@ def convert_options(overrides: dict[str, int]) -> Any:
 
 def run_ours(zip_path: Path, spec: ArchiveSpec, sha256: str, out_path: Path, overrides: dict[str, int]) -> int:
     """Convert with `convert_archive` (default `ConvertOptions` unless overridden); return the rows written."""
-    from tasks.convert import convert_archive
+    from tasks.convert.archive import convert_archive
 
     return convert_archive(zip_path, spec, sha256, out_path, convert_options(overrides)).rows
 
@@ -191,8 +191,8 @@ def run_inflate(zip_path: Path) -> int:
 
 
 def run_inflate_isal(zip_path: Path) -> int:
-    """Our converter's floor: inflate the member with `tasks.zip_member.inflate_member` (ISA-L), discarding."""
-    from tasks.zip_member import inflate_member
+    """Our converter's floor: inflate the member with `tasks.convert.zip_member.inflate_member` (ISA-L), discarding."""
+    from tasks.convert.zip_member import inflate_member
 
     with zipfile.ZipFile(zip_path) as zf:
         info = zf.infolist()[0]
@@ -319,7 +319,7 @@ def probe_main(request_json: str) -> None:
     zip_path, out_path = Path(request["zip"]), Path(request["out"])
     out_path.unlink(missing_ok=True)
     if request["tool"] == "ours":
-        import tasks.convert
+        import tasks.convert.archive
         import tasks.settings  # noqa: F401  (imported for the baseline)
 
         market, symbol, granularity, period = request["spec"]
@@ -425,7 +425,7 @@ def machine_lines() -> list[str]:
         f"machine : nproc {nproc}, {model}, {memory} RAM, {platform.system()} {platform.release()}",
         f"python  : {platform.python_version()} ({sys.executable}), zlib {zlib.ZLIB_RUNTIME_VERSION}",
         f"libs    : {versions}",
-        f"measured: tasks/convert.py sha256 {_file_digest(convert)[:12]}, "
+        f"measured: tasks/convert/archive.py sha256 {_file_digest(convert)[:12]}, "
         f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(convert.stat().st_mtime))}",
     ]
 

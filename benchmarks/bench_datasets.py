@@ -37,7 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from tasks.archive_spec import ArchiveSpec  # noqa: E402
+from tasks.source.archive_spec import ArchiveSpec  # noqa: E402
 
 DAY = date(2024, 1, 1)
 AGG_POLARS = [("agg_trade_id", "Int64"), ("price", "Float64"), ("qty", "Float64"), ("first_trade_id", "Int64"),
@@ -117,9 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3, help="timed rounds per step, best kept (default 3)")
     p.add_argument("--no-check", action="store_true", help="exit 0 even when a target is missed")
     args = p.parse_args(argv)
-    from tasks.audit import audit_symbol
-    from tasks.compact import compact_symbol
-    from tasks.convert import convert_archive
+    from tasks.audit.between_datasets import audit_symbol
+    from tasks.convert.archive import convert_archive
+    from tasks.lake.compact import compact_symbol
     from tasks.settings import ConvertOptions
 
     work = Path(tempfile.mkdtemp(prefix="bench-datasets-"))

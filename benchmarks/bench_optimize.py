@@ -29,7 +29,7 @@ def _probe(data_dir: str, mode: str) -> None:
     """Child process: import, measure baseline, run one compaction, print JSON."""
     import resource
 
-    from tasks.compact import compact_symbol
+    from tasks.lake.compact import compact_symbol
     from tasks.settings import ConvertOptions
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -48,10 +48,10 @@ def _stage_days(data_dir: Path, rows: int, first_day: int = 1, first_id: int = 1
     import numpy as np
     import pyarrow as pa
 
-    from tasks.archive_spec import ArchiveSpec
-    from tasks.lake_writer import lake_writer, source_metadata_doc
+    from tasks.lake.writer import lake_writer, source_metadata_doc
     from tasks.schema import TRADES_SCHEMA
     from tasks.settings import ConvertOptions
+    from tasks.source.archive_spec import ArchiveSpec
 
     left, n_day, next_id = rows, first_day, first_id
     rng = np.random.default_rng(n_day)

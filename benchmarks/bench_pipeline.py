@@ -49,14 +49,14 @@ sys.path.insert(0, str(REPO))
 
 from flows.full_pipeline import full_pipeline  # noqa: E402
 from flows.runtime import dask_runner, shared_api_server  # noqa: E402
-from tasks.archive_spec import ArchiveSpec  # noqa: E402
-from tasks.compact import compact_symbol  # noqa: E402
-from tasks.download import download_archive, fetch_checksums  # noqa: E402
-from tasks.features import compute_feature, parse_feature  # noqa: E402
-from tasks.http import HttpOptions  # noqa: E402
-from tasks.ingest import ingest_archive  # noqa: E402
+from tasks.features.incremental import compute_feature, parse_feature  # noqa: E402
+from tasks.lake.compact import compact_symbol  # noqa: E402
+from tasks.lake.ingest import ingest_archive  # noqa: E402
 from tasks.report import PipelineReport, RunFailed  # noqa: E402
 from tasks.settings import Settings  # noqa: E402
+from tasks.source.archive_spec import ArchiveSpec  # noqa: E402
+from tasks.source.download import download_archive, fetch_checksums  # noqa: E402
+from tasks.source.http import HttpOptions  # noqa: E402
 from tests.fake_archive import FakeArchive, publish_day  # noqa: E402
 
 DAY_ROWS = 1_114_623
@@ -276,14 +276,14 @@ from datetime import date
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 stage, data, base_url, days = sys.argv[2], Path(sys.argv[3]), sys.argv[4], int(sys.argv[5])
-from tasks.archive_spec import ArchiveSpec
+from tasks.source.archive_spec import ArchiveSpec
 from tasks.settings import Settings
 from datetime import timedelta
 specs = [ArchiveSpec("spot", "BTCUSDT", "daily", date(2024, 1, 1) + timedelta(days=i)) for i in range(days)]
 s = Settings(data_dir=data, symbols=("BTCUSDT",), start=date(2024, 1, 1), end=date(2024, 1, 1))
 if stage == "download":
-    from tasks.download import download_archive, fetch_checksums
-    from tasks.http import HttpOptions
+    from tasks.source.download import download_archive, fetch_checksums
+    from tasks.source.http import HttpOptions
 def hwm():
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss across execve from the parent (the
     # benchmark holding generated archives); VmHWM starts afresh with this process image.
@@ -298,20 +298,20 @@ if stage == "download":
             await download_archive(p.spec, p.sha256, base_url, data, HttpOptions())
     asyncio.run(go())
 elif stage == "convert":
-    from tasks.ingest import ingest_archive, sha256_of
+    from tasks.lake.ingest import ingest_archive, sha256_of
     for spec in specs:
         ingest_archive(spec, sha256_of(spec.local_zip(data)), data, s.convert_options)
 elif stage == "merge":
-    from tasks.compact import compact_symbol
+    from tasks.lake.compact import compact_symbol
     compact_symbol(data, "spot", "BTCUSDT", s.target_file_bytes, s.convert_options, consolidate=True)
 elif stage == "validate":
-    from tasks.ingest import validate_symbol
+    from tasks.lake.ingest import validate_symbol
     validate_symbol(data, "spot", "BTCUSDT", date(2024, 1, 1), date(2024, 12, 31))
 elif stage == "gaps":
-    from tasks.gaps import gap_report
+    from tasks.lake.gaps import gap_report
     gap_report(data, "spot", "BTCUSDT", date(2024, 1, 1), date(2024, 1, days), set(), 3600)
 elif stage == "features":
-    from tasks.features import compute_feature, parse_feature
+    from tasks.features.incremental import compute_feature, parse_feature
     compute_feature(data, "spot", "BTCUSDT", parse_feature("ema_dollar_imbalance"))
 dt = time.perf_counter() - t0
 print(json.dumps({"seconds": dt, "net_mib": (hwm() - base) / 1024, "peak_mib": hwm() / 1024}))

@@ -13,10 +13,10 @@ import re
 from collections.abc import Iterable, Sequence
 from datetime import date
 
-from tasks.gaps import GapReport
 from tasks.labels import day_runs, span, span_with_count
-from tasks.plan import MissingDay
+from tasks.lake.gaps import GapReport
 from tasks.report import ArchiveOutcome, PipelineReport
+from tasks.source.plan import MissingDay
 from tasks.units import plural
 
 #: At most this many rows in the lake-gaps table (then one row says how many more, and where they are).

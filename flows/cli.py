@@ -26,7 +26,7 @@ from flows.api_server import TemporaryApiServer, discard, launch_early, server_t
 from flows.interrupt import Interrupted
 from flows.warm import hand_off, in_child, keep_warm_seconds
 from tasks.errors import DataDirRefused, DateRangeRefused, SymbolNotListed, TemporaryServerFailed, describe
-from tasks.landed import archives_landed
+from tasks.lake.landed import archives_landed
 from tasks.preflight import check_run, version_line
 from tasks.settings import ALL_STEPS, STEPS, CliParser, Settings, describe_settings_error
 from tasks.units import plural
@@ -136,7 +136,7 @@ def dry_run_cli(settings: Settings, create: bool = False) -> int:
     Nothing is written (the data dir is not created) and no server starts.
     """
     from tasks.preflight import cap_settings, check_data_dir_usable, refuse_unlisted
-    from tasks.run_plan import dry_run, http_options  # pyarrow (lake footers), aiohttp: not Prefect
+    from tasks.source.run_plan import dry_run, http_options  # pyarrow (lake footers), aiohttp: not Prefect
 
     try:
         check_data_dir_usable(settings.data_dir, create)
@@ -198,7 +198,7 @@ def print_validation_error(exc: ValidationError | SettingsError, given: Collecti
 def interrupted_line(settings: Settings, data_dir: Path, since: float) -> str:
     """What a Ctrl-C'd run says: how many archives it landed (verified or converted) and kept.
 
-    Counted from the data dir (`tasks.landed`), so it is true whichever thread was
+    Counted from the data dir (`tasks.lake.landed`), so it is true whichever thread was
     interrupted, and quick: it lists only the requested symbols' folders.
     """
     return landed_line(archives_landed(data_dir, settings.market, settings.symbols, since))

@@ -30,7 +30,7 @@ from flows.cli import (
     verbosity,
 )
 from flows.warm import hand_off, in_child
-from tasks.landed import archives_landed
+from tasks.lake.landed import archives_landed
 from tasks.preflight import version_line
 from tasks.settings import CliParser, Settings, parse_day
 

@@ -47,13 +47,13 @@ from flows.daily_cli import main as main
 from flows.full_pipeline import final_state, run_pipeline
 from flows.progress import cli_progress
 from flows.runtime import dask_runner, default_dask_runner, server_template, shared_api_server
-from tasks.archive_spec import Granularity, Market
-from tasks.http import HttpOptions
-from tasks.lake import coverage, lake_inventory, staged_inventory
-from tasks.listing import Discovery, list_symbols
+from tasks.lake.inventory import coverage, lake_inventory, staged_inventory
 from tasks.prefect_tasks import discover_task
 from tasks.report import PipelineReport, RunFailed
 from tasks.settings import DEFAULT_LISTING_URL, Settings
+from tasks.source.archive_spec import Granularity, Market
+from tasks.source.http import HttpOptions
+from tasks.source.listing import Discovery, list_symbols
 from tasks.units import plural
 
 

@@ -52,13 +52,10 @@ from flows.runtime import (
     server_template,
     shared_api_server,
 )
-from tasks.archive_spec import ArchiveSpec, Granularity, parse_archive_name
 from tasks.atomic import remove_stale_temporaries
-from tasks.audit import AUDITED_DATASETS, lake_datasets
-from tasks.batching import Batcher, sort_published
-from tasks.compact import CompactionResult, recover_lake
+from tasks.audit.between_datasets import AUDITED_DATASETS, lake_datasets
+from tasks.convert.batching import Batcher, sort_published
 from tasks.datadir import open_data_dir
-from tasks.download import Published, local_archive_matches, stored_checksum
 from tasks.errors import (
     DamagedLakeFile,
     NotPublished,
@@ -68,15 +65,14 @@ from tasks.errors import (
     TransientNetworkError,
     describe,
 )
-from tasks.features import from_cache, parse_feature
-from tasks.gaps import reported as gaps_reported
-from tasks.http import HttpOptions
-from tasks.ingest import IngestResult, SymbolValidation
+from tasks.features.incremental import from_cache, parse_feature
 from tasks.labels import batch_label
-from tasks.lake import lake_sources
-from tasks.listing import Discovery
+from tasks.lake.compact import CompactionResult, recover_lake
+from tasks.lake.gaps import reported as gaps_reported
+from tasks.lake.ingest import IngestResult, SymbolValidation
+from tasks.lake.inventory import lake_sources
+from tasks.lake.repair import damage_on_record, intact_sources
 from tasks.lock import data_dir_lock
-from tasks.plan import MissingDay
 from tasks.prefect_cache import LakeCacheStorage
 from tasks.prefect_tasks import (
     audit_task,
@@ -92,11 +88,15 @@ from tasks.prefect_tasks import (
     validate_symbol_task,
 )
 from tasks.preflight import cap_settings, find_unlisted, probe_options, run_coroutine, unlisted_message
-from tasks.refusals import mark_known, prior_refusals
-from tasks.repair import damage_on_record, intact_sources
 from tasks.report import ArchiveOutcome, GapNote, PipelineReport, RunFailed
-from tasks.run_plan import granularities, http_options, local_discoveries, plan_run
 from tasks.settings import Settings
+from tasks.source.archive_spec import ArchiveSpec, Granularity, parse_archive_name
+from tasks.source.download import Published, local_archive_matches, stored_checksum
+from tasks.source.http import HttpOptions
+from tasks.source.listing import Discovery
+from tasks.source.plan import MissingDay
+from tasks.source.refusals import mark_known, prior_refusals
+from tasks.source.run_plan import granularities, http_options, local_discoveries, plan_run
 from tasks.warmup import warm_up_in_background
 
 #: Prefect's cache records for this lake, inside the data dir.
@@ -463,7 +463,7 @@ def _validate(settings: Settings, data_dir: Path, report: PipelineReport) -> Cal
     """Submit the validation of every symbol; returns what collects the results into `report`.
 
     A symbol with a lake file that failed (or one damaged on record) is then repaired from the
-    kept archives (`tasks.repair`), and its validation is the one after the repair.
+    kept archives (`tasks.lake.repair`), and its validation is the one after the repair.
     """
     ds = settings.dataset
     verified = {symbol: tuple(v for c in report.compactions if c.symbol == symbol and c.dataset == ds
@@ -483,7 +483,7 @@ def _validate(settings: Settings, data_dir: Path, report: PipelineReport) -> Cal
                 report.validation_errors.append(describe(result))
                 continue
             assert isinstance(result, SymbolValidation)
-            # Repairs rebuild trades files (tasks.repair); another dataset's damage stays reported.
+            # Repairs rebuild trades files (tasks.lake.repair); another dataset's damage stays reported.
             if settings.trades and (result.failed_files or damage_on_record(data_dir, settings.market, result.symbol)):
                 repairs.append((result, repair_symbol_task.submit(
                     data_dir, settings.market, result.symbol, result, settings.target_file_bytes,

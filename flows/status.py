@@ -19,15 +19,15 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import cast
 
-from tasks.archive_spec import MARKETS, SYMBOL_RE, Market
-from tasks.audit import AUDITED_DATASETS
-from tasks.audit import report_path as audit_report_path
+from tasks.audit.between_datasets import AUDITED_DATASETS
+from tasks.audit.between_datasets import report_path as audit_report_path
 from tasks.datasets import dataset
 from tasks.errors import DataDirRefused
-from tasks.gaps import quarantined, report_path, reported
-from tasks.lake import coverage, lake_inventory, staged_inventory
+from tasks.lake.gaps import quarantined, report_path, reported
+from tasks.lake.inventory import coverage, lake_inventory, staged_inventory
 from tasks.preflight import check_status_data_dir, version_line
 from tasks.settings import CliParser
+from tasks.source.archive_spec import MARKETS, SYMBOL_RE, Market
 
 
 @dataclass(frozen=True)

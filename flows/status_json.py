@@ -38,9 +38,9 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from tasks.archive_spec import Market
-from tasks.gaps import quarantined, report_path, reported, unit_of
-from tasks.lake import coverage, lake_inventory
+from tasks.lake.gaps import quarantined, report_path, reported, unit_of
+from tasks.lake.inventory import coverage, lake_inventory
+from tasks.source.archive_spec import Market
 
 if TYPE_CHECKING:
     from flows.status import SymbolStatus

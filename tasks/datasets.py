@@ -63,7 +63,7 @@ class Dataset:
     csv_drop: tuple[str, ...] = ()
     header_aliases: Mapping[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
     interval: str | None = None
-    #: Dictionary-encode the float columns (else PLAIN, zstd-compressed): see `tasks/lake_writer.py`.
+    #: Dictionary-encode the float columns (else PLAIN, zstd-compressed): see `tasks/lake/writer.py`.
     dictionary_floats: bool = True
 
     @property

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import date, timedelta
 
-from tasks.archive_spec import ArchiveSpec
+from tasks.source.archive_spec import ArchiveSpec
 
 
 def day_runs(days: Iterable[date]) -> list[tuple[date, date]]:

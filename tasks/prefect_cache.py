@@ -32,10 +32,10 @@ from prefect.filesystems import LocalFileSystem
 from prefect.serializers import Serializer
 from pydantic import Field
 
-from tasks.archive_spec import ArchiveSpec
-from tasks.download import DownloadResult
 from tasks.errors import UnsafeCacheRecord
-from tasks.features import FeatureResult
+from tasks.features.incremental import FeatureResult
+from tasks.source.archive_spec import ArchiveSpec
+from tasks.source.download import DownloadResult
 
 log = logging.getLogger(__name__)
 

@@ -23,23 +23,23 @@ from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 from prefect.utilities.hashing import hash_objects
 
-from tasks.archive_spec import ArchiveSpec, Granularity, Market
-from tasks.audit import AUDITED_DATASETS, AuditReport, audit_symbol, lake_datasets, write_audit_report
-from tasks.audit_sources import audit_sources
-from tasks.cleanup import CleanupResult, cleanup_symbol
-from tasks.compact import CompactionResult, compact_symbol
-from tasks.download import DownloadResult, Published, download_archive, fetch_checksums
+from tasks.audit.between_datasets import AUDITED_DATASETS, AuditReport, audit_symbol, lake_datasets, write_audit_report
+from tasks.audit.between_sources import audit_sources
 from tasks.errors import PipelineError, TransientNetworkError, describe
-from tasks.features import Feature, FeatureResult, compute_feature, lake_fingerprint
-from tasks.gaps import GapReport, gap_report, write_gap_report
-from tasks.http import HttpOptions
-from tasks.ingest import IngestResult, SymbolValidation, ingest_archive, validate_symbol
-from tasks.lake import lake_inventory
-from tasks.listing import Discovery, discover
+from tasks.features.incremental import Feature, FeatureResult, compute_feature, lake_fingerprint
+from tasks.lake.cleanup import CleanupResult, cleanup_symbol
+from tasks.lake.compact import CompactionResult, compact_symbol
+from tasks.lake.gaps import GapReport, gap_report, write_gap_report
+from tasks.lake.ingest import IngestResult, SymbolValidation, ingest_archive, validate_symbol
+from tasks.lake.inventory import lake_inventory
+from tasks.lake.repair import RepairResult, repair_count, repair_symbol
+from tasks.lake.validate import VerifiedFile
 from tasks.prefect_cache import LakeJSONSerializer
-from tasks.repair import RepairResult, repair_count, repair_symbol
 from tasks.settings import ConvertOptions
-from tasks.validate import VerifiedFile
+from tasks.source.archive_spec import ArchiveSpec, Granularity, Market
+from tasks.source.download import DownloadResult, Published, download_archive, fetch_checksums
+from tasks.source.http import HttpOptions
+from tasks.source.listing import Discovery, discover
 
 #: Bump when the lake file format changes, so old cache records stop matching.
 CACHE_VERSION = "trades-v1"
@@ -255,7 +255,7 @@ def _feature_cache_key(context: TaskRunContext, inputs: dict[str, Any]) -> str |
 @task(name="features", task_run_name="features {market}/{symbol} {feature.name}", cache_key_fn=_feature_cache_key,
       persist_result=True, result_serializer=LakeJSONSerializer())
 def features_task(data_dir: Path, market: Market, symbol: str, feature: Feature) -> FeatureResult:
-    """Bring one feature of one symbol up to the lake's last trade (incremental, see tasks.features)."""
+    """Bring one feature of one symbol up to the lake's last trade (incremental, see tasks.features.incremental)."""
     result = compute_feature(data_dir, market, symbol, feature)
     get_run_logger().info("%s %s/%s: %s, %d trades -> %d bars in %.2fs%s", feature.name, market, symbol,
                           result.mode, result.trades, result.bars, result.seconds,

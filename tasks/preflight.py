@@ -31,8 +31,8 @@ from tasks.datadir import check_data_dir, open_data_dir
 from tasks.errors import DataDirRefused, DateRangeRefused, PipelineError, SymbolNotListed
 
 if TYPE_CHECKING:
-    from tasks.archive_spec import Granularity, Market
     from tasks.settings import Settings
+    from tasks.source.archive_spec import Granularity, Market
 
 T = TypeVar("T")
 
@@ -130,8 +130,8 @@ def cap_end_date(start: date, end: date, today: date | None = None) -> tuple[dat
 
 
 def probe_options(http: Any = None) -> Any:
-    """The run's HTTP options (`tasks.http.HttpOptions`), bounded so a dead listing answers within seconds."""
-    from tasks.http import HttpOptions
+    """The run's HTTP options (`tasks.source.http.HttpOptions`), bounded so a dead listing answers within seconds."""
+    from tasks.source.http import HttpOptions
 
     base = http or HttpOptions()
     return replace(base, retries=min(base.retries, 1), retry_base_delay=min(base.retry_base_delay, 0.5),
@@ -149,13 +149,13 @@ async def find_unlisted(listing_url: str, market: str, symbols: Sequence[str], h
     folders listed, for the suggestions. A symbol whose probe fails (network, a garbage
     page) counts as listed: the run lists it again and reports that failure itself.
     """
-    from tasks.archive_spec import symbol_prefix
-    from tasks.http import make_session
-    from tasks.listing import list_symbols
+    from tasks.source.archive_spec import symbol_prefix
+    from tasks.source.http import make_session
+    from tasks.source.listing import list_symbols
 
     async def holds_anything(session: Any, prefix: str) -> bool | None:
-        from tasks.http import fetch_bytes, with_retries
-        from tasks.listing import listing_page_url, parse_listing_page
+        from tasks.source.http import fetch_bytes, with_retries
+        from tasks.source.listing import listing_page_url, parse_listing_page
 
         url = listing_page_url(listing_url, prefix) + "&max-keys=1"
         try:
@@ -254,7 +254,7 @@ def check_run(settings: Settings, create: bool = False, today: date | None = Non
     check_data_dir_usable(settings.data_dir, create)
     settings, note = cap_settings(settings, today)
     if check_symbols and "download" in settings.steps:
-        from tasks.http import HttpOptions
+        from tasks.source.http import HttpOptions
 
         # Asked of the first dataset's folders: every symbol has trades, but a run of klines only
         # needs its klines (and a mirror may hold nothing else).

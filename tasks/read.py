@@ -39,10 +39,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks.archive_spec import MARKETS, SYMBOL_RE, lake_symbol_dir
 from tasks.errors import LakeReadError
-from tasks.lake import range_of
+from tasks.lake.inventory import range_of
 from tasks.schema import TRADES_SCHEMA, same_columns
+from tasks.source.archive_spec import MARKETS, SYMBOL_RE, lake_symbol_dir
 from tasks.utc import DAY_US, day_start_us
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 Day = date | str
 #: Listings of a folder tried before giving up while runs keep swapping it (each swap takes ms).
 _ATTEMPTS = 3
-#: A feature's name, as `tasks.features` checks it (not imported from there: it loads Numba).
+#: A feature's name, as `tasks.features.incremental` checks it (not imported from there: it loads Numba).
 _FEATURE_NAME = re.compile(r"\A[a-z0-9_]{1,64}\Z")
 _DAY_RE = re.compile(r"\A[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
 
@@ -87,7 +87,7 @@ def read_bars(data_dir: str | Path, market: str, symbol: str, feature: str, star
     """The bars of `feature` (its folder under `features/`, e.g. `ema_dollar_imbalance`) for `market`/`symbol`.
 
     Bars whose `close_time` falls from day `start` to day `end` (UTC, both inclusive), sorted by
-    `first_trade_id`; `columns` as in `read_trades` (of `tasks.bars.BARS_SCHEMA`).
+    `first_trade_id`; `columns` as in `read_trades` (of `tasks.features.bars.BARS_SCHEMA`).
     """
     if not isinstance(feature, str) or not _FEATURE_NAME.fullmatch(feature):
         raise LakeReadError(f"feature={feature!r}", "a feature name matches [a-z0-9_]{1,64} (the --features name)")
@@ -229,7 +229,7 @@ def _read_folder(folder: Path, layout: _Layout, days: tuple[date | None, date | 
     finally:
         _close(opened)
     if schema is None:  # no bars part in the range to take the columns from
-        from tasks.bars import BARS_SCHEMA  # here only: tasks.bars loads Numba
+        from tasks.features.bars import BARS_SCHEMA  # here only: tasks.features.bars loads Numba
 
         schema = BARS_SCHEMA
     out = _select(schema, columns)

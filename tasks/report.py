@@ -8,14 +8,14 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Literal
 
-from tasks.audit import AuditReport
-from tasks.cleanup import CleanupResult
-from tasks.compact import CompactionResult
-from tasks.features import FeatureResult
-from tasks.gaps import GapReport
+from tasks.audit.between_datasets import AuditReport
+from tasks.features.incremental import FeatureResult
 from tasks.labels import day_runs
-from tasks.plan import MissingDay
-from tasks.repair import RepairResult
+from tasks.lake.cleanup import CleanupResult
+from tasks.lake.compact import CompactionResult
+from tasks.lake.gaps import GapReport
+from tasks.lake.repair import RepairResult
+from tasks.source.plan import MissingDay
 from tasks.units import plural
 from tasks.utc import micros_to_datetime
 
@@ -40,7 +40,7 @@ class ArchiveOutcome:
     #: The error's kind for a refused or failed archive (`PipelineError.kind`, e.g. "checksum mismatch").
     kind: str = ""
     #: For a refusal already known (the same archive and published checksum refused before,
-    #: tasks.refusals): the ISO time of its first refusal. Known refusals fail the run only with --strict.
+    #: tasks.source.refusals): the ISO time of its first refusal. Known refusals fail the run only with --strict.
     known_since: str | None = None
     where: Where = ""
 

@@ -23,9 +23,9 @@ from typing import Annotated, Literal, NoReturn
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from tasks.archive_spec import Market, check_symbol
 from tasks.dataset_ids import parse_id
 from tasks.errors import UnsafePath
+from tasks.source.archive_spec import Market, check_symbol
 
 Step = Literal["download", "convert", "merge", "optimize", "validate", "gaps", "audit", "features", "cleanup"]
 #: Every step, in the order a run performs them.
@@ -42,7 +42,7 @@ DEFAULT_LISTING_URL = "https://s3-ap-northeast-1.amazonaws.com/data.binance.visi
 #: 9999-12-31 + 1 day would overflow).
 EARLIEST_DAY = date(2017, 1, 1)
 LATEST_DAY = date(2099, 12, 31)
-#: The bars a run computes unless told otherwise (see tasks/features.py PRESETS).
+#: The bars a run computes unless told otherwise (see tasks/features/incremental.py PRESETS).
 DEFAULT_FEATURES: tuple[str, ...] = ("ema_dollar_imbalance",)
 #: At most this many `--features` per run (each one reads every symbol's trades).
 MAX_FEATURES = 32
@@ -128,7 +128,7 @@ class Settings(BaseSettings):
     )
     features: Annotated[tuple[str, ...], NoDecode] = Field(
         DEFAULT_FEATURES,
-        description="Bar kinds to compute, each `kind[:field=value,...]` (see tasks/features.py PRESETS); "
+        description="Bar kinds to compute, each `kind[:field=value,...]` (see tasks/features/incremental.py PRESETS); "
         "in one string, specs are separated by `;` or spaces.",
     )
     ingest_batch_bytes: int = Field(
@@ -203,7 +203,7 @@ class Settings(BaseSettings):
     def _check_features(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if value == DEFAULT_FEATURES:
             return value  # a preset: no need to import the bars module (pandas, Numba: 1.3 s) to check it
-        from tasks.features import parse_feature
+        from tasks.features.incremental import parse_feature
 
         if len(value) > MAX_FEATURES:
             raise ValueError(f"{len(value)} features given: allowed at most {MAX_FEATURES}")

@@ -21,11 +21,11 @@ _STARTED = threading.Event()
 
 def warm_up(features: Sequence[str] = ()) -> None:
     """Run the converter's parser, the merge's digest and each feature's bar kernel once, on two trades."""
-    from tasks.bars import BarState, process_chunk
-    from tasks.compact import DayDigest
-    from tasks.csv_dialect import sniff_dialect
-    from tasks.csv_parse import parse_simple_piece, to_lake_table
-    from tasks.features import parse_feature
+    from tasks.convert.csv_dialect import sniff_dialect
+    from tasks.convert.csv_parse import parse_simple_piece, to_lake_table
+    from tasks.features.bars import BarState, process_chunk
+    from tasks.features.incremental import parse_feature
+    from tasks.lake.compact import DayDigest
 
     lines = [b"1,42000.5,0.001,42.0005,1704067200000,True,True", b"2,42000.6,0.002,84.0012,1704067200001,False,True"]
     dialect = sniff_dialect(lines[0], lines[1], "spot", "warm-up", "warm-up.csv")

@@ -1,6 +1,6 @@
 """A straightforward pure-Python implementation of the bars of docs/bars-spec.md.
 
-It is the test oracle for `tasks.bars_nb` (and the pure-Python baseline of the
+It is the test oracle for `tasks.features.bars_nb` (and the pure-Python baseline of the
 benchmark): one pass over Python lists, the whole history kept, every expectation
 recomputed from its definition. No ring buffers, no running sums, no chunking.
 
@@ -9,7 +9,7 @@ re-evaluated at every trade while E[x] is NaN, plus the production guards
 (min_ticks, max_ticks, E[T] clamp) and the production E[x] ("running": fixed span W,
 computed here directly as a weighted sum over the last min(H, W) values).
 
-Target-rate mode (`bars_per_day` > 0) follows tasks.bars_nb's module docstring: the
+Target-rate mode (`bars_per_day` > 0) follows tasks.features.bars_nb's module docstring: the
 trailing rate, the threshold with its noise term (Var[x] from the same fixed-span mean of
 x²), the bounded step on log q and the cap, each computed here from the whole history.
 
@@ -23,7 +23,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from tasks.bars import BarSpec
+from tasks.features.bars import BarSpec
 
 Bar = dict[str, Any]
 

@@ -53,7 +53,7 @@ def main() -> None:
     dirs = data_dirs.split(os.pathsep)
     kill_at = int(os.environ.get("KILL_AT", "0"))
     from tasks.atomic import remove_stale_temporaries
-    from tasks.compact import compact_symbol, recover_lake
+    from tasks.lake.compact import compact_symbol, recover_lake
     from tasks.settings import ConvertOptions
 
     options = ConvertOptions(row_group_rows=1000)
@@ -72,16 +72,16 @@ def main() -> None:
         recover_lake(data)
         remove_stale_temporaries(data, check_owner=False)
         if step == "download":
-            from tasks.archive_spec import ArchiveSpec
-            from tasks.download import download_archive
-            from tasks.http import HttpOptions
+            from tasks.source.archive_spec import ArchiveSpec
+            from tasks.source.download import download_archive
+            from tasks.source.http import HttpOptions
 
             base_url, day, sha = rest
             spec = ArchiveSpec("spot", "BTCUSDT", "daily", date.fromisoformat(day))
             asyncio.run(download_archive(spec, sha, base_url, data, HttpOptions(5.0, 5.0, 0, 0.0)))
         elif step == "convert":
-            from tasks.archive_spec import ArchiveSpec
-            from tasks.ingest import ingest_archive
+            from tasks.lake.ingest import ingest_archive
+            from tasks.source.archive_spec import ArchiveSpec
 
             day, sha = rest
             ingest_archive(ArchiveSpec("spot", "BTCUSDT", "daily", date.fromisoformat(day)), sha, data, options)
@@ -90,7 +90,7 @@ def main() -> None:
             compact_symbol(data, "spot", "BTCUSDT", int(target), options, consolidate=False,
                            dataset_id=os.environ.get("KILL_DATASET", "trades"))
         elif step == "features":
-            from tasks.features import compute_feature, parse_feature
+            from tasks.features.incremental import compute_feature, parse_feature
 
             (spec_text,) = rest
             compute_feature(data, "spot", "BTCUSDT", parse_feature(spec_text), batch_rows=700)

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.archive_spec import ArchiveSpec, check_symbol, parse_archive_name
 from tasks.errors import UnsafePath
+from tasks.source.archive_spec import ArchiveSpec, check_symbol, parse_archive_name
 
 BASE = "https://data.binance.vision"
 

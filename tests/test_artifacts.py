@@ -21,11 +21,11 @@ from flows.artifacts import MAX_GAP_ROWS, gap_findings, gap_rows, markdown_table
 from flows.backfill import backfill, backfill_settings
 from flows.full_pipeline import full_pipeline
 from flows.runtime import dask_runner, dask_runner_for
-from tasks.archive_spec import ArchiveSpec
-from tasks.gaps import GapReport
 from tasks.labels import batch_label, day_runs
+from tasks.lake.gaps import GapReport
 from tasks.report import ArchiveOutcome, PipelineReport
 from tasks.settings import Settings
+from tasks.source.archive_spec import ArchiveSpec
 from tests.conftest import REPO
 from tests.fake_archive import FakeArchive, publish_day
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.archive_spec import ArchiveSpec, Market
-from tasks.audit import audit_symbol, report_path, write_audit_report
-from tasks.compact import compact_symbol
-from tasks.convert import convert_archive
+from tasks.audit.between_datasets import audit_symbol, report_path, write_audit_report
+from tasks.convert.archive import convert_archive
+from tasks.lake.compact import compact_symbol
 from tasks.settings import ConvertOptions
+from tasks.source.archive_spec import ArchiveSpec, Market
 from tests.fake_archive.derived import (
     aggregate,
     klines_of,

@@ -16,12 +16,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.archive_spec import ArchiveSpec
-from tasks.audit import AuditReport
-from tasks.audit_sources import audit_sources, held_source_pairs
-from tasks.lake import lake_files
-from tasks.plan import counterpart_specs
+from tasks.audit.between_datasets import AuditReport
+from tasks.audit.between_sources import audit_sources, held_source_pairs
+from tasks.lake.inventory import lake_files
 from tasks.settings import ConvertOptions
+from tasks.source.archive_spec import ArchiveSpec
+from tasks.source.plan import counterpart_specs
 from tests.fake_archive.derived import AggTrades, aggregate, render_agg_csv, with_orders
 from tests.fake_archive.generate import checksum_text, generate_trades
 

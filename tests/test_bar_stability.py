@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tasks.bars import BARS_SCHEMA, BarSpec, BarState, process_chunk_arrays
-from tasks.features import PRESETS
+from tasks.features.bars import BARS_SCHEMA, BarSpec, BarState, process_chunk_arrays
+from tasks.features.incremental import PRESETS
 from tests import bars_oracle
 from tests.bar_streams import REGIMES, Day, Stream, bars_by_day, make_stream, scaled
 

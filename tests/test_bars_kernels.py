@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tasks import bars_nb
-from tasks.bars import BARS_SCHEMA, BarSpec, BarState, process_chunk, process_chunk_arrays, threshold_at
+from tasks.features import bars_nb
+from tasks.features.bars import BARS_SCHEMA, BarSpec, BarState, process_chunk, process_chunk_arrays, threshold_at
 from tests import bars_oracle
 
 # Deterministic (CI-stable) and bounded: the whole file stays well under a minute.

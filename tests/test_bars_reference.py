@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks import bars
-from tasks.bars import REFERENCE_COLUMNS, BarSpec, BarState, process_chunk_arrays
+from tasks.features import bars
+from tasks.features.bars import REFERENCE_COLUMNS, BarSpec, BarState, process_chunk_arrays
 from tests import bars_oracle
 
 DATA = Path(__file__).parent / "data" / "afml"

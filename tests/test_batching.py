@@ -1,4 +1,4 @@
-"""tasks.batching: conversion batches and the sorting of published checksums, without Prefect."""
+"""tasks.convert.batching: conversion batches and the sorting of published checksums, without Prefect."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from datetime import date, timedelta
 
 import pytest
 
-from tasks.archive_spec import ArchiveSpec
-from tasks.batching import Batcher, sort_published
-from tasks.download import Published
+from tasks.convert.batching import Batcher, sort_published
+from tasks.source.archive_spec import ArchiveSpec
+from tasks.source.download import Published
 
 
 def days(n: int, symbol: str = "BTCUSDT") -> list[ArchiveSpec]:

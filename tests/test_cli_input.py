@@ -31,7 +31,7 @@ import pytest
 
 from tasks.datadir import is_lake
 from tasks.errors import DataDirRefused, DateRangeRefused
-from tasks.lake import coverage, lake_inventory
+from tasks.lake.inventory import coverage, lake_inventory
 from tasks.preflight import cap_end_date, check_data_dir_usable, open_usable_data_dir, unlisted_message
 from tests.conftest import REPO
 from tests.fake_archive import FakeArchive, publish_day, publish_month

@@ -13,15 +13,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.archive_spec import ArchiveSpec
 from tasks.atomic import remove_stale_temporaries
-from tasks.compact import DayDigest, compact_symbol
 from tasks.errors import LakeConflict
-from tasks.lake import lake_files, lake_inventory, staged_inventory
-from tasks.lake_writer import lake_writer, source_metadata_doc
+from tasks.lake.compact import DayDigest, compact_symbol
+from tasks.lake.inventory import lake_files, lake_inventory, staged_inventory
+from tasks.lake.validate import validate_parquet_file
+from tasks.lake.writer import lake_writer, source_metadata_doc
 from tasks.schema import TRADES_SCHEMA
 from tasks.settings import ConvertOptions
-from tasks.validate import validate_parquet_file
+from tasks.source.archive_spec import ArchiveSpec
 
 OPTS = ConvertOptions(row_group_rows=1000)
 ROWS = 3000  # per day
@@ -202,8 +202,8 @@ def test_daily_archive_inside_a_monthly_one_is_refused_and_the_lake_unchanged(tm
 
 
 def test_a_poison_pill_archive_is_quarantined_and_later_days_still_merge(tmp_path: Path) -> None:
-    from tasks.gaps import gap_report
-    from tasks.ingest import merge_refusal
+    from tasks.lake.gaps import gap_report
+    from tasks.lake.ingest import merge_refusal
 
     good = [stage_day(tmp_path, 1), stage_day(tmp_path, 2)]
     compact(tmp_path)
@@ -319,7 +319,7 @@ def test_day_digest_ignores_chunking_and_sees_any_changed_field() -> None:
 def test_files_the_merge_verified_are_not_read_again_by_validation_unless_changed(tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from tasks.ingest import validate_symbol
+    from tasks.lake.ingest import validate_symbol
 
     tables = [stage_day(tmp_path, n) for n in (1, 2)]
     result = compact(tmp_path)

@@ -26,12 +26,12 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.archive_spec import ArchiveSpec, Market
-from tasks.convert import ConversionResult, convert_archive
+from tasks.convert.archive import ConversionResult, convert_archive
 from tasks.errors import CorruptArchive, InvalidData, PipelineError, UnsafePath
-from tasks.lake import read_sources
+from tasks.lake.inventory import read_sources
 from tasks.schema import SOURCE_METADATA_KEY, TRADES_SCHEMA, same_columns
 from tasks.settings import ConvertOptions
+from tasks.source.archive_spec import ArchiveSpec, Market
 
 REPO = Path(__file__).resolve().parents[1]
 DAY = date(2024, 1, 1)
@@ -491,8 +491,8 @@ MEMORY_PROBE = textwrap.dedent(
 
     import pandas  # pyarrow imports it lazily on first use: a one-time ~30 MB, not data
 
-    from tasks.archive_spec import ArchiveSpec
-    from tasks.convert import convert_archive
+    from tasks.source.archive_spec import ArchiveSpec
+    from tasks.convert.archive import convert_archive
     from tasks.settings import ConvertOptions
 
     warm_up, small, big, out = (Path(a) for a in sys.argv[1:5])
@@ -597,8 +597,8 @@ def test_result_is_a_frozen_picklable_dataclass(tmp_path: Path) -> None:
 
 
 def _pyarrow_table(text: bytes, market: Market) -> pa.Table:
-    from tasks.csv_dialect import CsvDialect
-    from tasks.csv_parse import CSV_COLUMNS, csv_options, parse_csv_piece
+    from tasks.convert.csv_dialect import CsvDialect
+    from tasks.convert.csv_parse import CSV_COLUMNS, csv_options, parse_csv_piece
 
     dialect = CsvDialect(CSV_COLUMNS[market], header=False, time_unit="ms")
     return parse_csv_piece(text, 1, csv_options(dialect, ConvertOptions()), "s.zip", "s.csv")
@@ -606,8 +606,8 @@ def _pyarrow_table(text: bytes, market: Market) -> pa.Table:
 
 @pytest.mark.parametrize("market", ["spot", "um", "cm"])
 def test_simple_parser_gives_pyarrows_table(market: Market) -> None:
-    from tasks.csv_dialect import CsvDialect
-    from tasks.csv_parse import CSV_COLUMNS, parse_simple_piece
+    from tasks.convert.csv_dialect import CsvDialect
+    from tasks.convert.csv_parse import CSV_COLUMNS, parse_simple_piece
     from tests.fake_archive.generate import generate_trades, render_csv
 
     spec = spec_for(market, symbol="BTCUSD_PERP" if market == "cm" else "BTCUSDT")
@@ -622,8 +622,8 @@ def test_simple_parser_gives_pyarrows_table(market: Market) -> None:
 
 def test_simple_parser_rounds_decimals_like_pyarrow() -> None:
     """Random decimals of up to 17 digits (and 2**53 units): the same doubles, bit for bit, as pyarrow's."""
-    from tasks.csv_dialect import CsvDialect
-    from tasks.csv_parse import CSV_COLUMNS, parse_simple_piece
+    from tasks.convert.csv_dialect import CsvDialect
+    from tasks.convert.csv_parse import CSV_COLUMNS, parse_simple_piece
 
     rng = np.random.default_rng(5)
 
@@ -655,8 +655,8 @@ def test_simple_parser_rounds_decimals_like_pyarrow() -> None:
     ],
 )
 def test_simple_parser_leaves_anything_unusual_to_pyarrow(line: str) -> None:
-    from tasks.csv_dialect import CsvDialect
-    from tasks.csv_parse import CSV_COLUMNS, parse_simple_piece
+    from tasks.convert.csv_dialect import CsvDialect
+    from tasks.convert.csv_parse import CSV_COLUMNS, parse_simple_piece
 
     text = (spot_csv(3) + line + spot_csv(3, first_id=2000)).encode()
     assert parse_simple_piece(text, CsvDialect(CSV_COLUMNS["spot"], header=False, time_unit="ms")) is None

@@ -9,7 +9,7 @@ import pytest
 
 from flows.daily_update import daily_update, main, select_symbols, update_window
 from flows.runtime import dask_runner_for
-from tasks.lake import coverage, lake_inventory
+from tasks.lake.inventory import coverage, lake_inventory
 from tasks.report import PipelineReport, RunFailed
 from tests.fake_archive import FakeArchive, publish_day
 from tests.test_flow_e2e import run

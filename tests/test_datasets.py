@@ -16,14 +16,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.archive_spec import ArchiveSpec, Market, parse_archive_name
-from tasks.compact import compact_symbol
-from tasks.convert import convert_archive
+from tasks.convert.archive import convert_archive
 from tasks.datasets import AGG_TRADES, TRADES, dataset, dataset_ids, klines
 from tasks.errors import InvalidData, LakeValidationError, UnsafePath
-from tasks.lake import lake_files
+from tasks.lake.compact import compact_symbol
+from tasks.lake.inventory import lake_files
+from tasks.lake.validate import ExpectedFile, validate_parquet_file
 from tasks.settings import ConvertOptions
-from tasks.validate import ExpectedFile, validate_parquet_file
+from tasks.source.archive_spec import ArchiveSpec, Market, parse_archive_name
 from tests.fake_archive.derived import aggregate, klines_of, render_agg_csv, render_klines_csv, with_orders
 from tests.fake_archive.generate import generate_trades
 
@@ -312,7 +312,7 @@ def test_sigkill_at_every_file_operation_of_an_agg_trades_merge(tmp_path: Path) 
 
 def test_kline_gaps_read_as_times_and_intervals_in_the_summary(tmp_path: Path) -> None:
     """A day of 1m klines with 3 minutes left out: validate reports one gap of 3 intervals, as times."""
-    from tasks.ingest import validate_symbol
+    from tasks.lake.ingest import validate_symbol
     from tasks.report import GapNote, PipelineReport
 
     spec = ArchiveSpec("um", "BTCUSDT", "daily", DAY, "klines-1m")
@@ -338,7 +338,7 @@ def test_gap_report_of_agg_trades_and_klines(tmp_path: Path) -> None:
     from flows.artifacts import gap_findings, gap_overview_rows
     from flows.status import lake_status
     from flows.status_json import gap_details
-    from tasks.gaps import gap_report, report_path, write_gap_report
+    from tasks.lake.gaps import gap_report, report_path, write_gap_report
     from tasks.report import PipelineReport
 
     next_agg = 1

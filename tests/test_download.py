@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tasks.archive_spec import ArchiveSpec
-from tasks.download import download_archive, fetch_checksums, local_archive_matches, parse_checksum
 from tasks.errors import ChecksumMismatch, NotPublished, TransientNetworkError, UnexpectedResponse
-from tasks.http import HttpOptions
-from tasks.listing import discover, list_symbols
+from tasks.source.archive_spec import ArchiveSpec
+from tasks.source.download import download_archive, fetch_checksums, local_archive_matches, parse_checksum
+from tasks.source.http import HttpOptions
+from tasks.source.listing import discover, list_symbols
 from tests.fake_archive import FakeArchive, publish_day
 
 FAST = HttpOptions(connect_timeout=2, read_timeout=1.0, retries=2, retry_base_delay=0.01)

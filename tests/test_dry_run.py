@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tasks.archive_spec import ArchiveSpec
 from tasks.labels import day_runs
-from tasks.listing import Discovery
-from tasks.run_plan import plan_run
 from tasks.settings import Settings
+from tasks.source.archive_spec import ArchiveSpec
+from tasks.source.listing import Discovery
+from tasks.source.run_plan import plan_run
 from tasks.units import format_bytes
 from tests.conftest import REPO
 from tests.fake_archive import FakeArchive, PublishedArchive, publish_day

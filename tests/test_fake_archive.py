@@ -26,7 +26,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from tasks.archive_spec import ArchiveSpec, Market
+from tasks.source.archive_spec import ArchiveSpec, Market
 from tests.fake_archive import (
     CHECKSUM_MISMATCH,
     FakeArchive,

@@ -12,8 +12,8 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from tasks.bars import BarSpec, BarState, process_chunk
-from tasks.features import Feature, compute_feature, parse_feature, read_feature
+from tasks.features.bars import BarSpec, BarState, process_chunk
+from tasks.features.incremental import Feature, compute_feature, parse_feature, read_feature
 from tests.conftest import REPO
 from tests.fake_archive import FakeArchive, publish_day
 from tests.test_compact import compact, lake_table, stage_day
@@ -141,7 +141,7 @@ def test_flow_computes_features_then_extends_them_with_the_next_day(
 
 
 def test_daily_parts_are_consolidated_and_still_extend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tasks.features as features
+    import tasks.features.incremental as features
 
     monkeypatch.setattr(features, "MAX_PARTS", 2)
     stage_day(tmp_path, 1)

@@ -18,7 +18,7 @@ import pytest
 
 from flows.full_pipeline import full_pipeline
 from flows.runtime import dask_runner
-from tasks.lake import lake_files, lake_source
+from tasks.lake.inventory import lake_files, lake_source
 from tasks.report import PipelineReport, RunFailed
 from tasks.settings import Settings
 from tests.fake_archive import FakeArchive, build_standard_archive, publish_day
@@ -280,7 +280,7 @@ def test_steps_download_then_convert_offline_then_validate(
     for p in pubs:
         assert_lake_file_matches(data, p)
     # Validation alone re-reads the lake, catches a file damaged behind the pipeline's back and
-    # rebuilds it from the kept archives (tasks/repair.py; tests/test_repair.py has the cases).
+    # rebuilds it from the kept archives (tasks/lake/repair.py; tests/test_repair.py has the cases).
     victim = lake_files(data, "spot", "BTCUSDT")[0]
     good = victim.read_bytes()
     victim.write_bytes(good[:-100])

@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-from tasks.archive_spec import ArchiveSpec
-from tasks.download import download_archive, fetch_checksums
 from tasks.errors import ChecksumMismatch, OversizedResponse, RedirectRefused, TransientNetworkError
-from tasks.http import HttpOptions, parse_retry_after
-from tasks.listing import discover, list_symbols
+from tasks.source.archive_spec import ArchiveSpec
+from tasks.source.download import download_archive, fetch_checksums
+from tasks.source.http import HttpOptions, parse_retry_after
+from tasks.source.listing import discover, list_symbols
 from tests.fake_archive import FakeArchive, publish_day, sha256_hex
 
 #: Short deadlines and retries: each hostile case costs about a second.
@@ -263,7 +263,7 @@ def test_flow_names_each_hostile_answer_and_lands_the_good_archives(
 
     from flows.full_pipeline import full_pipeline
     from flows.runtime import dask_runner
-    from tasks.lake import lake_source
+    from tasks.lake.inventory import lake_source
     from tasks.report import PipelineReport
     from tasks.settings import Settings
 

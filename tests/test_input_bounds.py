@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
-from tasks.archive_spec import check_symbol
-from tasks.bars import BarSpec
 from tasks.errors import UnsafePath
-from tasks.features import PRESETS, Feature, parse_feature, read_feature
+from tasks.features.bars import BarSpec
+from tasks.features.incremental import PRESETS, Feature, parse_feature, read_feature
+from tasks.source.archive_spec import check_symbol
 from tests.conftest import REPO
 
 OK = ["--symbols", "BTCUSDT", "--start", "2024-01-01", "--end", "2024-01-02",
@@ -271,7 +271,7 @@ def test_feature_and_part_names_are_matched_whole(tmp_path: Path) -> None:
 
 
 def test_a_symbol_with_a_trailing_newline_makes_no_folder(tmp_path: Path) -> None:
-    from tasks.archive_spec import lake_symbol_dir, staging_symbol_dir
+    from tasks.source.archive_spec import lake_symbol_dir, staging_symbol_dir
 
     for make in (lake_symbol_dir, staging_symbol_dir):
         with pytest.raises(UnsafePath):

@@ -30,9 +30,9 @@ import polars as pl
 import pyarrow.dataset as ds
 import pytest
 
-from tasks.compact import compact_symbol
 from tasks.datadir import open_data_dir
-from tasks.features import compute_feature, parse_feature
+from tasks.features.incremental import compute_feature, parse_feature
+from tasks.lake.compact import compact_symbol
 from tests.conftest import REPO
 from tests.fake_archive import FakeArchive, publish_day
 from tests.test_compact import OPTS, stage_day

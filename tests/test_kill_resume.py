@@ -22,8 +22,8 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
-from tasks.archive_spec import ArchiveSpec
 from tasks.datasets import dataset
+from tasks.source.archive_spec import ArchiveSpec
 from tests.conftest import REPO
 from tests.fake_archive import FakeArchive, publish_day
 from tests.fake_archive.derived import aggregate, klines_of, render_agg_csv, render_klines_csv, with_orders

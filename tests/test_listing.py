@@ -2,9 +2,9 @@ from datetime import date
 
 import pytest
 
-from tasks.archive_spec import ArchiveSpec
 from tasks.errors import InvalidListing
-from tasks.listing import ListedObject, classify_keys, listing_page_url, parse_listing_page
+from tasks.source.archive_spec import ArchiveSpec
+from tasks.source.listing import ListedObject, classify_keys, listing_page_url, parse_listing_page
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 

@@ -1,8 +1,8 @@
 from datetime import date
 
-from tasks.archive_spec import ArchiveSpec
-from tasks.lake import SourceRef
-from tasks.plan import days_between, months_touching, plan_symbol
+from tasks.lake.inventory import SourceRef
+from tasks.source.archive_spec import ArchiveSpec
+from tasks.source.plan import days_between, months_touching, plan_symbol
 
 
 def d(s: str) -> date:

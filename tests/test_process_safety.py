@@ -28,11 +28,11 @@ import pyarrow.dataset as ds
 import pytest
 
 from flows.runtime import RUN_DIR_PREFIX
-from tasks.archive_spec import ArchiveSpec
-from tasks.download import DownloadResult
 from tasks.errors import UnsafeCacheRecord
-from tasks.features import FeatureResult
+from tasks.features.incremental import FeatureResult
 from tasks.prefect_cache import SERIALIZER_TYPE, LakeJSONSerializer, decode, encode, vet_record
+from tasks.source.archive_spec import ArchiveSpec
+from tasks.source.download import DownloadResult
 from tests.conftest import REPO
 from tests.fake_archive import FakeArchive, publish_day
 from tests.test_infra import tree

@@ -1,6 +1,6 @@
 """The Prefect-free read API (`tasks.read`, re-exported by `tasks.lake`): markets, days, pruning, errors, swaps.
 
-Lakes are built by the real merge (`tasks.compact.compact_symbol`) from staged archives written
+Lakes are built by the real merge (`tasks.lake.compact.compact_symbol`) from staged archives written
 by the lake writer; spot and USD-M hold the same symbol with different trade ids, so a read
 that mixes markets cannot pass.
 """
@@ -24,13 +24,14 @@ import pytest
 
 from flows.status import lake_status
 from flows.status_json import status_document
-from tasks.archive_spec import ArchiveSpec
-from tasks.compact import compact_symbol
 from tasks.errors import LakeReadError
-from tasks.features import compute_feature, parse_feature, read_feature
-from tasks.gaps import gap_report, write_gap_report
-from tasks.lake import lake_files, read_bars, read_trades, read_trades_pandas, to_pandas
+from tasks.features.incremental import compute_feature, parse_feature, read_feature
+from tasks.lake import read_bars, read_trades, read_trades_pandas, to_pandas
+from tasks.lake.compact import compact_symbol
+from tasks.lake.gaps import gap_report, write_gap_report
+from tasks.lake.inventory import lake_files
 from tasks.schema import TRADES_SCHEMA
+from tasks.source.archive_spec import ArchiveSpec
 from tests.conftest import REPO
 from tests.fake_archive import FakeArchive, publish_day, publish_month
 from tests.fake_archive.scenarios import PublishedArchive

@@ -79,10 +79,10 @@ def readme_lake_blocks() -> list[str]:
 def example_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`./data` holding spot and USD-M BTCUSDT, 2024-01-01..03 (USD-M without is_best_match, as published),
     merged by the lake's own merge, with the default feature's bars."""
-    from tasks.archive_spec import ArchiveSpec
-    from tasks.compact import compact_symbol
-    from tasks.features import PRESETS, Feature, compute_feature
+    from tasks.features.incremental import PRESETS, Feature, compute_feature
+    from tasks.lake.compact import compact_symbol
     from tasks.schema import TRADES_SCHEMA
+    from tasks.source.archive_spec import ArchiveSpec
     from tests.test_compact import OPTS, day, stage, trades
 
     cwd = tmp_path_factory.mktemp("readme-lake")

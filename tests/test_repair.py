@@ -16,19 +16,19 @@ from typing import Any
 import pyarrow.dataset as ds
 import pytest
 
-from tasks.archive_spec import ArchiveSpec
-from tasks.cleanup import cleanup_symbol
 from tasks.errors import LakeValidationError
-from tasks.features import compute_feature, parse_feature, read_feature
-from tasks.ingest import validate_symbol
-from tasks.lake import lake_files, lake_sources, staged_inventory
-from tasks.repair import (
+from tasks.features.incremental import compute_feature, parse_feature, read_feature
+from tasks.lake.cleanup import cleanup_symbol
+from tasks.lake.ingest import validate_symbol
+from tasks.lake.inventory import lake_files, lake_sources, staged_inventory
+from tasks.lake.repair import (
     damage_on_record,
     intact_sources,
     repair_count,
     repair_symbol,
     restore_specs,
 )
+from tasks.source.archive_spec import ArchiveSpec
 from tests.fake_archive import FakeArchive, publish_day
 from tests.test_validate import REAL_OPTS, digests, flip_byte_in_column, keep_archive, real_lake
 

@@ -18,7 +18,9 @@ _WARM_THEN_RUN = """
 import asyncio, sys
 from datetime import date
 from pathlib import Path
-from tasks import bars_nb, csv_parse_nb, digest_nb
+from tasks.features import bars_nb
+from tasks.convert import csv_parse_nb
+from tasks.lake import digest_nb
 from tasks.warmup import warm_up
 
 kernels = {"parser": csv_parse_nb.simple_rows, "digest": digest_nb.day_runs, "bars": bars_nb.imbalance_bars}
@@ -27,14 +29,14 @@ warm_up(["ema_dollar_imbalance"])
 after_warm_up = {name: len(k.signatures) for name, k in kernels.items()}
 assert all(after_warm_up.values()), after_warm_up
 
-from tasks.compact import compact_symbol
-from tasks.features import compute_feature, parse_feature
-from tasks.ingest import ingest_archive
+from tasks.lake.compact import compact_symbol
+from tasks.features.incremental import compute_feature, parse_feature
+from tasks.lake.ingest import ingest_archive
 from tasks.settings import Settings
 from tests.fake_archive import FakeArchive, publish_day
-from tasks.archive_spec import ArchiveSpec
-from tasks.download import download_archive, fetch_checksums
-from tasks.http import HttpOptions
+from tasks.source.archive_spec import ArchiveSpec
+from tasks.source.download import download_archive, fetch_checksums
+from tasks.source.http import HttpOptions
 
 data = Path(sys.argv[1])
 spec = ArchiveSpec("spot", "BTCUSDT", "daily", date(2024, 1, 1))

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 
-from tasks.plan import MissingDay
 from tasks.report import ArchiveOutcome, PipelineReport
+from tasks.source.plan import MissingDay
 from tests.conftest import REPO
 from tests.fake_archive import FakeArchive, corrupt_zip, make_spec, publish_day, render_csv
 
@@ -158,7 +158,7 @@ def test_the_headline_says_where_the_rows_are_after_each_step(
 
 
 def test_archives_landed_counts_this_runs_verified_downloads_and_staged_archives_once(tmp_path: Path) -> None:
-    from tasks.landed import archives_landed
+    from tasks.lake.landed import archives_landed
 
     data = tmp_path / "data"
     old, new = [make_spec("spot", SYMBOL, f"2024-01-0{d}") for d in (1, 2)]

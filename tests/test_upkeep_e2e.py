@@ -15,10 +15,10 @@ import pytest
 
 from flows.status import lake_status, render
 from flows.status import main as status_main
-from tasks.archive_spec import ArchiveSpec
-from tasks.gaps import report_path
-from tasks.lake import lake_files, lake_inventory
+from tasks.lake.gaps import report_path
+from tasks.lake.inventory import lake_files, lake_inventory
 from tasks.lock import data_dir_lock
+from tasks.source.archive_spec import ArchiveSpec
 from tests.fake_archive import FakeArchive, publish_day
 from tests.test_flow_e2e import assert_lake_file_matches, run, statuses
 

@@ -18,14 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.archive_spec import ArchiveSpec
-from tasks.compact import compact_symbol
 from tasks.errors import LakeValidationError
-from tasks.ingest import ingest_archive, validate_symbol
-from tasks.lake import lake_files, read_sources
-from tasks.schema import SOURCE_METADATA_KEY, TRADES_SCHEMA
-from tasks.settings import ConvertOptions
-from tasks.validate import (
+from tasks.lake.compact import compact_symbol
+from tasks.lake.ingest import ingest_archive, validate_symbol
+from tasks.lake.inventory import lake_files, read_sources
+from tasks.lake.validate import (
     ExpectedFile,
     FileReport,
     Gap,
@@ -33,6 +30,9 @@ from tasks.validate import (
     continuity_gaps,
     validate_parquet_file,
 )
+from tasks.schema import SOURCE_METADATA_KEY, TRADES_SCHEMA
+from tasks.settings import ConvertOptions
+from tasks.source.archive_spec import ArchiveSpec
 from tests.fake_archive import checksum_text, generate_trades, make_zip, render_csv, sha256_hex
 
 DAY = ArchiveSpec("spot", "BTCUSDT", "daily", date(2024, 1, 1))

@@ -19,7 +19,7 @@ from datetime import date
 
 import numpy as np
 
-from tasks.archive_spec import Market
+from tasks.source.archive_spec import Market
 from tests.fake_archive.generate import (
     PRICE_DECIMALS,
     SPOT_DECIMALS,
@@ -235,7 +235,7 @@ def publish_derived(fa: object, market: Market, symbol: str, day: date, trades: 
     """
     from datetime import UTC, datetime, timedelta
 
-    from tasks.archive_spec import ArchiveSpec
+    from tasks.source.archive_spec import ArchiveSpec
 
     start = int(datetime.combine(day, datetime.min.time(), tzinfo=UTC).timestamp()) * 1_000_000
     end = start + int(timedelta(days=1).total_seconds()) * 1_000_000

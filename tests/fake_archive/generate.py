@@ -32,7 +32,7 @@ from typing import Literal
 
 import numpy as np
 
-from tasks.archive_spec import ArchiveSpec, Market
+from tasks.source.archive_spec import ArchiveSpec, Market
 
 TimeUnit = Literal["ms", "us"]
 TimeLike = datetime | date | int

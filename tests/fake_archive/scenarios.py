@@ -14,7 +14,7 @@ from datetime import date, timedelta
 
 import numpy as np
 
-from tasks.archive_spec import ArchiveSpec, Granularity, Market
+from tasks.source.archive_spec import ArchiveSpec, Granularity, Market
 from tests.fake_archive.generate import (
     TimeLike,
     TimeUnit,

@@ -36,7 +36,7 @@ from xml.sax.saxutils import escape
 
 from aiohttp import web
 
-from tasks.archive_spec import ArchiveSpec
+from tasks.source.archive_spec import ArchiveSpec
 from tests.fake_archive.generate import checksum_text, make_zip, sha256_hex
 
 FaultKind = Literal[

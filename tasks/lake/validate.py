@@ -6,7 +6,7 @@ duplicate keys, times inside the file's period, row groups with
 statistics, sources recorded in the footer, and every page of every column readable.
 `validate_parquet_file` reads the footer and then one row group at a time, every column
 decoded in full with the pages' CRC32 checksums verified (lake files are written with
-them, `tasks.lake_writer`), so a flipped byte in any column fails validation instead of
+them, `tasks.lake.writer`), so a flipped byte in any column fails validation instead of
 failing readers later, while memory stays bounded by a row group whatever the file size.
 It collects every failure of a file before raising one `LakeValidationError` listing
 them all, naming the row group and column of unreadable data.

@@ -10,7 +10,7 @@ its footer. Such a file is rebuilt from the verified downloads it came from
   the kept archives of the symbol whose days fall inside it are the sources (a monthly
   archive before the daily ones of its days: one source per day, #475);
 - each source is hashed again against its stored checksum (a kept archive can rot too) and
-  converted into staging as the convert step does (`tasks.convert.convert_archive`);
+  converted into staging as the convert step does (`tasks.convert.archive.convert_archive`);
 - `compact_symbol(..., damaged=...)` then merges them by the normal path (every new file
   verified against its inputs, one folder swap): the damaged file is superseded, never read.
 
@@ -35,16 +35,16 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
-from tasks.archive_spec import ArchiveSpec, Granularity, Market, parse_archive_name, symbol_prefix
 from tasks.atomic import write_bytes_atomic
-from tasks.compact import CompactionResult, compact_symbol
-from tasks.convert import convert_archive
-from tasks.download import local_archives, stored_checksum
+from tasks.convert.archive import convert_archive
 from tasks.errors import ChecksumMismatch, LakeValidationError, PipelineError, describe
-from tasks.ingest import SymbolValidation, sha256_of, validate_symbol
-from tasks.lake import LakeEntry, SourceRef, lake_files, lake_sources, range_of, read_sources, staging_holds
+from tasks.lake.compact import CompactionResult, compact_symbol
+from tasks.lake.ingest import SymbolValidation, sha256_of, validate_symbol
+from tasks.lake.inventory import LakeEntry, SourceRef, lake_files, lake_sources, range_of, read_sources, staging_holds
+from tasks.lake.validate import ExpectedFile, VerifiedFile, validate_parquet_file
 from tasks.settings import ConvertOptions
-from tasks.validate import ExpectedFile, VerifiedFile, validate_parquet_file
+from tasks.source.archive_spec import ArchiveSpec, Granularity, Market, parse_archive_name, symbol_prefix
+from tasks.source.download import local_archives, stored_checksum
 
 #: Rebuilt files kept in the record's history (the count covers all of them).
 _HISTORY = 50

@@ -43,19 +43,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks.archive_spec import Market, lake_symbol_dir, parse_archive_name, range_file_name
 from tasks.atomic import SwapOutcome, fsync_dir, recover_swaps, swap_folder, temp_path_for
 from tasks.datasets import TRADES, Dataset, dataset
-from tasks.digest_nb import day_runs, fold_days, mix_column
 from tasks.errors import DamagedLakeFile, LakeConflict, LakeValidationError, TradeIdCollision
-from tasks.lake import LakeEntry, lake_inventory, read_sources, staged_inventory
-from tasks.lake_writer import lake_writer, source_metadata_doc
+from tasks.lake.digest_nb import day_runs, fold_days, mix_column
+from tasks.lake.inventory import LakeEntry, lake_inventory, read_sources, staged_inventory
+from tasks.lake.sorted_merge import DuplicateTradeIds, SortedStream, key_values, merge_sorted_streams
+from tasks.lake.validate import ExpectedFile, FileReport, VerifiedFile, validate_parquet_file
+from tasks.lake.writer import lake_writer, source_metadata_doc
 from tasks.read_ahead import read_ahead
-from tasks.refusals import write_note
 from tasks.settings import ConvertOptions
-from tasks.sorted_merge import DuplicateTradeIds, SortedStream, key_values, merge_sorted_streams
+from tasks.source.archive_spec import Market, lake_symbol_dir, parse_archive_name, range_file_name
+from tasks.source.refusals import write_note
 from tasks.utc import DAY_US, day_range_us
-from tasks.validate import ExpectedFile, FileReport, VerifiedFile, validate_parquet_file
 
 _U64 = (1 << 64) - 1
 
@@ -308,7 +308,7 @@ class DayDigest:
     """Per UTC day: rows, and the sum and xor of row hashes (independent of order and chunking).
 
     The day of a row is that of the dataset's `time` column. Trades take the fused
-    kernel (`tasks.digest_nb.day_runs`), other datasets one compiled pass per column.
+    kernel (`tasks.lake.digest_nb.day_runs`), other datasets one compiled pass per column.
     """
 
     def __init__(self, data: Dataset = TRADES) -> None:
@@ -483,7 +483,7 @@ def compact_symbol(
     block every later merge of the symbol) is quarantined with its reason (`quarantine_staged`)
     and the merge goes on with the others; the result names it.
 
-    `damaged` (the repair, `tasks.repair`): lake files that failed validation. They are
+    `damaged` (the repair, `tasks.lake.repair`): lake files that failed validation. They are
     neither read nor planned (their footer may be unreadable); the caller has re-converted
     the archives they held into staging, which take their place, and the swap removes them.
     """
@@ -508,7 +508,7 @@ def _compact_once(
 ) -> CompactionResult:
     """One attempt of `compact_symbol`.
 
-    `damaged` (the repair, `tasks.repair`): lake files that failed validation. They are
+    `damaged` (the repair, `tasks.lake.repair`): lake files that failed validation. They are
     neither read nor planned (their footer may be unreadable); the caller has re-converted
     the archives they held into staging, which take their place, and the swap removes them.
     """
@@ -682,7 +682,7 @@ def quarantine_staged(
 ) -> tuple[str, str]:
     """Refuse a staged archive: record why beside the archive's quarantine path, remove it from staging.
 
-    The downloaded archive stays (it is the published one, verified); `tasks.ingest` does not
+    The downloaded archive stays (it is the published one, verified); `tasks.lake.ingest` does not
     convert it again while this record names its sha256, so it is reported as refused by
     every run until Binance re-publishes it (a new checksum) or the record is deleted.
     """

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from tasks.atomic import write_bytes_atomic
 from tasks.datasets import KLINE_INTERVALS, dataset
-from tasks.lake import lake_files, range_of
+from tasks.lake.inventory import lake_files, range_of
 from tasks.utc import DAY_US, EPOCH_DAY, micros_to_datetime
 
 #: Sample rows quoted per mismatch kind and day.

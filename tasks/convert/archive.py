@@ -2,11 +2,11 @@
 
 The stages, each in its own module:
 
-- `tasks.zip_member`: the one member, checked and inflated with ISA-L (CRC checked);
-- `tasks.csv_dialect`: header and time unit, sniffed per file;
-- `tasks.csv_parse`: pieces cut at line ends, parsed (compiled fast path, pyarrow for
+- `tasks.convert.zip_member`: the one member, checked and inflated with ISA-L (CRC checked);
+- `tasks.convert.csv_dialect`: header and time unit, sniffed per file;
+- `tasks.convert.csv_parse`: pieces cut at line ends, parsed (compiled fast path, pyarrow for
   anything else), checked against the dataset's value rules, brought to its schema;
-- `tasks.external_sort`: sorted by the dataset's key, exact duplicates dropped (#203),
+- `tasks.convert.external_sort`: sorted by the dataset's key, exact duplicates dropped (#203),
   an external merge sort on the first disorder (#240, #293, #339).
 
 The CSV is streamed in pieces of at most `csv_block_bytes`, so memory is bounded by a
@@ -28,10 +28,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from tasks.archive_spec import ArchiveSpec
 from tasks.atomic import commit
-from tasks.csv_dialect import CsvDialect, TimeUnit, read_first_lines, sniff_dialect
-from tasks.csv_parse import (
+from tasks.convert.csv_dialect import CsvDialect, TimeUnit, read_first_lines, sniff_dialect
+from tasks.convert.csv_parse import (
     MAX_LINE_BYTES,
     LineTooLong,
     check_values,
@@ -42,14 +41,15 @@ from tasks.csv_parse import (
     parse_simple_piece,
     to_lake_table,
 )
+from tasks.convert.external_sort import SortedOutput
+from tasks.convert.zip_member import ZIP_ERRORS, check_member_crc, inflate_member, open_member, open_zip, single_member
 from tasks.errors import CorruptArchive, InvalidData
-from tasks.external_sort import SortedOutput
-from tasks.lake_writer import source_metadata_doc
+from tasks.lake.validate import ExpectedFile, IdGaps, validate_parquet_file
+from tasks.lake.writer import source_metadata_doc
 from tasks.read_ahead import read_ahead
 from tasks.settings import ConvertOptions
+from tasks.source.archive_spec import ArchiveSpec
 from tasks.utc import datetime_to_micros
-from tasks.validate import ExpectedFile, IdGaps, validate_parquet_file
-from tasks.zip_member import ZIP_ERRORS, check_member_crc, inflate_member, open_member, open_zip, single_member
 
 
 @dataclass(frozen=True)

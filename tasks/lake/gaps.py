@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from tasks.archive_spec import QUARANTINE_NOTE_SUFFIX, Market, parse_archive_name, symbol_prefix
 from tasks.atomic import write_bytes_atomic
 from tasks.datasets import dataset
-from tasks.lake import coverage, lake_inventory, staged_inventory
-from tasks.plan import days_between
+from tasks.lake.inventory import coverage, lake_inventory, staged_inventory
+from tasks.source.archive_spec import QUARANTINE_NOTE_SUFFIX, Market, parse_archive_name, symbol_prefix
+from tasks.source.plan import days_between
 from tasks.units import plural
 from tasks.utc import DAY_US, EPOCH_DAY, day_start_us
 

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-from tasks.archive_spec import ArchiveSpec, Granularity, Market, parse_archive_name, symbol_prefix
-from tasks.download import local_archives, stored_checksum
 from tasks.errors import LakeValidationError
-from tasks.lake import lake_source, read_sources
-from tasks.validate import ExpectedFile, validate_parquet_file
+from tasks.lake.inventory import lake_source, read_sources
+from tasks.lake.validate import ExpectedFile, validate_parquet_file
+from tasks.source.archive_spec import ArchiveSpec, Granularity, Market, parse_archive_name, symbol_prefix
+from tasks.source.download import local_archives, stored_checksum
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 One pass over a batch's columns, compiled with `nogil`, so a merge's verification digest
 runs beside the Parquet encoder on another core. The state is explicit: the caller
-passes output arrays and folds the runs they return (`tasks.compact.DayDigest`).
+passes output arrays and folds the runs they return (`tasks.lake.compact.DayDigest`).
 
 A row's hash mixes every field with a splitmix64-style finaliser, so a change of any bit
 of any field changes it; nulls hash as their own value (NaN bits with the top bit

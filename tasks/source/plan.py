@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Literal
 
-from tasks.archive_spec import ArchiveSpec, Market, month_end
-from tasks.lake import SourceRef
+from tasks.lake.inventory import SourceRef
+from tasks.source.archive_spec import ArchiveSpec, Market, month_end
 
 
 @dataclass(frozen=True)

@@ -18,16 +18,16 @@ from datetime import date
 from pathlib import Path
 from typing import TextIO
 
-from tasks.archive_spec import ArchiveSpec, Granularity, parse_archive_name
 from tasks.datadir import check_data_dir
-from tasks.download import local_archives
-from tasks.http import HttpOptions
 from tasks.labels import day_runs
-from tasks.lake import coverage, lake_inventory, staged_inventory
-from tasks.listing import Discovery, discover
-from tasks.plan import MissingDay, counterpart_specs, plan_symbol
-from tasks.repair import restore_specs
+from tasks.lake.inventory import coverage, lake_inventory, staged_inventory
+from tasks.lake.repair import restore_specs
 from tasks.settings import Settings
+from tasks.source.archive_spec import ArchiveSpec, Granularity, parse_archive_name
+from tasks.source.download import local_archives
+from tasks.source.http import HttpOptions
+from tasks.source.listing import Discovery, discover
+from tasks.source.plan import MissingDay, counterpart_specs, plan_symbol
 from tasks.units import format_bytes
 
 #: Ranges of days not published shown per symbol; the rest are counted.

@@ -4,7 +4,7 @@ The normal case (keys never decrease) is written straight through. Monthly futur
 files can hold two interleaved id streams (#240, #293, #339) and exact duplicate rows
 (#203): on the first disorder `SortedOutput` falls back to an external merge sort, its
 runs spilled beside the output under hidden names and merged with
-`tasks.sorted_merge.kway_merge`, the same k-way merge the lake's merge uses.
+`tasks.lake.sorted_merge.kway_merge`, the same k-way merge the lake's merge uses.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import pyarrow.parquet as pq
 from tasks.atomic import temp_path_for
 from tasks.datasets import TRADES, Dataset
 from tasks.errors import InvalidData
-from tasks.lake_writer import RowGroupWriter, lake_writer
+from tasks.lake.sorted_merge import RunCursor, key_values, kway_merge
+from tasks.lake.writer import RowGroupWriter, lake_writer
 from tasks.settings import ConvertOptions
-from tasks.sorted_merge import RunCursor, key_values, kway_merge
 
 #: Row-group size of sort spill files, and the largest batch read from one during the merge.
 _SPILL_ROW_GROUP_ROWS = 65_536
@@ -94,7 +94,7 @@ def _write_run(path: Path, chunks: Iterable[pa.Table], data: Dataset = TRADES) -
 
 
 def merge_sorted_runs(paths: list[Path], batch_rows: int, data: Dataset = TRADES) -> Iterator[pa.Table]:
-    """K-way merge of spill runs each sorted by `data.key` (`tasks.sorted_merge.kway_merge`).
+    """K-way merge of spill runs each sorted by `data.key` (`tasks.lake.sorted_merge.kway_merge`).
 
     Memory is about `len(paths) * batch_rows` rows. Rows with equal keys stay adjacent
     (across rounds too), for `drop_duplicate_rows`.

@@ -1,6 +1,6 @@
 """Numba kernels of the CSV parser's fast path: plain lines of integers, decimals and booleans.
 
-`tasks.csv_parse.parse_simple_piece` calls them; anything they do not cover they
+`tasks.convert.csv_parse.parse_simple_piece` calls them; anything they do not cover they
 report (-1) and pyarrow parses the piece instead. Column kinds: `INT`, `FLOAT`, `BOOL`,
 and `SKIP` (a field not kept, such as klines' `ignore`: any bytes up to the next comma
 or line end).

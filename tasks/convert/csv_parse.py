@@ -2,7 +2,7 @@
 
 The parsing is generic over the dataset (`tasks.datasets`): its columns, types, epoch
 columns and value rules come from the declaration. A compiled parser takes the plain
-lines Binance writes (`parse_simple_piece`, kernels in `tasks.csv_parse_nb`); pyarrow,
+lines Binance writes (`parse_simple_piece`, kernels in `tasks.convert.csv_parse_nb`); pyarrow,
 with explicit types and nothing inferred, parses anything else and words its errors.
 Values are checked piece by piece before they are written (`check_values`), so a
 ms/µs mix or a file of the wrong day fails with `InvalidData` naming the archive.
@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from tasks.csv_dialect import CsvDialect, TimeUnit
-from tasks.csv_parse_nb import BOOL, FLOAT, INT, SKIP, line_count, simple_rows
+from tasks.convert.csv_dialect import CsvDialect, TimeUnit
+from tasks.convert.csv_parse_nb import BOOL, FLOAT, INT, SKIP, line_count, simple_rows
 from tasks.datasets import TIME_TYPE, TRADES, Dataset
 from tasks.errors import InvalidData
 from tasks.settings import ConvertOptions
@@ -121,7 +121,7 @@ def parse_simple_piece(piece: bytes | memoryview, dialect: CsvDialect) -> pa.Tab
 
     Gives exactly the table `parse_csv_piece` gives (same names, types and values; there
     are no nulls), one row per line, about 2.5x as fast. It covers the lines Binance
-    writes; whatever it does not cover (see `tasks.csv_parse_nb`) it leaves to pyarrow,
+    writes; whatever it does not cover (see `tasks.convert.csv_parse_nb`) it leaves to pyarrow,
     which also words the errors.
     """
     data = dialect.data

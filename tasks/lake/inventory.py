@@ -7,22 +7,12 @@ import re
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow.parquet as pq
 
-from tasks.archive_spec import ArchiveSpec, lake_symbol_dir, staging_symbol_dir
 from tasks.schema import SOURCE_METADATA_KEY
-
-if TYPE_CHECKING:  # the read API lives in tasks.read (it imports this module); re-exported below
-    from tasks.read import pandas_types as pandas_types
-    from tasks.read import read_bars as read_bars
-    from tasks.read import read_trades as read_trades
-    from tasks.read import read_trades_pandas as read_trades_pandas
-    from tasks.read import to_pandas as to_pandas
-
-#: Names of `tasks.read` importable from here (`from tasks.lake import read_trades`).
-_READ_API = frozenset({"read_trades", "read_bars", "read_trades_pandas", "to_pandas", "pandas_types"})
+from tasks.source.archive_spec import ArchiveSpec, lake_symbol_dir, staging_symbol_dir
 
 _FILE_NAME = re.compile(r"\A([0-9]{4}-[0-9]{2}-[0-9]{2})_([0-9]{4}-[0-9]{2}-[0-9]{2})\.parquet\Z")
 
@@ -182,11 +172,3 @@ def coverage(entries: list[LakeEntry]) -> dict[date, SourceRef]:
                 d = date.fromordinal(d.toordinal() + 1)
     return days
 
-
-def __getattr__(name: str) -> Any:
-    """`tasks.lake.read_trades` and the rest of the read API, imported from `tasks.read` when first asked for."""
-    if name in _READ_API:
-        from tasks import read
-
-        return getattr(read, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

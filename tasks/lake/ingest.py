@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from tasks.archive_spec import ArchiveSpec, Market
-from tasks.convert import convert_archive
+from tasks.convert.archive import convert_archive
 from tasks.datasets import dataset
 from tasks.errors import ChecksumMismatch, LakeValidationError, NotDownloaded, PipelineError, TradeIdCollision
-from tasks.lake import LakeEntry, lake_inventory, lake_source, staging_holds
-from tasks.refusals import ARCHIVE_CONTENT_KINDS, note_content_refusal
+from tasks.lake.inventory import LakeEntry, lake_inventory, lake_source, staging_holds
+from tasks.lake.validate import ExpectedFile, FileReport, VerifiedFile, continuity_gaps, validate_parquet_file
 from tasks.settings import ConvertOptions
-from tasks.validate import ExpectedFile, FileReport, VerifiedFile, continuity_gaps, validate_parquet_file
+from tasks.source.archive_spec import ArchiveSpec, Market
+from tasks.source.refusals import ARCHIVE_CONTENT_KINDS, note_content_refusal
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def ingest_archive(spec: ArchiveSpec, sha256: str, data_dir: Path, options: Conv
     except PipelineError as exc:
         if exc.kind in ARCHIVE_CONTENT_KINDS:
             # The published bytes themselves are refused: noted, so that a later run refusing the
-            # same bytes (same checksum) reports a known refusal (tasks.refusals).
+            # same bytes (same checksum) reports a known refusal (tasks.source.refusals).
             note_content_refusal(spec, sha256, data_dir, exc.kind, str(exc))
         raise
     return IngestResult(
@@ -102,7 +102,7 @@ def ingest_archive(spec: ArchiveSpec, sha256: str, data_dir: Path, options: Conv
 def merge_refusal(spec: ArchiveSpec, sha256: str, data_dir: Path) -> TradeIdCollision | None:
     """The refusal an earlier merge recorded for exactly this archive and sha256, if any.
 
-    Such an archive (its trade ids collide with other days, `tasks.compact.quarantine_staged`)
+    Such an archive (its trade ids collide with other days, `tasks.lake.compact.quarantine_staged`)
     is not converted again: each run would only refuse it again, after the cost of a conversion.
     """
     record = spec.quarantine_note(data_dir)
@@ -158,7 +158,7 @@ class SymbolValidation:
     errors: tuple[str, ...]
     unlisted_gaps: int = 0
     verified_at_write: int = 0  # files whose report came from this run's merge (not read again)
-    failed_files: tuple[Path, ...] = ()  # lake files that failed validation (for tasks.repair)
+    failed_files: tuple[Path, ...] = ()  # lake files that failed validation (for tasks.lake.repair)
     dataset: str = "trades"
 
 

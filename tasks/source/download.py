@@ -23,7 +23,6 @@ from pathlib import Path
 
 import aiohttp
 
-from tasks.archive_spec import ArchiveSpec
 from tasks.atomic import atomic_path, commit, temp_path_for, write_bytes_atomic
 from tasks.errors import (
     ChecksumMismatch,
@@ -34,8 +33,9 @@ from tasks.errors import (
     UnexpectedResponse,
     describe,
 )
-from tasks.http import HttpOptions, fetch_bytes, make_session, stream_to_file, with_retries
-from tasks.refusals import write_note
+from tasks.source.archive_spec import ArchiveSpec
+from tasks.source.http import HttpOptions, fetch_bytes, make_session, stream_to_file, with_retries
+from tasks.source.refusals import write_note
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -192,7 +192,7 @@ def _quarantine(tmp: Path, spec: ArchiveSpec, data_dir: Path, reason: str, got: 
     dest = spec.quarantine_zip(data_dir)
     with atomic_path(dest) as q:  # another folder: moved in under a temporary name, then committed
         tmp.replace(q)
-    # The published checksum makes the refusal known to later runs (tasks.refusals) until Binance changes it.
+    # The published checksum makes the refusal known to later runs (tasks.source.refusals) until Binance changes it.
     write_note(spec, data_dir, {"kind": ChecksumMismatch.kind, "reason": reason, "sha256": got,
                                 "published_sha256": expected})
 

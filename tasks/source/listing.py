@@ -21,7 +21,8 @@ from xml.etree import ElementTree as ET
 
 import aiohttp
 
-from tasks.archive_spec import (
+from tasks.errors import InvalidListing, PipelineError, TransientNetworkError, UnsafePath, describe
+from tasks.source.archive_spec import (
     SYMBOL_RE,
     ArchiveSpec,
     Granularity,
@@ -30,8 +31,7 @@ from tasks.archive_spec import (
     parse_archive_name,
     symbol_prefix,
 )
-from tasks.errors import InvalidListing, PipelineError, TransientNetworkError, UnsafePath, describe
-from tasks.http import HttpOptions, fetch_bytes, make_session, with_retries
+from tasks.source.http import HttpOptions, fetch_bytes, make_session, with_retries
 
 S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 MAX_PAGES = 100_000  # a bound so a listing that never stops truncating cannot loop forever

@@ -1,6 +1,6 @@
 """Information-driven bars (AFML ch. 2): reference-compatible functions and a streaming API.
 
-Pure computation (no Prefect): the kernels are in `tasks.bars_nb`, the semantics in
+Pure computation (no Prefect): the kernels are in `tasks.features.bars_nb`, the semantics in
 docs/bars-spec.md (the reference is mlfinlab 0.12, today mlfinpy).
 
 Two faces:
@@ -10,7 +10,7 @@ Two faces:
   They take a DataFrame or CSV path(s) whose first three columns are date_time, price,
   volume, read CSV in `batch_size` chunks, derive the side by the tick rule and return
   the reference's columns. The result does not depend on `batch_size` (see
-  `tasks.bars_nb` for the one warm-up corner where the reference's own output does).
+  `tasks.features.bars_nb` for the one warm-up corner where the reference's own output does).
 * **Streaming API for the pipeline** (production mode): a `BarSpec` (what to build), a
   `BarState` (everything carried from one chunk to the next; `to_bytes`/`from_bytes`
   and `to_json`/`from_json` round-trip it exactly), and `process_chunk(spec, state,
@@ -35,7 +35,7 @@ import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
 
-from tasks import bars_nb as nb
+from tasks.features import bars_nb as nb
 from tasks.schema import TIME_TYPE
 
 F64 = npt.NDArray[np.float64]
@@ -140,7 +140,7 @@ class BarSpec:
     side: "maker" (b = -1 if is_buyer_maker else +1, Binance) or "tick_rule".
     ewma: "running" (O(1) per trade) or "exact" (the reference's O(W) recomputation).
     bars_per_day: target-rate mode when > 0 (the production presets; see
-        `tasks.bars_nb`): E[T] (imbalance, run) or the threshold (standard bars) is the
+        `tasks.features.bars_nb`): E[T] (imbalance, run) or the threshold (standard bars) is the
         trailing activity per day divided by this, instead of the EWMA of past bar
         lengths (which collapses or explodes) or a constant. Times must be µs. 0: off.
     rate_window_days: mean age of the trailing activity rate, in days (past trades only).
@@ -252,7 +252,7 @@ class BarState:
     """Everything a stream carries from one chunk to the next.
 
     `fs`/`is_` are the kernel's scalar slots (open bar, theta, E[T], E[x], running sums,
-    counters; see the F_*/I_* names in `tasks.bars_nb`), `buffers` its history rings
+    counters; see the F_*/I_* names in `tasks.features.bars_nb`), `buffers` its history rings
     (imbalance: last W x and last num_prev_bars lengths; run: buy and sell rings, lengths,
     buy shares), `tick` the tick rule's [previous price, previous side]. `trades_seen`
     counts trades processed (the reference's tick_num is a global 1-based count).
@@ -807,7 +807,7 @@ def get_ema_dollar_run_bars(
     to_csv: bool = False,
     output_path: str | Path | None = None,
 ) -> _RefResult:
-    """EMA dollar run bars (AFML 2.3.2.3, mlfinlab 0.12 semantics; see `tasks.bars_nb.run_bars`).
+    """EMA dollar run bars (AFML 2.3.2.3, mlfinlab 0.12 semantics; see `tasks.features.bars_nb.run_bars`).
 
     Returns (bars, thresholds) like `get_ema_dollar_imbalance_bars`.
     """

@@ -2,7 +2,7 @@
 
 Binance publishes each dataset twice, as daily and as monthly archives, and they disagree at
 times (binance-public-data#475). The lake takes every day from one source only
-(`tasks/plan.py`); with `audit_sources` a run also downloads the other source of the same
+(`tasks/source/plan.py`); with `audit_sources` a run also downloads the other source of the same
 days, verified by its checksum and never landed. This check converts both (into temporary
 files under `staging/`, removed afterwards, swept after a kill) and compares them day by day,
 by the dataset's key: rows only in the monthly archive, rows only in the daily one, and rows
@@ -22,15 +22,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.archive_spec import ArchiveSpec, Market, month_end
 from tasks.atomic import temp_path_for
-from tasks.audit import MAX_SAMPLES, AuditReport, Findings, Mismatch, column_values, day_tables
-from tasks.convert import convert_archive
+from tasks.audit.between_datasets import MAX_SAMPLES, AuditReport, Findings, Mismatch, column_values, day_tables
+from tasks.convert.archive import convert_archive
 from tasks.datasets import Dataset, dataset
-from tasks.download import stored_checksum
 from tasks.errors import PipelineError
-from tasks.plan import days_between, months_touching
 from tasks.settings import ConvertOptions
+from tasks.source.archive_spec import ArchiveSpec, Market, month_end
+from tasks.source.download import stored_checksum
+from tasks.source.plan import days_between, months_touching
 from tasks.utc import EPOCH_DAY
 
 #: Where the conversions of the compared archives are written while the check runs.

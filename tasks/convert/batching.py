@@ -16,10 +16,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from tasks.archive_spec import ArchiveSpec
-from tasks.download import Published
-from tasks.plan import MissingDay
 from tasks.report import ArchiveOutcome
+from tasks.source.archive_spec import ArchiveSpec
+from tasks.source.download import Published
+from tasks.source.plan import MissingDay
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """How many archives a run landed so far, read from the data dir (for the Ctrl-C line).
 
-Cheap and import-light (the standard library and `tasks.archive_spec`): it lists the
+Cheap and import-light (the standard library and `tasks.source.archive_spec`): it lists the
 symbols' download and staging folders, nothing else, so an interrupted CLI can say
 "interrupted: N archives landed; run again to resume" within its exit deadline.
 """
@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import cast
 
-from tasks.archive_spec import (
+from tasks.source.archive_spec import (
     MARKET_PATH,
     Granularity,
     Market,

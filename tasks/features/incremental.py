@@ -1,6 +1,6 @@
 """Bars from the lake, incrementally: `features/<name>/market=<m>/symbol=<S>/`.
 
-A feature is a named `BarSpec` (`tasks.bars`). Its output for a symbol is a sequence of
+A feature is a named `BarSpec` (`tasks.features.bars`). Its output for a symbol is a sequence of
 part files, one per run that found new trades (beyond `MAX_PARTS` they are consolidated
 into one), each named by the days of the trades it consumed (`<first>_<last>.parquet`)
 and carrying in its footer everything the next run
@@ -37,18 +37,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.archive_spec import check_symbol, range_file_name
 from tasks.atomic import swap_folder, temp_path_for
-from tasks.bars import BARS_SCHEMA, BarSpec, BarState, Kind, Metric, process_chunk
 from tasks.errors import LakeValidationError
-from tasks.lake import LakeEntry, lake_inventory, range_files, range_of
+from tasks.features.bars import BARS_SCHEMA, BarSpec, BarState, Kind, Metric, process_chunk
+from tasks.lake.inventory import LakeEntry, lake_inventory, range_files, range_of
+from tasks.lake.repair import refuse_damaged_lake, repair_count
 from tasks.read_ahead import read_ahead
-from tasks.repair import refuse_damaged_lake, repair_count
+from tasks.source.archive_spec import check_symbol, range_file_name
 from tasks.utc import day_of_us
 
 FEATURE_METADATA_KEY = b"binance_lake.features"
 # Whole-name patterns (`\Z`, not `$`, which matches before a trailing newline; `[0-9]`, not
-# `\d`, which matches any Unicode digit): see tasks/archive_spec.py.
+# `\d`, which matches any Unicode digit): see tasks/source/archive_spec.py.
 _NAME_RE = re.compile(r"\A[a-z0-9_]{1,64}\Z")
 #: A `--features` spec longer than this is refused (the longest useful one is about 300).
 MAX_SPEC_CHARS = 1000
@@ -57,7 +57,7 @@ _READ_COLUMNS = ["trade_id", "price", "qty", "time", "is_buyer_maker"]
 MAX_PARTS = 32
 
 def _preset(kind: Kind, metric: Metric) -> BarSpec:
-    """A production preset: target rate 50 bars a day (tasks.bars_nb)."""
+    """A production preset: target rate 50 bars a day (tasks.features.bars_nb)."""
     if kind == "standard":
         return BarSpec(kind, metric, bars_per_day=50.0, exp_num_ticks_init=1_000.0)
     return BarSpec(kind, metric, bars_per_day=50.0, exp_num_ticks_init=1_000.0, exp_num_ticks_min=10.0,
@@ -65,7 +65,7 @@ def _preset(kind: Kind, metric: Metric) -> BarSpec:
 
 
 #: The bar kinds `--features` knows by name, in production mode: side from is_buyer_maker,
-#: O(1) EWMA, and a target rate of 50 bars a day (`bars_per_day`, see tasks.bars_nb): E[T]
+#: O(1) EWMA, and a target rate of 50 bars a day (`bars_per_day`, see tasks.features.bars_nb): E[T]
 #: (or a standard bar's threshold) follows the symbol's trailing activity, so the same
 #: defaults hold at any activity (measured: 46 bars a day at 645 trades a day; 18-103 a
 #: day from 0.28 to 4.4 M trades, bench_bar_behaviour). The first bar has
@@ -231,7 +231,7 @@ def compute_feature(data_dir: Path, market: str, symbol: str, feature: Feature, 
     started = time.perf_counter()
     folder = feature.folder(data_dir, market, symbol)
     entries = lake_inventory(data_dir, market, symbol)
-    # An unreadable or damaged lake file: refused, never bars rebuilt from fewer trades (tasks.repair).
+    # An unreadable or damaged lake file: refused, never bars rebuilt from fewer trades (tasks.lake.repair).
     refuse_damaged_lake(data_dir, market, symbol, entries)
     repairs = repair_count(data_dir, market, symbol)
     parts = _parts(folder)

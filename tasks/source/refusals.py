@@ -23,16 +23,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasks.archive_spec import QUARANTINE_NOTE_SUFFIX, ArchiveSpec
 from tasks.atomic import write_bytes_atomic
 from tasks.errors import ChecksumMismatch, CorruptArchive, InvalidData, TradeIdCollision, UnsafePath
+from tasks.source.archive_spec import QUARANTINE_NOTE_SUFFIX, ArchiveSpec
 
 if TYPE_CHECKING:
     from tasks.report import ArchiveOutcome
 
 #: The note kind of each refusal that can become known, and the error kinds it stands for.
-#: A merge's note says "lake conflict" (tasks.compact.quarantine_staged); the next runs refuse
-#: the archive as "trade ids collide" without converting it (tasks.ingest.merge_refusal).
+#: A merge's note says "lake conflict" (tasks.lake.compact.quarantine_staged); the next runs refuse
+#: the archive as "trade ids collide" without converting it (tasks.lake.ingest.merge_refusal).
 KNOWN_KINDS: dict[str, tuple[str, ...]] = {
     ChecksumMismatch.kind: (ChecksumMismatch.kind,),
     CorruptArchive.kind: (CorruptArchive.kind,),
