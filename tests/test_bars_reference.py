@@ -14,6 +14,9 @@ from tasks.features import bars
 from tasks.features.bars import REFERENCE_COLUMNS, BarSpec, BarState, process_chunk_arrays
 from tests import bars_oracle
 
+# One xdist worker runs the whole module, so its module-scoped fixtures start once.
+pytestmark = pytest.mark.xdist_group("test_bars_reference")
+
 DATA = Path(__file__).parent / "data" / "afml"
 SMALL = DATA / "imbalance_sample_data_small.csv"
 TICKS = DATA / "tick_data.csv"

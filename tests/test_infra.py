@@ -34,6 +34,9 @@ import yaml
 from tests.conftest import REPO
 from tests.fake_archive import FakeArchive, PublishedArchive, publish_day
 
+# One xdist worker runs the whole module, so its module-scoped fixtures start once.
+pytestmark = pytest.mark.xdist_group("test_infra")
+
 INFRA = REPO / "infra"
 README = INFRA / "README.md"
 COMPONENTS = ("prefect-server", "dask-scheduler", "dask-workers", "prefect-worker")

@@ -29,6 +29,9 @@ from tasks.features.incremental import PRESETS, Feature, parse_feature, read_fea
 from tasks.source.archive_spec import check_symbol
 from tests.conftest import REPO
 
+# One xdist worker runs the whole module, so its module-scoped fixtures start once.
+pytestmark = pytest.mark.xdist_group("test_input_bounds")
+
 OK = ["--symbols", "BTCUSDT", "--start", "2024-01-01", "--end", "2024-01-02",
       # never reached, but were a case to get through, it would fail here, not on the internet
       "--base-url", "http://127.0.0.1:9", "--listing-url", "http://127.0.0.1:9"]

@@ -38,6 +38,9 @@ from tests.fake_archive import FakeArchive, publish_day
 from tests.test_infra import tree
 from tests.test_runtime import http_status
 
+# One xdist worker runs the whole module, so its module-scoped fixtures start once.
+pytestmark = pytest.mark.xdist_group("test_process_safety")
+
 GUARD = REPO / "flows" / "run_guard.py"
 DAYS = 2
 ROWS = 3_000

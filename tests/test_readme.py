@@ -22,7 +22,8 @@ import pytest
 from tests.conftest import REPO
 from tests.fake_archive import FakeArchive, publish_month
 
-pytestmark = pytest.mark.slow
+# One xdist worker runs the whole module, so its module-scoped fixtures start once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_readme")]
 
 
 def readme_commands() -> tuple[str, str]:
