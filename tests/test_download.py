@@ -12,7 +12,13 @@ import pytest
 
 from tasks.errors import ChecksumMismatch, NotPublished, TransientNetworkError, UnexpectedResponse
 from tasks.source.archive_spec import ArchiveSpec
-from tasks.source.download import download_archive, fetch_checksums, local_archive_matches, parse_checksum
+from tasks.source.download import (
+    download_archive,
+    fetch_checksums,
+    local_archive_matches,
+    parse_checksum,
+    verified_download,
+)
 from tasks.source.http import HttpOptions
 from tasks.source.listing import discover, list_symbols
 from tests.fake_archive import FakeArchive, publish_day
@@ -38,6 +44,22 @@ def test_download_verifies_and_commits(fake_archive: FakeArchive, tmp_path: Path
     assert local_archive_matches(SPEC, tmp_path, pub.sha256)
     assert not local_archive_matches(SPEC, tmp_path, "0" * 64)
     assert [p.name for p in res.path.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_download_counts_as_verified_only_with_its_zip_and_a_readable_checksum(
+    fake_archive: FakeArchive, tmp_path: Path
+) -> None:
+    pub = publish_day(fake_archive, "spot", "BTCUSDT", DAY, 200, 1, 1)
+    assert verified_download(SPEC, tmp_path) is None  # nothing downloaded
+    res = asyncio.run(download_archive(SPEC, pub.sha256, fake_archive.base_url, tmp_path, FAST))
+    assert verified_download(SPEC, tmp_path) == pub.sha256
+    checksum = res.path.with_name(res.path.name + ".CHECKSUM")
+    saved = checksum.read_bytes()
+    checksum.write_bytes(b"<html>not a checksum</html>")  # a damaged record proves nothing
+    assert verified_download(SPEC, tmp_path) is None and not local_archive_matches(SPEC, tmp_path, pub.sha256)
+    checksum.write_bytes(saved)
+    res.path.unlink()  # the record without its zip
+    assert verified_download(SPEC, tmp_path) is None and not local_archive_matches(SPEC, tmp_path, pub.sha256)
 
 
 def test_404_is_not_published_and_asked_once(fake_archive: FakeArchive, tmp_path: Path) -> None:

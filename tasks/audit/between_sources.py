@@ -29,7 +29,7 @@ from tasks.datasets import Dataset, dataset
 from tasks.errors import PipelineError
 from tasks.settings import ConvertOptions
 from tasks.source.archive_spec import ArchiveSpec, Market, month_end
-from tasks.source.download import stored_checksum
+from tasks.source.download import verified_download
 from tasks.source.plan import days_between, months_touching
 from tasks.utc import EPOCH_DAY
 
@@ -52,11 +52,11 @@ def held_source_pairs(
     """
     for month in months_touching(start, end):
         monthly = ArchiveSpec(market, symbol, "monthly", month, dataset_id)
-        if stored_checksum(monthly, data_dir) is None or not monthly.local_zip(data_dir).is_file():
+        if verified_download(monthly, data_dir) is None:
             continue
         dailies = [ArchiveSpec(market, symbol, "daily", d, dataset_id)
                    for d in days_between(max(start, month), min(end, month_end(month)))]
-        held = [s for s in dailies if stored_checksum(s, data_dir) is not None and s.local_zip(data_dir).is_file()]
+        held = [s for s in dailies if verified_download(s, data_dir) is not None]
         if held:
             yield monthly, held
 
@@ -104,7 +104,7 @@ def audit_sources(
 
 
 def _convert(spec: ArchiveSpec, data_dir: Path, options: ConvertOptions, scratch: Path, made: list[Path]) -> Path:
-    sha = stored_checksum(spec, data_dir)
+    sha = verified_download(spec, data_dir)
     assert sha is not None  # held_source_pairs checked it
     out = temp_path_for(scratch / f"{spec.file_name}.parquet")  # a temporary name: swept if the run is killed
     made.append(out)

@@ -44,7 +44,7 @@ from tasks.lake.inventory import LakeEntry, SourceRef, lake_files, lake_sources,
 from tasks.lake.validate import ExpectedFile, VerifiedFile, validate_parquet_file
 from tasks.settings import ConvertOptions
 from tasks.source.archive_spec import ArchiveSpec, Granularity, Market, parse_archive_name, symbol_prefix
-from tasks.source.download import local_archives, stored_checksum
+from tasks.source.download import local_archives, stored_checksum, verified_download
 
 #: Rebuilt files kept in the record's history (the count covers all of them).
 _HISTORY = 50
@@ -190,7 +190,7 @@ def restore_specs(data_dir: Path, market: Market, symbol: str) -> list[ArchiveSp
     for _, entry in damage_on_record(data_dir, market, symbol):
         for doc in entry.get("sources", []):
             spec = _spec_of(market, symbol, doc)
-            if spec is not None and spec not in out and not _kept(spec, data_dir):
+            if spec is not None and spec not in out and not verified_download(spec, data_dir):
                 out.append(spec)
     return out
 
@@ -202,11 +202,6 @@ def intact_sources(data_dir: Path, market: Market, symbol: str) -> dict[tuple[st
         for doc in entry.get("sources", []):
             held.pop((str(doc.get("archive")), str(doc.get("sha256"))), None)
     return held
-
-
-def _kept(spec: ArchiveSpec, data_dir: Path) -> str | None:
-    """The stored checksum of the archive's verified download, if it is kept."""
-    return stored_checksum(spec, data_dir) if spec.local_zip(data_dir).is_file() else None
 
 
 def _spec_of(market: Market, symbol: str, doc: dict[str, Any]) -> ArchiveSpec | None:
@@ -312,7 +307,7 @@ def repair_symbol(
             sources, missing = [], []
             for doc in docs:
                 spec = _spec_of(market, symbol, doc)
-                kept = _kept(spec, data_dir) if spec is not None else None
+                kept = verified_download(spec, data_dir) if spec is not None else None
                 if spec is None or kept is None:
                     missing.append(spec.key if spec is not None else str(doc.get("archive")))
                 else:

@@ -112,14 +112,7 @@ def local_archive_matches(spec: ArchiveSpec, data_dir: Path, sha256: str) -> boo
     The stored `.CHECKSUM` is written only after the archive's hash was verified, so
     this is a cheap proof (no re-hash) that the local copy is the published one.
     """
-    zip_path = spec.local_zip(data_dir)
-    stored = zip_path.with_name(zip_path.name + ".CHECKSUM")
-    if not zip_path.is_file() or not stored.is_file():
-        return False
-    try:
-        return parse_checksum(stored.read_bytes(), str(stored)) == sha256
-    except PipelineError:
-        return False
+    return verified_download(spec, data_dir) == sha256
 
 
 async def download_archive(
@@ -210,6 +203,17 @@ def local_archives(data_dir: Path, spec_folder_key: str) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.glob("*.zip") if p.with_name(p.name + ".CHECKSUM").is_file())
+
+
+def verified_download(spec: ArchiveSpec, data_dir: Path) -> str | None:
+    """The SHA-256 of the archive's verified download, or None when it is not on disk.
+
+    Verified means both the zip and its `.CHECKSUM` are there: the checksum is written
+    only after the downloaded bytes matched it, so no re-hash is needed to trust the pair.
+    """
+    if not spec.local_zip(data_dir).is_file():
+        return None
+    return stored_checksum(spec, data_dir)
 
 
 def stored_checksum(spec: ArchiveSpec, data_dir: Path) -> str | None:

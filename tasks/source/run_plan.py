@@ -24,7 +24,7 @@ from tasks.lake.inventory import coverage, lake_inventory, staged_inventory
 from tasks.lake.repair import restore_specs
 from tasks.settings import Settings
 from tasks.source.archive_spec import ArchiveSpec, Granularity, parse_archive_name
-from tasks.source.download import local_archives
+from tasks.source.download import local_archives, verified_download
 from tasks.source.http import HttpOptions
 from tasks.source.listing import Discovery, discover
 from tasks.source.plan import MissingDay, counterpart_specs, plan_symbol
@@ -236,19 +236,13 @@ def plan_run(settings: Settings, discoveries: Sequence[Discovery], data_dir: Pat
                                                p.archives, settings.dataset)
         sources = {s.archive for e in entries for s in e.sources}
         p.in_lake = {s for s in p.fetch if s.key in sources}
-        p.downloaded = {s for s in p.fetch if s not in p.in_lake and _downloaded(s, data_dir)}
+        p.downloaded = {s for s in p.fetch if s not in p.in_lake and verified_download(s, data_dir)}
         requested = [d for d in held if settings.start <= d <= settings.end]
         p.lake_days = len(requested)
         p.lake_rows = sum(s.rows for s in {held[d] for d in requested})
         p.lake_span = (min(held), max(held)) if held else None
         p.staged = len(staged_inventory(data_dir, settings.market, symbol, settings.dataset))
     return plan
-
-
-def _downloaded(spec: ArchiveSpec, data_dir: Path) -> bool:
-    """Verified on disk by an earlier run (its `.CHECKSUM` is written only after the hash matched)."""
-    path = spec.local_zip(data_dir)
-    return path.is_file() and path.with_name(path.name + ".CHECKSUM").is_file()
 
 
 def dry_run(settings: Settings, out: TextIO) -> RunPlan:
