@@ -280,7 +280,8 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
                                                   kind=SymbolNotListed.kind))
             continue
         # A listing that could not be read: nothing of this symbol is planned (its days are not
-        # "not published"), the other symbols go on, and the run ends Failed naming the folder.
+        # "not published"), or, when it was listed for the audit only, its audit of monthly against
+        # daily; the other symbols go on, and the run ends Failed naming the folder.
         report.outcomes.extend(ArchiveOutcome(d.prefix, "failed" if d.transient else "refused",
                                               detail=d.error or "") for d in sp.unlisted)
         report.outcomes.extend(ArchiveOutcome(key, "refused", detail=reason) for key, reason in sp.rejected)

@@ -30,6 +30,24 @@ def spec(day: str) -> ArchiveSpec:
     return ArchiveSpec("spot", "BTCUSDT", "daily", date.fromisoformat(day))
 
 
+def test_a_failed_listing_of_the_audit_only_granularity_costs_the_audit_not_the_days(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", market="spot", symbols=("BTCUSDT",), start="2024-01-01",
+                        end="2024-01-02", granularity="daily", audit_sources=True)
+    daily = Discovery("spot", "BTCUSDT", "daily", {spec("2024-01-01"): 1_000, spec("2024-01-02"): 1_000})
+    broken = "https://fake/?prefix=data/spot/monthly/trades/BTCUSDT/: HTTP 503 after 3 tries"
+    monthly = Discovery("spot", "BTCUSDT", "monthly", error=broken, transient=True)
+    plan = plan_run(settings, [daily, monthly], tmp_path / "data")
+    [p] = plan.symbols
+    assert p.archives == [spec("2024-01-01"), spec("2024-01-02")] and p.counterparts == []
+    text = plan.render()
+    assert ("BTCUSDT monthly: LISTING FAILED, its days are planned, the audit of monthly against daily is "
+            f"not done: {broken}") in text, text
+    # The listing the plan reads failed: nothing of the symbol is planned, as before.
+    plan = plan_run(settings, [Discovery("spot", "BTCUSDT", "daily", error=broken), monthly], tmp_path / "data")
+    assert plan.symbols[0].archives == []
+    assert "BTCUSDT daily: LISTING FAILED, nothing of it is planned" in plan.render()
+
+
 def test_the_plan_names_archives_bytes_and_the_days_not_published_as_ranges(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data", market="spot", symbols=("BTCUSDT",), start="2024-01-01",
                         end="2024-01-07", granularity="daily")

@@ -101,7 +101,9 @@ class RunPlan:
                 lines.append(f"  {name}: NOT LISTED, nothing of it is planned: {p.not_listed}")
                 continue
             for d in p.unlisted:
-                lines.append(f"  {name} {d.granularity}: LISTING FAILED, nothing of it is planned: {d.error}")
+                lost = ("nothing of it is planned" if self.granularity in ("auto", d.granularity)
+                        else "its days are planned, the audit of monthly against daily is not done")
+                lines.append(f"  {name} {d.granularity}: LISTING FAILED, {lost}: {d.error}")
             for key, reason in p.rejected:
                 lines.append(f"  {name}: refused listing key {key}: {reason}")
             specs = p.fetch if self.downloading else p.archives
@@ -205,6 +207,7 @@ def plan_run(settings: Settings, discoveries: Sequence[Discovery], data_dir: Pat
     is planned. Only reads the data dir (file names and Parquet footers), which need not exist.
     """
     downloading = "download" in settings.steps
+    planned_from = {"daily", "monthly"} if settings.granularity == "auto" else {settings.granularity}
     plan = RunPlan(settings.market, settings.start, settings.end, settings.granularity, downloading)
     for symbol in settings.symbols:
         p = SymbolPlan(symbol, not_listed=(not_listed or {}).get(symbol))
@@ -213,9 +216,11 @@ def plan_run(settings: Settings, discoveries: Sequence[Discovery], data_dir: Pat
             continue
         mine = [d for d in discoveries if d.symbol == symbol]
         p.unlisted = [d for d in mine if d.error]
-        if p.unlisted:
+        if any(d.granularity in planned_from for d in p.unlisted):
             # Its listing could not be read: nothing of this symbol is planned (its days are not "not published").
             continue
+        # A failed listing of the other granularity, listed for the audit only, costs the audit of
+        # monthly against daily (no counterparts), not the symbol's days.
         for d in mine:
             p.sizes.update(d.archives)
             p.rejected.extend(d.rejected)
