@@ -42,3 +42,44 @@ def fake_archive() -> Iterator[FakeArchive]:
     """A fresh fake data.binance.vision on loopback."""
     with FakeArchive() as fa:
         yield fa
+
+
+@pytest.fixture(scope="session")
+def server_template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The temporary Prefect server's empty, migrated database, made once by the product's own server.
+
+    A CLI's first run in a new data dir migrates Prefect's database (116 migrations): a 3-day
+    run measured 35.5 s (33 CPU-s) there, against 13.7 s (17 CPU-s) in a data dir that holds
+    the template. Tests whose subject is not that first run start from `used_data_dir`.
+    """
+    from flows.api_server import TemporaryApiServer
+
+    base = tmp_path_factory.mktemp("server-template")
+    (base / "scratch").mkdir()
+    server = TemporaryApiServer(base / "scratch", template=base / "template.db")
+    try:
+        server.start()
+    finally:
+        server.stop()
+    assert server.template is not None and server.template.is_file(), "the server saved no template"
+    return server.template
+
+
+def seed_data_dir(path: Path, template: Path) -> Path:
+    """Make `path` a data dir as a first run leaves it: marked, with the server's template (no lake yet)."""
+    import shutil
+
+    from flows.api_server import server_template
+    from tasks.datadir import open_data_dir
+
+    data = open_data_dir(path)
+    target = server_template(data)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, target)
+    return data
+
+
+@pytest.fixture
+def used_data_dir(tmp_path: Path, server_template_db: Path) -> Path:
+    """`tmp_path / "data"`, seeded (`seed_data_dir`): a CLI run there starts its server without migrating."""
+    return seed_data_dir(tmp_path / "data", server_template_db)

@@ -169,3 +169,17 @@ def test_flow_fetches_the_other_source_compares_it_and_lands_only_one(
     # Without audit_sources nothing more is fetched, and no audit runs (one dataset in the lake).
     again = run(False)
     assert monthly_spec.key not in {o.archive for o in again.outcomes} and again.audits == []
+    # The monthly listing, asked for the audit only, fails past every retry: the daily days still
+    # land; the run ends Failed naming that folder, and no month is compared.
+    prefix = "data/spot/monthly/aggTrades/BTCUSDT/"
+    fa.inject(f"listing:{prefix}", "503", times=50)
+    state, failed = run_flow(fa, tmp_path / "fresh", dask_address, symbols=("BTCUSDT",), start=DAYS[0], end=DAYS[-1],
+                             granularity="daily", datasets=("aggTrades",), audit_sources=True, features=())
+    assert not state.is_completed()
+    outcomes = {o.archive: o for o in failed.outcomes}
+    assert outcomes[prefix].status == "failed" and "503" in outcomes[prefix].detail, failed.summary()
+    assert {outcomes[ArchiveSpec("spot", "BTCUSDT", "daily", d, "aggTrades").key].status for d in DAYS} == {
+        "ingested"}
+    assert monthly_spec.key not in outcomes
+    [lake] = lake_files(tmp_path / "fresh", "spot", "BTCUSDT", "aggTrades")
+    assert pq.read_metadata(lake).num_rows == sum(len(d) for d in daily)

@@ -24,7 +24,7 @@ import pytest
 
 from tasks.datasets import dataset
 from tasks.source.archive_spec import ArchiveSpec
-from tests.conftest import REPO
+from tests.conftest import REPO, seed_data_dir
 from tests.fake_archive import FakeArchive, publish_day
 from tests.fake_archive.derived import aggregate, klines_of, render_agg_csv, render_klines_csv, with_orders
 from tests.fake_archive.generate import generate_trades
@@ -107,15 +107,16 @@ def hidden(data_dir: Path, sub: str) -> list[Path]:
 
 @pytest.mark.parametrize("dataset_ids", [("trades",), ("aggTrades", "klines-1m")], ids=["trades", "agg+klines"])
 def test_kill_at_several_points_then_resume_equals_clean_run(
-    prefect_api: str, fake_archive: FakeArchive, tmp_path: Path, dataset_ids: tuple[str, ...]
+    prefect_api: str, fake_archive: FakeArchive, tmp_path: Path, dataset_ids: tuple[str, ...],
+    server_template_db: Path,
 ) -> None:
     fa = fake_archive
     expected_rows = {d: publish(fa, d) for d in dataset_ids}
     folders = {d: dataset(d).lake_folder for d in dataset_ids}
     log = tmp_path / "runs.log"
 
-    # Clean reference run, ad hoc: no API configured, a fresh Prefect home.
-    ref = tmp_path / "ref"
+    # Clean reference run, ad hoc: no API configured, a fresh Prefect home (a used data dir: no migration).
+    ref = seed_data_dir(tmp_path / "ref", server_template_db)
     proc = cli(fa, ref, log, {"PREFECT_API_URL": None, "PREFECT_HOME": str(tmp_path / "home-ref")}, dataset_ids)
     assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
     expected = lake_digest(ref)

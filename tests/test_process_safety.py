@@ -378,7 +378,7 @@ def test_rewritten_cache_records_run_nothing_and_the_tasks_run_again(first_run: 
 @pytest.mark.slow
 @pytest.mark.parametrize("api", ["temporary server", "configured API", "Dask worker processes"])
 def test_a_sigkilled_cli_leaves_nothing_running_nor_behind(
-    api: str, fake_archive: FakeArchive, tmp_path: Path, request: pytest.FixtureRequest
+    api: str, fake_archive: FakeArchive, tmp_path: Path, used_data_dir: Path, request: pytest.FixtureRequest
 ) -> None:
     home, tmp = tmp_path / "home", tmp_path / "tmp"
     home.mkdir()
@@ -389,7 +389,7 @@ def test_a_sigkilled_cli_leaves_nothing_running_nor_behind(
     if api == "Dask worker processes":  # a local cluster of nannies and worker processes, with the server
         extra |= {"BINANCE_LAKE_DASK_PROCESSES": "true", "BINANCE_LAKE_DASK_WORKERS": "2",
                   "BINANCE_LAKE_DASK_THREADS_PER_WORKER": "1"}
-    proc = cli(fake_archive, tmp_path / "data", fresh_env(home, tmp, **extra), tmp_path / "run.log")
+    proc = cli(fake_archive, used_data_dir, fresh_env(home, tmp, **extra), tmp_path / "run.log")
     try:
         deadline = time.monotonic() + 120
         while not any(r.path.endswith(STALLED) for r in fake_archive.requests):
@@ -429,9 +429,9 @@ def test_a_sigkilled_cli_leaves_nothing_running_nor_behind(
 
 @pytest.mark.slow
 def test_ctrl_c_exits_130_in_one_line_leaving_nothing_running_and_the_next_run_resumes(
-    fake_archive: FakeArchive, tmp_path: Path
+    fake_archive: FakeArchive, tmp_path: Path, used_data_dir: Path
 ) -> None:
-    home, tmp, data, log = tmp_path / "home", tmp_path / "tmp", tmp_path / "data", tmp_path / "run.log"
+    home, tmp, data, log = tmp_path / "home", tmp_path / "tmp", used_data_dir, tmp_path / "run.log"
     home.mkdir()
     tmp.mkdir()
     publish(fake_archive)

@@ -164,9 +164,11 @@ def test_plain_lines_only_while_a_stage_runs() -> None:
 
 
 @pytest.mark.slow
-def test_bars_in_a_terminal_then_the_summary_once(fake_archive: FakeArchive, tmp_path: Path) -> None:
+def test_bars_in_a_terminal_then_the_summary_once(
+    fake_archive: FakeArchive, tmp_path: Path, used_data_dir: Path
+) -> None:
     publish(fake_archive)
-    code, out = run_in_terminal(args(fake_archive, tmp_path / "data"), env_for(tmp_path))
+    code, out = run_in_terminal(args(fake_archive, used_data_dir), env_for(tmp_path))
     text = plain(out)
     assert code == 0, text[-3000:]
     assert "━" in text  # a bar
@@ -180,10 +182,12 @@ def test_bars_in_a_terminal_then_the_summary_once(fake_archive: FakeArchive, tmp
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_the_bars_and_leaves_the_terminal_usable(fake_archive: FakeArchive, tmp_path: Path) -> None:
+def test_ctrl_c_stops_the_bars_and_leaves_the_terminal_usable(
+    fake_archive: FakeArchive, tmp_path: Path, used_data_dir: Path
+) -> None:
     publish(fake_archive)
     fake_archive.inject(STALLED, "stall", delay=60)
-    code, out = run_in_terminal(args(fake_archive, tmp_path / "data"), env_for(tmp_path), interrupt_when=STALLED,
+    code, out = run_in_terminal(args(fake_archive, used_data_dir), env_for(tmp_path), interrupt_when=STALLED,
                                 fa=fake_archive)
     text = plain(out)
     assert code == 130, text[-3000:]
@@ -194,11 +198,13 @@ def test_ctrl_c_stops_the_bars_and_leaves_the_terminal_usable(fake_archive: Fake
 
 
 @pytest.mark.slow
-def test_piped_a_progress_line_at_least_every_5_s(fake_archive: FakeArchive, tmp_path: Path) -> None:
+def test_piped_a_progress_line_at_least_every_5_s(
+    fake_archive: FakeArchive, tmp_path: Path, used_data_dir: Path
+) -> None:
     publish(fake_archive)
     fake_archive.inject(STALLED, "stall", delay=12)  # the run waits on it for 12 s
     t0 = time.monotonic()
-    done = subprocess.run(args(fake_archive, tmp_path / "data"), cwd=REPO, env=env_for(tmp_path),
+    done = subprocess.run(args(fake_archive, used_data_dir), cwd=REPO, env=env_for(tmp_path),
                           capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [line for line in done.stderr.splitlines()
@@ -211,10 +217,12 @@ def test_piped_a_progress_line_at_least_every_5_s(fake_archive: FakeArchive, tmp
 
 
 @pytest.mark.slow
-def test_quiet_prints_only_the_summary(fake_archive: FakeArchive, tmp_path: Path) -> None:
+def test_quiet_prints_only_the_summary(
+    fake_archive: FakeArchive, tmp_path: Path, used_data_dir: Path
+) -> None:
     publish(fake_archive)
     fake_archive.inject(STALLED, "stall", delay=7)  # long enough for a progress line, were there one
-    done = subprocess.run(args(fake_archive, tmp_path / "data", "--quiet"), cwd=REPO, env=env_for(tmp_path),
+    done = subprocess.run(args(fake_archive, used_data_dir, "--quiet"), cwd=REPO, env=env_for(tmp_path),
                           capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stderr == ""

@@ -102,13 +102,15 @@ def test_cache_block_is_saved_once_then_only_read(prefect_api: str, tmp_path: Pa
     assert other.basepath == str(tmp_path / "elsewhere" / CACHE_DIR) and other._block_document_id != doc_id
 
 
-def test_no_heartbeats_to_the_temporary_server() -> None:
-    # In a fresh interpreter with no API configured, as `python -m flows.full_pipeline` runs.
-    code = textwrap.dedent("""
+def test_no_heartbeats_to_the_temporary_server(server_template_db: Path) -> None:
+    # In a fresh interpreter with no API configured, as `python -m flows.full_pipeline` runs
+    # (in a data dir used before: its server starts from the migrated template).
+    code = textwrap.dedent(f"""
+        from pathlib import Path
         from prefect.settings import get_current_settings
         from flows.runtime import shared_api_server
         assert get_current_settings().flows.heartbeat_frequency is not None
-        with shared_api_server() as url:
+        with shared_api_server(Path({str(server_template_db)!r})) as url:
             assert url and get_current_settings().flows.heartbeat_frequency is None
         assert get_current_settings().flows.heartbeat_frequency is not None
         print("ok")

@@ -28,7 +28,7 @@ import psutil
 import pyarrow.dataset as ds
 import pytest
 
-from flows.warm import LOG_NAME, SOCKET_NAME, keep_warm_seconds, warm_dir
+from flows.warm import LOG_NAME, SOCKET_NAME, keep_warm_seconds, socket_address, warm_dir
 from tests.conftest import REPO
 from tests.fake_archive import FakeArchive, publish_day
 from tests.test_process_safety import fresh_env, leftovers, listening_procs, running, wait_gone
@@ -115,10 +115,10 @@ def _served(data: Path) -> int:
 
 @pytest.mark.slow
 def test_runs_go_to_the_warm_runner_which_stays_then_stops_leaving_nothing(
-    fake_archive: FakeArchive, tmp_path: Path
+    fake_archive: FakeArchive, tmp_path: Path, used_data_dir: Path
 ) -> None:
     _publish(fake_archive)
-    data = tmp_path / "data"
+    data = used_data_dir
     env = _env(tmp_path)
 
     first = _run(_args(fake_archive, data, 1, 2), env)
@@ -172,10 +172,10 @@ def test_runs_go_to_the_warm_runner_which_stays_then_stops_leaving_nothing(
 
 @pytest.mark.slow
 def test_ctrl_c_and_a_killed_cli_interrupt_the_run_on_the_runner_which_stays_and_resumes(
-    fake_archive: FakeArchive, tmp_path: Path
+    fake_archive: FakeArchive, tmp_path: Path, used_data_dir: Path
 ) -> None:
     _publish(fake_archive)
-    data = tmp_path / "data"
+    data = used_data_dir
     env = _env(tmp_path)
     assert _run(_args(fake_archive, data, 1, 1), env).returncode == 0  # starts the runner
     runner = _runner(data)
@@ -230,10 +230,10 @@ def test_ctrl_c_and_a_killed_cli_interrupt_the_run_on_the_runner_which_stays_and
 
 @pytest.mark.slow
 def test_a_runner_serves_only_its_code_environment_and_data_dir_and_dies_with_its_server(
-    fake_archive: FakeArchive, tmp_path: Path
+    fake_archive: FakeArchive, tmp_path: Path, used_data_dir: Path
 ) -> None:
     _publish(fake_archive)
-    data = tmp_path / "data"
+    data = used_data_dir
     env = _env(tmp_path)
     assert _run(_args(fake_archive, data, 1, 1), env).returncode == 0
     first = _runner(data)
@@ -276,13 +276,14 @@ def test_a_runner_serves_only_its_code_environment_and_data_dir_and_dies_with_it
     family = _family(fourth)
 
     # Nonsense on the socket is refused; the runner carries on.
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.connect(str(warm_dir(moved) / SOCKET_NAME))
+    # (Connected as the CLI does: a long tmp path goes through the folder's descriptor.)
+    with socket.socket(socket.AF_UNIX) as sock, socket_address(warm_dir(moved)) as address:
+        sock.connect(address)
         sock.sendall(b'{"v": 1, "op": "run", "cli": "rm", "argv": []}\n')
         answer = json.loads(sock.makefile().readline())
     assert "refused" in answer, answer
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.connect(str(warm_dir(moved) / SOCKET_NAME))
+    with socket.socket(socket.AF_UNIX) as sock, socket_address(warm_dir(moved)) as address:
+        sock.connect(address)
         sock.sendall(b"not json\n")
     assert _served(moved) == 1
     assert _warm(moved, env, "stop").returncode == 0
