@@ -25,6 +25,7 @@ from pydantic_settings import SettingsError
 from flows.api_server import TemporaryApiServer, discard, launch_early, server_template
 from flows.interrupt import Interrupted
 from flows.warm import hand_off, in_child, keep_warm_seconds
+from tasks.dataset_ids import DATASET_NAMES
 from tasks.errors import DataDirRefused, DateRangeRefused, SymbolNotListed, TemporaryServerFailed, describe
 from tasks.lake.landed import archives_landed
 from tasks.preflight import check_run, version_line
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--granularity", default="auto", choices=["daily", "monthly", "auto"],
                    help="daily archives, monthly archives, or auto: monthly for whole published months and "
                    "daily for the rest, never both for the same days (default)")
-    p.add_argument("--dataset", nargs="+", default=None, choices=["trades", "aggTrades", "klines"],
+    p.add_argument("--dataset", nargs="+", default=None, choices=DATASET_NAMES,
                    help="datasets to bring up to date, in order (default trades)")
     p.add_argument("--interval", nargs="+", default=None, metavar="INTERVAL",
                    help="kline intervals with --dataset klines: 1s (spot) 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d, "

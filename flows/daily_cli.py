@@ -30,6 +30,7 @@ from flows.cli import (
     verbosity,
 )
 from flows.warm import hand_off, in_child
+from tasks.dataset_ids import DATASET_NAMES
 from tasks.lake.landed import archives_landed
 from tasks.preflight import version_line
 from tasks.settings import CliParser, Settings, parse_day
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-backfill", dest="backfill_new_symbols", action="store_false",
                    help="a symbol without history in the lake gets only the re-probe window, instead of its "
                    "whole published history from its first published day")
-    p.add_argument("--dataset", nargs="+", default=None, choices=["trades", "aggTrades", "klines"],
+    p.add_argument("--dataset", nargs="+", default=None, choices=DATASET_NAMES,
                    help="datasets to bring up to date, in order (default trades)")
     p.add_argument("--interval", nargs="+", default=None, metavar="INTERVAL",
                    help="kline intervals with --dataset klines, e.g. 1m 1h (default 1m)")

@@ -47,6 +47,7 @@ from flows.daily_cli import main as main
 from flows.full_pipeline import final_state, run_pipeline
 from flows.progress import cli_progress
 from flows.runtime import dask_runner, default_dask_runner, server_template, shared_api_server
+from tasks.dataset_ids import monthly_only
 from tasks.lake.inventory import coverage, lake_inventory, staged_inventory
 from tasks.prefect_tasks import discover_task
 from tasks.report import PipelineReport, RunFailed
@@ -150,8 +151,11 @@ def daily_update(
         notes.append("no symbol selected: nothing to do")
         return PipelineReport(notes=notes)
     held = {s: last_day_held(data_dir, market, s, wanted) for s in symbols}
+    # A dataset published monthly only (fundingRate) is brought up to date by whole months: the
+    # window's months are planned from their monthly archives, the current one reported unpublished.
+    granularity: Granularity | Literal["auto"] = "auto" if any(monthly_only(d) for d in wanted) else "daily"
     windows: dict[str, tuple[date, date, Granularity | Literal["auto"]]] = {
-        s: (*update_window(held[s], today, reprobe_days), "daily") for s in symbols}
+        s: (*update_window(held[s], today, reprobe_days), granularity) for s in symbols}
     new = [s for s in symbols if held[s] is None]
     if new and backfill_new_symbols:
         listed = discover_task(listing_url or DEFAULT_LISTING_URL, market, new, ["daily", "monthly"], HttpOptions(), 8)

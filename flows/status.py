@@ -19,8 +19,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import cast
 
-from tasks.audit.between_datasets import AUDITED_DATASETS
 from tasks.audit.between_datasets import report_path as audit_report_path
+from tasks.dataset_ids import all_dataset_ids, monthly_only
 from tasks.datasets import dataset
 from tasks.errors import DataDirRefused
 from tasks.lake.gaps import quarantined, report_path, reported
@@ -51,7 +51,9 @@ class SymbolStatus:
 
 def _gap_summary(data_dir: Path, market: str, symbol: str, dataset_id: str = "trades") -> tuple[str, int]:
     if not reported(dataset_id):
-        return "not reported day by day (intervals longer than a day)", 0
+        ordered = dataset(dataset_id).continuity == "ordered"
+        why = "no fixed spacing of rows" if ordered else "intervals longer than a day"
+        return f"not reported day by day ({why})", 0
     path = report_path(data_dir, market, symbol, dataset_id)
     try:
         doc = json.loads(path.read_text())
@@ -90,10 +92,19 @@ def symbol_status(data_dir: Path, market: str, symbol: str, today: date, dataset
     first = min(days) if days else None
     last = max(days) if days else None
     yesterday = today - timedelta(days=1)
+    month_ago = today.replace(day=1) - timedelta(days=1)  # the last day of the last whole month
     if last is None:
         nxt = "nothing in the lake yet: run a back-fill"
-    elif last >= yesterday:
+    elif last >= yesterday or (monthly_only(dataset) and last >= month_ago):
         nxt = "up to date"
+    elif monthly_only(dataset):  # published a month at a time, in the first half of the next month (#328)
+        first_month, n = (last + timedelta(days=1)).replace(day=1), 0
+        m = first_month
+        while m <= month_ago:
+            n += 1
+            m = (m + timedelta(days=32)).replace(day=1)
+        nxt = (f"{n} month{'s' if n > 1 else ''}: {first_month:%Y-%m}..{month_ago:%Y-%m} "
+               "(monthly archives, usually out by mid-month)")
     else:
         n = (yesterday - last).days
         nxt = f"{n} day{'s' if n > 1 else ''}: {last + timedelta(days=1)}..{yesterday}"
@@ -121,7 +132,7 @@ def lake_status(data_dir: Path, today: date | None = None) -> list[SymbolStatus]
     """Every (dataset, market, symbol) found in the lake or in staging, trades first."""
     today = today or datetime.now(UTC).date()
     found: set[tuple[int, str, str, str]] = set()
-    for order, ds in enumerate(AUDITED_DATASETS):
+    for order, ds in enumerate(all_dataset_ids()):
         for area in ("lake", "staging"):
             root = data_dir / area / dataset(ds).lake_folder
             for folder in root.glob("market=*/symbol=*") if root.is_dir() else []:

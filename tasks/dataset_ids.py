@@ -1,7 +1,8 @@
 """Dataset ids and the path pieces they give, without the schemas (no pyarrow: the CLIs check ids first).
 
-An id is `trades`, `aggTrades` or `klines-<interval>`; `tasks.datasets` holds what each
-dataset is (schema, dialects, key, continuity).
+An id is `trades`, `aggTrades`, `fundingRate` or `klines-<interval>`; `tasks.datasets` holds
+what each dataset is (schema, dialects, key, continuity). Which markets and granularities
+publish a dataset is here too, so that a command is refused before any import.
 """
 
 from __future__ import annotations
@@ -35,8 +36,19 @@ KLINE_INTERVALS: dict[str, int | None] = {
 #: Intervals whose rows do not fit in one day: published monthly only.
 MONTHLY_ONLY_INTERVALS = frozenset({"3d", "1w", "1mo"})
 #: The names `--dataset` accepts.
-DATASET_NAMES: tuple[str, ...] = ("trades", "aggTrades", "klines")
+DATASET_NAMES: tuple[str, ...] = ("trades", "aggTrades", "klines", "fundingRate")
+#: Datasets without an interval: their id is their name.
+_PLAIN_IDS = frozenset({"trades", "aggTrades", "fundingRate"})
+#: The markets that publish a dataset, where not all three do (docs/binance-archive.md).
+MARKETS_OF: dict[str, tuple[str, ...]] = {"fundingRate": ("um", "cm"), "klines-1s": ("spot",)}
+#: Datasets published monthly only (besides the long kline intervals).
+MONTHLY_ONLY_DATASETS = frozenset({"fundingRate"})
 _INTERVAL_RE = re.compile(r"\A(1s|1m|3m|5m|15m|30m|1h|2h|4h|6h|8h|12h|1d|3d|1w|1mo)\Z")
+
+
+def all_dataset_ids() -> tuple[str, ...]:
+    """Every dataset id, in the order status lists them: trades, aggTrades, klines by interval, then the rest."""
+    return ("trades", "aggTrades", *(f"klines-{i}" for i in KLINE_INTERVALS), "fundingRate")
 
 
 def check_interval(interval: str) -> str:
@@ -48,12 +60,23 @@ def check_interval(interval: str) -> str:
 
 @functools.cache
 def parse_id(dataset_id: str) -> tuple[str, str | None]:
-    """(name, interval or None) of a dataset id; UnsafePath for anything but trades, aggTrades, klines-<interval>."""
-    if dataset_id in ("trades", "aggTrades"):
+    """(name, interval or None) of a dataset id; UnsafePath for anything but the ids above."""
+    if dataset_id in _PLAIN_IDS:
         return dataset_id, None
     if isinstance(dataset_id, str) and dataset_id.startswith("klines-"):
         return "klines", check_interval(dataset_id.removeprefix("klines-"))
-    raise UnsafePath(repr(dataset_id), "a dataset is trades, aggTrades or klines-<interval>")
+    raise UnsafePath(repr(dataset_id), "a dataset is trades, aggTrades, fundingRate or klines-<interval>")
+
+
+def markets_of(dataset_id: str) -> tuple[str, ...]:
+    """The markets whose archive publishes the dataset."""
+    return MARKETS_OF.get(dataset_id, ("spot", "um", "cm"))
+
+
+def monthly_only(dataset_id: str) -> bool:
+    """True for a dataset published in monthly archives only (fundingRate, klines of 3d, 1w, 1mo)."""
+    _, interval = parse_id(dataset_id)
+    return dataset_id in MONTHLY_ONLY_DATASETS or interval in MONTHLY_ONLY_INTERVALS
 
 
 def archive_folder(dataset_id: str, symbol: str) -> str:

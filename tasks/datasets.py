@@ -11,6 +11,9 @@ What the archive publishes (docs/binance-archive.md):
   row starts at `last_trade_id + 1`.
 - `klines`: one row per interval, keyed by `open_time`; every published interval is its
   own dataset (`klines-1m`), in its own archive folder and lake folder.
+- `fundingRate` (USD-M and COIN-M, monthly archives only): one row per funding event,
+  keyed by `calc_time`; the interval between events is the row's `funding_interval_hours`,
+  not always 8 h (freqtrade#12583), so no spacing is imposed, only order.
 """
 
 from __future__ import annotations
@@ -30,7 +33,10 @@ from tasks.dataset_ids import dataset_ids as dataset_ids
 
 TIME_TYPE = pa.timestamp("us", tz="UTC")
 
-Continuity = Literal["ids", "interval"]
+#: How a dataset's rows follow each other: consecutive ids (`ids`), one row per interval
+#: (`interval`, spaced by `step_us` where it is fixed), or in strictly increasing key order
+#: with no spacing rule (`ordered`).
+Continuity = Literal["ids", "interval", "ordered"]
 
 @dataclass(frozen=True)
 class Dataset:
@@ -254,11 +260,35 @@ def klines(interval: str) -> Dataset:
     )
 
 
-_BY_ID: dict[str, Dataset] = {TRADES.id: TRADES, AGG_TRADES.id: AGG_TRADES}
+_FUNDING_CSV = ("calc_time", "funding_interval_hours", "last_funding_rate")
+
+FUNDING_RATE = Dataset(
+    name="fundingRate",
+    schema=pa.schema(
+        [
+            pa.field("calc_time", TIME_TYPE, nullable=False),
+            # As published: 8 on most contracts, 4 or 1 on others and when the rate hits its cap.
+            pa.field("funding_interval_hours", pa.int64(), nullable=False,
+                     metadata={"doc": "hours this funding rate covers, as published (freqtrade#12583)"}),
+            pa.field("last_funding_rate", pa.float64(), nullable=False),
+        ]
+    ),
+    key="calc_time",
+    time="calc_time",
+    csv_columns={m: _FUNDING_CSV for m in ("um", "cm")},
+    csv_headers={m: _FUNDING_CSV for m in ("um", "cm")},
+    csv_types={"calc_time": pa.int64(), "funding_interval_hours": pa.int64(), "last_funding_rate": pa.float64()},
+    epoch_columns=("calc_time",),
+    continuity="ordered",
+    positive=("funding_interval_hours",),
+)
+
+
+_BY_ID: dict[str, Dataset] = {TRADES.id: TRADES, AGG_TRADES.id: AGG_TRADES, FUNDING_RATE.id: FUNDING_RATE}
 
 
 def dataset(dataset_id: str) -> Dataset:
-    """The dataset of an id: `trades`, `aggTrades` or `klines-<interval>`; UnsafePath for anything else."""
+    """The dataset of an id: `trades`, `aggTrades`, `fundingRate` or `klines-<interval>`; UnsafePath else."""
     found = _BY_ID.get(dataset_id)
     if found is not None:
         return found

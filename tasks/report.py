@@ -274,7 +274,7 @@ class PipelineReport:
         lines.extend(self.missing_lines())
         if self.validated_files:
             at_write = f" ({self.validated_at_write} as the merge wrote them)" if self.validated_at_write else ""
-            lines.append(f"validated lake files: {self.validated_files}{at_write}; trade-id gaps: {len(self.gaps)}")
+            lines.append(f"validated lake files: {self.validated_files}{at_write}; gaps: {len(self.gaps)}")
             for g in self.gaps[:20]:
                 if g.where.startswith("klines-"):  # open times (µs), and missing intervals
                     after, before = (micros_to_datetime(x).isoformat() for x in (g.after_id, g.before_id))

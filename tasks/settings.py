@@ -23,7 +23,7 @@ from typing import Annotated, Literal, NoReturn
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from tasks.dataset_ids import parse_id
+from tasks.dataset_ids import markets_of, monthly_only, parse_id
 from tasks.errors import UnsafePath
 from tasks.source.archive_spec import Market, check_symbol
 
@@ -170,7 +170,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_datasets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if not value:
-            raise ValueError("at least one dataset is needed: trades, aggTrades or klines-<interval>")
+            raise ValueError("at least one dataset is needed: trades, aggTrades, fundingRate or klines-<interval>")
         try:
             for v in value:
                 parse_id(v)
@@ -254,11 +254,14 @@ class Settings(BaseSettings):
     def _check_range(self) -> Settings:
         if self.end < self.start:
             raise ValueError(f"end {self.end} is before start {self.start}")
-        if "klines-1s" in self.datasets and self.market != "spot":
-            raise ValueError("klines of 1s are published for spot only")
-        monthly_only = [d for d in self.datasets if d in ("klines-3d", "klines-1w", "klines-1mo")]
-        if monthly_only and self.granularity == "daily":
-            raise ValueError(f"{', '.join(monthly_only)} are published monthly only: use --granularity monthly or auto")
+        for d in self.datasets:
+            if self.market not in markets_of(d):
+                what = "klines of 1s are" if d == "klines-1s" else f"{d} is"
+                raise ValueError(f"{what} published for {' and '.join(markets_of(d))} only, not {self.market}")
+        monthly = [d for d in self.datasets if monthly_only(d)]
+        if monthly and self.granularity == "daily":
+            raise ValueError(f"{', '.join(monthly)} {'are' if len(monthly) > 1 else 'is'} published monthly only: "
+                             "use --granularity monthly or auto")
         return self
 
     @property
