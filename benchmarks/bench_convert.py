@@ -420,7 +420,7 @@ def machine_lines() -> list[str]:
     versions = ", ".join(
         f"{name} {importlib.metadata.version(name)}" for name in ("pyarrow", "polars", "numpy", "numba", "isal")
     )
-    convert = REPO_ROOT / "tasks" / "convert.py"
+    convert = REPO_ROOT / "tasks" / "convert" / "archive.py"
     return [
         f"machine : nproc {nproc}, {model}, {memory} RAM, {platform.system()} {platform.release()}",
         f"python  : {platform.python_version()} ({sys.executable}), zlib {zlib.ZLIB_RUNTIME_VERSION}",
