@@ -56,6 +56,7 @@ from tasks.atomic import remove_stale_temporaries
 from tasks.audit.between_datasets import AUDITED_DATASETS, lake_datasets
 from tasks.convert.batching import Batcher, sort_published
 from tasks.datadir import open_data_dir
+from tasks.datasets import dataset
 from tasks.errors import (
     DamagedLakeFile,
     NotPublished,
@@ -447,7 +448,7 @@ def _ingest_detail(result: IngestResult) -> str:
     if result.duplicates_dropped:
         parts.append(f"{result.duplicates_dropped} duplicate rows dropped")
     if result.id_gaps:
-        missing = "intervals" if result.spec.dataset.startswith("klines-") else "ids"
+        missing = "intervals" if dataset(result.spec.dataset).continuity == "interval" else "ids"
         parts.append(f"{result.id_gaps} {'gaps' if missing == 'intervals' else 'id gaps'} "
                      f"({result.missing_ids} {missing} missing)")
     return "; ".join(parts)

@@ -1,6 +1,6 @@
 """Dataset ids and the path pieces they give, without the schemas (no pyarrow: the CLIs check ids first).
 
-An id is `trades`, `aggTrades`, `fundingRate` or `klines-<interval>`; `tasks.datasets` holds
+An id is `trades`, `aggTrades`, `fundingRate`, `metrics` or `klines-<interval>`; `tasks.datasets` holds
 what each dataset is (schema, dialects, key, continuity). Which markets and granularities
 publish a dataset is here too, so that a command is refused before any import.
 """
@@ -36,19 +36,21 @@ KLINE_INTERVALS: dict[str, int | None] = {
 #: Intervals whose rows do not fit in one day: published monthly only.
 MONTHLY_ONLY_INTERVALS = frozenset({"3d", "1w", "1mo"})
 #: The names `--dataset` accepts.
-DATASET_NAMES: tuple[str, ...] = ("trades", "aggTrades", "klines", "fundingRate")
+DATASET_NAMES: tuple[str, ...] = ("trades", "aggTrades", "klines", "fundingRate", "metrics")
 #: Datasets without an interval: their id is their name.
-_PLAIN_IDS = frozenset({"trades", "aggTrades", "fundingRate"})
+_PLAIN_IDS = frozenset({"trades", "aggTrades", "fundingRate", "metrics"})
 #: The markets that publish a dataset, where not all three do (docs/binance-archive.md).
-MARKETS_OF: dict[str, tuple[str, ...]] = {"fundingRate": ("um", "cm"), "klines-1s": ("spot",)}
+MARKETS_OF: dict[str, tuple[str, ...]] = {"fundingRate": ("um", "cm"), "metrics": ("um", "cm"), "klines-1s": ("spot",)}
 #: Datasets published monthly only (besides the long kline intervals).
 MONTHLY_ONLY_DATASETS = frozenset({"fundingRate"})
+#: Datasets published in daily archives only.
+DAILY_ONLY_DATASETS = frozenset({"metrics"})
 _INTERVAL_RE = re.compile(r"\A(1s|1m|3m|5m|15m|30m|1h|2h|4h|6h|8h|12h|1d|3d|1w|1mo)\Z")
 
 
 def all_dataset_ids() -> tuple[str, ...]:
     """Every dataset id, in the order status lists them: trades, aggTrades, klines by interval, then the rest."""
-    return ("trades", "aggTrades", *(f"klines-{i}" for i in KLINE_INTERVALS), "fundingRate")
+    return ("trades", "aggTrades", *(f"klines-{i}" for i in KLINE_INTERVALS), "fundingRate", "metrics")
 
 
 def check_interval(interval: str) -> str:
@@ -65,7 +67,7 @@ def parse_id(dataset_id: str) -> tuple[str, str | None]:
         return dataset_id, None
     if isinstance(dataset_id, str) and dataset_id.startswith("klines-"):
         return "klines", check_interval(dataset_id.removeprefix("klines-"))
-    raise UnsafePath(repr(dataset_id), "a dataset is trades, aggTrades, fundingRate or klines-<interval>")
+    raise UnsafePath(repr(dataset_id), "a dataset is trades, aggTrades, fundingRate, metrics or klines-<interval>")
 
 
 def markets_of(dataset_id: str) -> tuple[str, ...]:
@@ -77,6 +79,11 @@ def monthly_only(dataset_id: str) -> bool:
     """True for a dataset published in monthly archives only (fundingRate, klines of 3d, 1w, 1mo)."""
     _, interval = parse_id(dataset_id)
     return dataset_id in MONTHLY_ONLY_DATASETS or interval in MONTHLY_ONLY_INTERVALS
+
+
+def daily_only(dataset_id: str) -> bool:
+    """True for a dataset published in daily archives only (metrics)."""
+    return dataset_id in DAILY_ONLY_DATASETS
 
 
 def archive_folder(dataset_id: str, symbol: str) -> str:

@@ -14,6 +14,9 @@ What the archive publishes (docs/binance-archive.md):
 - `fundingRate` (USD-M and COIN-M, monthly archives only): one row per funding event,
   keyed by `calc_time`; the interval between events is the row's `funding_interval_hours`,
   not always 8 h (freqtrade#12583), so no spacing is imposed, only order.
+- `metrics` (USD-M and COIN-M, daily archives only): one row per 5 minutes, keyed by
+  `create_time`, written as text (`2024-01-01 00:05:00`, UTC): open interest and its value,
+  the top traders' long/short ratios, the taker buy/sell volume ratio.
 """
 
 from __future__ import annotations
@@ -71,6 +74,10 @@ class Dataset:
     interval: str | None = None
     #: Dictionary-encode the float columns (else PLAIN, zstd-compressed): see `tasks/lake/writer.py`.
     dictionary_floats: bool = True
+    #: Epoch columns the CSV writes as `YYYY-MM-DD HH:MM:SS` (UTC) instead of a number (metrics).
+    text_time_columns: tuple[str, ...] = ()
+    #: The spacing of `interval` rows of a dataset that is not klines (metrics: 5 minutes).
+    fixed_step_us: int | None = None
 
     @property
     def id(self) -> str:
@@ -79,8 +86,8 @@ class Dataset:
 
     @property
     def step_us(self) -> int | None:
-        """Klines: the interval's length in µs (None for `1mo`); None for id-keyed datasets."""
-        return KLINE_INTERVALS[self.interval] if self.interval is not None else None
+        """Interval rows: their spacing in µs (None for `1mo` klines); None for id-keyed datasets."""
+        return KLINE_INTERVALS[self.interval] if self.interval is not None else self.fixed_step_us
 
     def archive_folder(self, symbol: str) -> str:
         """The folder under `data/<market>/<granularity>/`: `trades/BTCUSDT/`, `klines/BTCUSDT/1m/`."""
@@ -284,7 +291,42 @@ FUNDING_RATE = Dataset(
 )
 
 
-_BY_ID: dict[str, Dataset] = {TRADES.id: TRADES, AGG_TRADES.id: AGG_TRADES, FUNDING_RATE.id: FUNDING_RATE}
+_METRICS_CSV = ("create_time", "symbol", "sum_open_interest", "sum_open_interest_value",
+                "count_toptrader_long_short_ratio", "sum_toptrader_long_short_ratio", "count_long_short_ratio",
+                "sum_taker_long_short_vol_ratio")
+_METRICS_FLOATS = _METRICS_CSV[2:]
+_METRICS_DOCS = {
+    "sum_open_interest": "open interest, in contracts (COIN-M) or the base asset (USD-M)",
+    "sum_open_interest_value": "open interest in the quote asset",
+    "count_toptrader_long_short_ratio": "top traders' long/short ratio by accounts",
+    "sum_toptrader_long_short_ratio": "top traders' long/short ratio by positions",
+    "count_long_short_ratio": "all accounts' long/short ratio",
+    "sum_taker_long_short_vol_ratio": "taker buy volume / taker sell volume",
+}
+
+METRICS = Dataset(
+    name="metrics",
+    # The published column names are kept, so Binance's documentation of each still applies.
+    schema=pa.schema(
+        [pa.field("create_time", TIME_TYPE, nullable=False)]
+        + [pa.field(c, pa.float64(), nullable=False, metadata={"doc": _METRICS_DOCS[c]}) for c in _METRICS_FLOATS]
+    ),
+    key="create_time",
+    time="create_time",
+    csv_columns={m: _METRICS_CSV for m in ("um", "cm")},
+    csv_headers={m: _METRICS_CSV for m in ("um", "cm")},
+    csv_types={"create_time": pa.timestamp("s"), "symbol": pa.string(), **{c: pa.float64() for c in _METRICS_FLOATS}},
+    epoch_columns=("create_time",),
+    text_time_columns=("create_time",),
+    continuity="interval",
+    fixed_step_us=5 * 60_000_000,
+    non_negative=_METRICS_FLOATS,
+    csv_drop=("symbol",),  # the partition's
+)
+
+
+_BY_ID: dict[str, Dataset] = {TRADES.id: TRADES, AGG_TRADES.id: AGG_TRADES, FUNDING_RATE.id: FUNDING_RATE,
+                              METRICS.id: METRICS}
 
 
 def dataset(dataset_id: str) -> Dataset:

@@ -276,9 +276,10 @@ class PipelineReport:
             at_write = f" ({self.validated_at_write} as the merge wrote them)" if self.validated_at_write else ""
             lines.append(f"validated lake files: {self.validated_files}{at_write}; gaps: {len(self.gaps)}")
             for g in self.gaps[:20]:
-                if g.where.startswith("klines-"):  # open times (µs), and missing intervals
+                if g.where.startswith(("klines-", "metrics ")):  # open times (µs), and missing intervals
                     after, before = (micros_to_datetime(x).isoformat() for x in (g.after_id, g.before_id))
-                    lines.append(f"  gap {g.market} {g.symbol} {g.where}: klines {after} -> {before} "
+                    what = "klines" if g.where.startswith("klines-") else "rows"
+                    lines.append(f"  gap {g.market} {g.symbol} {g.where}: {what} {after} -> {before} "
                                  f"({g.missing_ids} intervals missing)")
                     continue
                 lines.append(f"  gap {g.market} {g.symbol} {g.where}: ids {g.after_id} -> {g.before_id} "

@@ -23,7 +23,7 @@ from typing import Annotated, Literal, NoReturn
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from tasks.dataset_ids import markets_of, monthly_only, parse_id
+from tasks.dataset_ids import daily_only, markets_of, monthly_only, parse_id
 from tasks.errors import UnsafePath
 from tasks.source.archive_spec import Market, check_symbol
 
@@ -170,7 +170,8 @@ class Settings(BaseSettings):
     @classmethod
     def _check_datasets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if not value:
-            raise ValueError("at least one dataset is needed: trades, aggTrades, fundingRate or klines-<interval>")
+            raise ValueError("at least one dataset is needed: trades, aggTrades, fundingRate, metrics or "
+                             "klines-<interval>")
         try:
             for v in value:
                 parse_id(v)
@@ -262,6 +263,10 @@ class Settings(BaseSettings):
         if monthly and self.granularity == "daily":
             raise ValueError(f"{', '.join(monthly)} {'are' if len(monthly) > 1 else 'is'} published monthly only: "
                              "use --granularity monthly or auto")
+        daily = [d for d in self.datasets if daily_only(d)]
+        if daily and self.granularity == "monthly":
+            raise ValueError(f"{', '.join(daily)} {'are' if len(daily) > 1 else 'is'} published daily only: "
+                             "use --granularity daily or auto")
         return self
 
     @property

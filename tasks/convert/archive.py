@@ -39,6 +39,7 @@ from tasks.convert.csv_parse import (
     iter_csv_pieces,
     parse_csv_piece,
     parse_simple_piece,
+    text_times_to_epoch,
     to_lake_table,
 )
 from tasks.convert.external_sort import SortedOutput
@@ -125,6 +126,8 @@ def _stream_csv(
                 if table is None:  # anything unusual: pyarrow parses it, and words the errors
                     lines = count_newlines(piece)
                     table = parse_csv_piece(piece, line, parse_options, source, name)
+                    if data.text_time_columns:
+                        table = text_times_to_epoch(table, data)
                 else:
                     lines = table.num_rows  # the simple parser makes one row of each line
                 check_values(table, lo, hi, dialect.time_unit, line, source, name, data)

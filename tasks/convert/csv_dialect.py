@@ -7,6 +7,7 @@ ms, 16 are µs (spot switched to µs on 2025-01-01). Microseconds are kept, neve
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import IO, Literal
 
@@ -17,6 +18,8 @@ TimeUnit = Literal["ms", "us"]
 
 #: Digits of an epoch time in ms (2001..2286) and in µs.
 _TIME_DIGITS: dict[int, TimeUnit] = {13: "ms", 16: "us"}
+#: A time written as text (metrics), UTC.
+_TEXT_TIME = re.compile(rb"\A\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\Z")
 #: Longest first line looked at when sniffing (a trade line is under 100 bytes).
 SNIFF_LINE_BYTES = 4096
 
@@ -74,6 +77,12 @@ def sniff_dialect(
             source, f"{csv_name}: line {line_no}: expected {len(columns)} columns, got {len(fields)}: {shown!r}"
         )
     time_field = fields[columns.index(data.time)].strip()
+    if data.time in data.text_time_columns:
+        if not _TEXT_TIME.fullmatch(time_field):
+            raise InvalidData(source, f"{csv_name}: line {line_no}: {data.time} {time_field[:40]!r} is not a time "
+                                      "YYYY-MM-DD HH:MM:SS")
+        # Parsed to epoch µs before any check (`tasks.convert.csv_parse.text_times_to_epoch`).
+        return CsvDialect(columns=columns, header=header, time_unit="us", dataset=data.id)
     if not time_field.isdigit():
         raise InvalidData(source, f"{csv_name}: line {line_no}: {data.time} {time_field[:40]!r} is not an integer")
     unit = _TIME_DIGITS.get(len(time_field))

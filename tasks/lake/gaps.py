@@ -123,7 +123,7 @@ class GapReport:
 
 def unit_of(dataset_id: str) -> str:
     """What a gap of the dataset counts: `trade ids`, `aggTrade ids`, `intervals`."""
-    return "intervals" if dataset_id.startswith("klines-") else f"{dataset_id.removesuffix('s')} ids"
+    return "intervals" if dataset(dataset_id).continuity == "interval" else f"{dataset_id.removesuffix('s')} ids"
 
 
 def reported(dataset_id: str) -> bool:

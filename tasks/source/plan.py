@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Literal
 
-from tasks.dataset_ids import monthly_only
+from tasks.dataset_ids import daily_only, monthly_only
 from tasks.lake.inventory import SourceRef
 from tasks.source.archive_spec import ArchiveSpec, Market, month_end
 
@@ -66,13 +66,16 @@ def plan_symbol(
     - daily: one archive per requested day.
     - monthly: the monthly archive of every month touching the range (whole months).
     - auto: monthly for months lying wholly inside the range and published as such,
-      daily for every other day; monthly for a dataset published monthly only.
+      daily for every other day; monthly for a dataset published monthly only, daily for one
+      published daily only.
     A day already in the lake from the other granularity keeps that source; its archive
     is still planned when it is of the chosen kind, so a re-published checksum is noticed.
     """
     plan = Plan()
     if granularity == "auto" and monthly_only(dataset):
         granularity = "monthly"  # nothing daily to choose from: whole months, and a missing one named as such
+    elif granularity == "auto" and daily_only(dataset):
+        granularity = "daily"
     for month in months_touching(start, end):
         m_first, m_last = month, month_end(month)
         req_days = days_between(max(start, m_first), min(end, m_last))
