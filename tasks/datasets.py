@@ -296,8 +296,8 @@ _METRICS_CSV = ("create_time", "symbol", "sum_open_interest", "sum_open_interest
                 "sum_taker_long_short_vol_ratio")
 _METRICS_FLOATS = _METRICS_CSV[2:]
 _METRICS_DOCS = {
-    "sum_open_interest": "open interest, in contracts (COIN-M) or the base asset (USD-M)",
-    "sum_open_interest_value": "open interest in the quote asset",
+    "sum_open_interest": "open interest, as published",
+    "sum_open_interest_value": "open interest value, as published",
     "count_toptrader_long_short_ratio": "top traders' long/short ratio by accounts",
     "sum_toptrader_long_short_ratio": "top traders' long/short ratio by positions",
     "count_long_short_ratio": "all accounts' long/short ratio",
