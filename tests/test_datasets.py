@@ -7,7 +7,6 @@ in the published dialects; each test states what a stage must make of them.
 from __future__ import annotations
 
 import json
-import zipfile
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,17 +24,10 @@ from tasks.lake.validate import ExpectedFile, validate_parquet_file
 from tasks.settings import ConvertOptions
 from tasks.source.archive_spec import ArchiveSpec, Market, parse_archive_name
 from tests.fake_archive.derived import aggregate, klines_of, render_agg_csv, render_klines_csv, with_orders
-from tests.fake_archive.generate import generate_trades
+from tests.fake_archive.generate import generate_trades, write_zip
 
 OPTS = ConvertOptions(row_group_rows=2000)
 DAY = date(2024, 1, 1)
-
-
-def _zip(path: Path, name: str, body: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr(name, body)
-    return path
 
 
 def _trades(spec: ArchiveSpec, n: int = 6000, first_id: int = 1000, seed: int = 3):
@@ -68,7 +60,7 @@ def test_agg_trades_convert_validate_and_chain(tmp_path: Path, market: Market) -
     spec = ArchiveSpec(market, "BTCUSDT", "daily", DAY, "aggTrades")
     agg = aggregate(_trades(spec), first_agg_id=500)
     assert len(agg) < 6000  # orders of several fills were folded
-    zip_path = _zip(tmp_path / "a.zip", spec.csv_name, render_agg_csv(agg, market, DAY))
+    zip_path = write_zip(tmp_path / "a.zip", spec.csv_name, render_agg_csv(agg, market, DAY))
     result = convert_archive(zip_path, spec, "f" * 64, spec.staging_file(tmp_path), OPTS)
     assert result.rows == len(agg)
     assert (result.first_trade_id, result.last_trade_id) == (500, 500 + len(agg) - 1)
@@ -90,7 +82,7 @@ def test_agg_trades_chain_break_is_reported_not_refused(tmp_path: Path) -> None:
     agg = aggregate(_trades(spec))
     k = len(agg) // 2 + int(np.flatnonzero(agg.last_trade_id[len(agg) // 2:] > agg.first_trade_id[len(agg) // 2:])[0])
     agg.first_trade_id[k] += 1  # an order of several fills: its first trade is covered by no row now
-    zip_path = _zip(tmp_path / "a.zip", spec.csv_name, render_agg_csv(agg, "um", DAY))
+    zip_path = write_zip(tmp_path / "a.zip", spec.csv_name, render_agg_csv(agg, "um", DAY))
     result = convert_archive(zip_path, spec, "f" * 64, spec.staging_file(tmp_path), OPTS)
     report = validate_parquet_file(result.path, ExpectedFile(dataset="aggTrades"))
     assert report.chain_gaps.count == 1 and report.chain_gaps.missing_ids == 1
@@ -101,7 +93,7 @@ def test_agg_trade_with_first_after_last_is_refused(tmp_path: Path) -> None:
     spec = ArchiveSpec("um", "BTCUSDT", "daily", DAY, "aggTrades")
     agg = aggregate(_trades(spec, n=500))
     agg.first_trade_id[7] = agg.last_trade_id[7] + 5
-    zip_path = _zip(tmp_path / "a.zip", spec.csv_name, render_agg_csv(agg, "um", DAY))
+    zip_path = write_zip(tmp_path / "a.zip", spec.csv_name, render_agg_csv(agg, "um", DAY))
     with pytest.raises(InvalidData, match=r"1 rows with first_trade_id above last_trade_id \(id \d+ \(line 9\)\)"):
         convert_archive(zip_path, spec, "f" * 64, spec.staging_file(tmp_path), OPTS)
     assert not spec.staging_file(tmp_path).exists()
@@ -113,7 +105,7 @@ def test_klines_convert_every_minute_and_drop_ignore(tmp_path: Path, market: Mar
     trades = _trades(ArchiveSpec(market, "BTCUSDT", "daily", DAY), n=3000)
     k = klines_of(trades, int(spec.start.timestamp()) * 1_000_000, int(spec.end.timestamp()) * 1_000_000)
     body = render_klines_csv(k, market, DAY, time_unit=unit)  # type: ignore[arg-type]
-    zip_path = _zip(tmp_path / "k.zip", spec.csv_name, body)
+    zip_path = write_zip(tmp_path / "k.zip", spec.csv_name, body)
     result = convert_archive(zip_path, spec, "f" * 64, spec.staging_file(tmp_path), OPTS)
     assert result.rows == 1440 and result.time_unit == unit
     table = pq.read_table(result.path)
@@ -134,7 +126,7 @@ def test_klines_missing_minute_is_a_gap_and_a_bad_high_is_refused(tmp_path: Path
     k = klines_of(trades, int(spec.start.timestamp()) * 1_000_000, int(spec.end.timestamp()) * 1_000_000)
     lines = render_klines_csv(k, "um", DAY).splitlines(keepends=True)
     without = b"".join(lines[:101] + lines[104:])  # header + 100 minutes, then 3 minutes left out
-    result = convert_archive(_zip(tmp_path / "k.zip", spec.csv_name, without), spec, "f" * 64,
+    result = convert_archive(write_zip(tmp_path / "k.zip", spec.csv_name, without), spec, "f" * 64,
                              spec.staging_file(tmp_path), OPTS)
     report = validate_parquet_file(result.path, ExpectedFile(dataset="klines-1m"))
     assert (report.id_gaps.count, report.id_gaps.missing_ids) == (1, 3)
@@ -142,7 +134,7 @@ def test_klines_missing_minute_is_a_gap_and_a_bad_high_is_refused(tmp_path: Path
     fields[2] = b"1.00"  # a high below the open
     bad = b"".join([*lines[:5], b",".join(fields), *lines[6:]])
     with pytest.raises(InvalidData, match="open above high"):
-        convert_archive(_zip(tmp_path / "bad.zip", spec.csv_name, bad), spec, "f" * 64,
+        convert_archive(write_zip(tmp_path / "bad.zip", spec.csv_name, bad), spec, "f" * 64,
                         spec.staging_file(tmp_path / "other"), OPTS)
 
 
@@ -154,7 +146,7 @@ def test_agg_trades_merge_into_one_verified_file(tmp_path: Path) -> None:
         spec = ArchiveSpec("um", "BTCUSDT", "daily", day, "aggTrades")
         agg = aggregate(_trades(spec, n=2000, first_id=1 + 2000 * i, seed=i), first_agg_id=first)
         first += len(agg)
-        zip_path = _zip(tmp_path / f"{i}.zip", spec.csv_name, render_agg_csv(agg, "um", day))
+        zip_path = write_zip(tmp_path / f"{i}.zip", spec.csv_name, render_agg_csv(agg, "um", day))
         convert_archive(zip_path, spec, f"{i}" * 64, spec.staging_file(tmp_path), OPTS)
     result = compact_symbol(tmp_path, "um", "BTCUSDT", 1 << 30, OPTS, consolidate=True, dataset_id="aggTrades")
     assert result.dataset == "aggTrades" and len(result.staged_merged) == 3
@@ -275,7 +267,7 @@ def test_sigkill_at_every_file_operation_of_an_agg_trades_merge(tmp_path: Path) 
             spec = ArchiveSpec("spot", "BTCUSDT", "daily", day, "aggTrades")
             agg = aggregate(_trades(spec, n=3000, first_id=1 + 3000 * i, seed=i), first_agg_id=first)
             first += len(agg)
-            zip_path = _zip(tmp_path / "zips" / f"{i}.zip", spec.csv_name, render_agg_csv(agg, "spot", day))
+            zip_path = write_zip(tmp_path / "zips" / f"{i}.zip", spec.csv_name, render_agg_csv(agg, "spot", day))
             convert_archive(zip_path, spec, f"{i}" * 64, spec.staging_file(data), OPTS)
 
     def files(data: Path) -> dict[str, str]:
@@ -320,7 +312,8 @@ def test_kline_gaps_read_as_times_and_intervals_in_the_summary(tmp_path: Path) -
     k = klines_of(trades, int(spec.start.timestamp()) * 1_000_000, int(spec.end.timestamp()) * 1_000_000)
     lines = render_klines_csv(k, "um", DAY).splitlines(keepends=True)
     body = b"".join(lines[:101] + lines[104:])
-    convert_archive(_zip(tmp_path / "k.zip", spec.csv_name, body), spec, "f" * 64, spec.staging_file(tmp_path), OPTS)
+    convert_archive(write_zip(tmp_path / "k.zip", spec.csv_name, body), spec, "f" * 64, spec.staging_file(tmp_path),
+                    OPTS)
     compact_symbol(tmp_path, "um", "BTCUSDT", 1 << 30, OPTS, consolidate=False, dataset_id="klines-1m")
     result = validate_symbol(tmp_path, "um", "BTCUSDT", DAY, DAY, dataset_id="klines-1m")
     assert result.errors == () and result.dataset == "klines-1m"
@@ -353,7 +346,7 @@ def test_gap_report_of_agg_trades_and_klines(tmp_path: Path) -> None:
             dropped = int(agg.agg_id[30])
             agg = agg.take(np.flatnonzero(agg.agg_id != dropped))
         spec = ArchiveSpec("um", "BTCUSDT", "daily", day, "aggTrades")
-        convert_archive(_zip(tmp_path / f"a{i}.zip", spec.csv_name, render_agg_csv(agg, "um", day)), spec,
+        convert_archive(write_zip(tmp_path / f"a{i}.zip", spec.csv_name, render_agg_csv(agg, "um", day)), spec,
                         "f" * 64, spec.staging_file(tmp_path), OPTS)
         if i < 2:
             kspec = ArchiveSpec("um", "BTCUSDT", "daily", day, "klines-1m")
@@ -361,7 +354,7 @@ def test_gap_report_of_agg_trades_and_klines(tmp_path: Path) -> None:
             k = klines_of(trades, start, start + 86_400_000_000)
             lines = render_klines_csv(k, "um", day).splitlines(keepends=True)
             body = b"".join(lines[:101] + lines[104:]) if i == 0 else b"".join(lines[:1] + lines[11:])
-            convert_archive(_zip(tmp_path / f"k{i}.zip", kspec.csv_name, body), kspec, "f" * 64,
+            convert_archive(write_zip(tmp_path / f"k{i}.zip", kspec.csv_name, body), kspec, "f" * 64,
                             kspec.staging_file(tmp_path), OPTS)
     for ds in ("aggTrades", "klines-1m"):
         compact_symbol(tmp_path, "um", "BTCUSDT", 1 << 30, OPTS, consolidate=True, dataset_id=ds)

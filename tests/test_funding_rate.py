@@ -7,7 +7,6 @@ times a few ms past the hour. Each test states what a stage must make of them.
 
 from __future__ import annotations
 
-import zipfile
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -26,17 +25,11 @@ from tasks.lake.validate import ExpectedFile, validate_parquet_file
 from tasks.settings import ConvertOptions, Settings
 from tasks.source.archive_spec import ArchiveSpec, parse_archive_name
 from tests.fake_archive.funding import month_of_funding, render_funding_csv
+from tests.fake_archive.generate import write_zip
 
 OPTS = ConvertOptions(row_group_rows=50)
 JAN, FEB, MAR = date(2024, 1, 1), date(2024, 2, 1), date(2024, 3, 1)
 SWITCH = {date(2024, 1, 20): 4}  # from the 20th on, every 4 h
-
-
-def _zip(path: Path, name: str, body: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr(name, body)
-    return path
 
 
 def test_paths_markets_and_granularity_of_funding_rates(tmp_path: Path) -> None:
@@ -61,7 +54,7 @@ def test_a_month_converts_with_its_intervals_as_published(tmp_path: Path, header
     spec = ArchiveSpec("um", "BTCUSDT", "monthly", JAN, "fundingRate")
     f = month_of_funding(JAN, seed=1, hours_from=SWITCH)
     assert len(f) == 19 * 3 + 12 * 6  # 8 h to the 19th, then 4 h
-    zip_path = _zip(tmp_path / "f.zip", spec.csv_name, render_funding_csv(f, header=header))
+    zip_path = write_zip(tmp_path / "f.zip", spec.csv_name, render_funding_csv(f, header=header))
     result = convert_archive(zip_path, spec, "f" * 64, spec.staging_file(tmp_path), OPTS)
     assert result.rows == len(f) and result.time_unit == "ms"
     table = pq.read_table(result.path)
@@ -74,7 +67,7 @@ def test_a_month_converts_with_its_intervals_as_published(tmp_path: Path, header
     assert report.rows == len(f) and report.id_gaps.count == 0
     # A row published twice, identically, is dropped (#203), as for trades.
     lines = render_funding_csv(f, header=header).splitlines(keepends=True)
-    twice = _zip(tmp_path / "twice.zip", spec.csv_name, b"".join([*lines[:9], lines[8], *lines[9:]]))
+    twice = write_zip(tmp_path / "twice.zip", spec.csv_name, b"".join([*lines[:9], lines[8], *lines[9:]]))
     again = convert_archive(twice, spec, "e" * 64, spec.staging_file(tmp_path / "twice"), OPTS)
     assert (again.rows, again.duplicates_dropped) == (len(f), 1)
 
@@ -97,7 +90,7 @@ def test_a_bad_month_is_refused_naming_the_file_and_the_reason(tmp_path: Path, f
         lines[3] = b",".join([lines[3].split(b",")[0], b"0", lines[3].split(b",")[2]])
     else:
         lines[0] = b"calc_time,funding_rate,interval\n"
-    zip_path = _zip(tmp_path / spec.file_name, spec.csv_name, b"".join(lines))
+    zip_path = write_zip(tmp_path / spec.file_name, spec.csv_name, b"".join(lines))
     with pytest.raises(InvalidData, match=says) as refused:
         convert_archive(zip_path, spec, "f" * 64, spec.staging_file(tmp_path), OPTS)
     assert spec.file_name in str(refused.value)
@@ -110,7 +103,7 @@ def test_months_merge_into_one_verified_file(tmp_path: Path) -> None:
         spec = ArchiveSpec("um", "BTCUSDT", "monthly", month, "fundingRate")
         f = month_of_funding(month, seed=i, hours_from=SWITCH)
         rows += len(f)
-        convert_archive(_zip(tmp_path / f"{i}.zip", spec.csv_name, render_funding_csv(f)), spec, f"{i}" * 64,
+        convert_archive(write_zip(tmp_path / f"{i}.zip", spec.csv_name, render_funding_csv(f)), spec, f"{i}" * 64,
                         spec.staging_file(tmp_path), OPTS)
     result = compact_symbol(tmp_path, "um", "BTCUSDT", 1 << 30, OPTS, consolidate=True, dataset_id="fundingRate")
     assert len(result.staged_merged) == 2

@@ -6,7 +6,6 @@ time written as text (`2024-01-01 00:05:00`). Each test states what a stage must
 
 from __future__ import annotations
 
-import zipfile
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -23,17 +22,11 @@ from tasks.lake.inventory import lake_files
 from tasks.lake.validate import ExpectedFile, validate_parquet_file
 from tasks.settings import ConvertOptions, Settings
 from tasks.source.archive_spec import ArchiveSpec
+from tests.fake_archive.generate import write_zip
 from tests.fake_archive.metrics import day_of_metrics, render_metrics_csv
 
 OPTS = ConvertOptions(row_group_rows=100)
 DAY = date(2024, 1, 1)
-
-
-def _zip(path: Path, name: str, body: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr(name, body)
-    return path
 
 
 def test_paths_markets_and_granularity_of_metrics(tmp_path: Path) -> None:
@@ -52,8 +45,8 @@ def test_paths_markets_and_granularity_of_metrics(tmp_path: Path) -> None:
 def test_a_day_converts_its_text_times_and_drops_the_symbol(tmp_path: Path) -> None:
     spec = ArchiveSpec("um", "BTCUSDT", "daily", DAY, "metrics")
     m = day_of_metrics(DAY, seed=1)
-    result = convert_archive(_zip(tmp_path / spec.file_name, spec.csv_name, render_metrics_csv(m, "BTCUSDT")), spec,
-                             "f" * 64, spec.staging_file(tmp_path), OPTS)
+    zip_path = write_zip(tmp_path / spec.file_name, spec.csv_name, render_metrics_csv(m, "BTCUSDT"))
+    result = convert_archive(zip_path, spec, "f" * 64, spec.staging_file(tmp_path), OPTS)
     assert result.rows == 288
     table = pq.read_table(result.path)
     assert table.schema == METRICS.schema.with_metadata(table.schema.metadata)
@@ -69,7 +62,7 @@ def test_a_missing_five_minutes_is_a_gap_and_a_bad_time_is_refused(tmp_path: Pat
     spec = ArchiveSpec("cm", "BTCUSD_PERP", "daily", DAY, "metrics")
     lines = render_metrics_csv(day_of_metrics(DAY, seed=2), "BTCUSD_PERP").splitlines(keepends=True)
     without = b"".join(lines[:11] + lines[13:])  # header + 10 rows, then 2 rows left out
-    result = convert_archive(_zip(tmp_path / spec.file_name, spec.csv_name, without), spec, "f" * 64,
+    result = convert_archive(write_zip(tmp_path / spec.file_name, spec.csv_name, without), spec, "f" * 64,
                              spec.staging_file(tmp_path), OPTS)
     report = validate_parquet_file(result.path, ExpectedFile(dataset="metrics"))
     assert (report.id_gaps.count, report.id_gaps.missing_ids) == (1, 2)
@@ -78,7 +71,7 @@ def test_a_missing_five_minutes_is_a_gap_and_a_bad_time_is_refused(tmp_path: Pat
         body = b"".join([lines[0], bad, *lines[2:]])
         other = tmp_path / says.replace(" ", "-")
         with pytest.raises(InvalidData, match=says) as refused:
-            convert_archive(_zip(other / spec.file_name, spec.csv_name, body), spec, "f" * 64,
+            convert_archive(write_zip(other / spec.file_name, spec.csv_name, body), spec, "f" * 64,
                             spec.staging_file(other), OPTS)
         assert spec.file_name in str(refused.value)
 

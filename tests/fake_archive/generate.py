@@ -28,6 +28,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -443,6 +444,13 @@ def zip_members(members: Sequence[tuple[str, bytes]], *, compresslevel: int = 6)
 def make_zip(csv_bytes: bytes, member_name: str, *, compresslevel: int = 6) -> bytes:
     """One-member DEFLATE ZIP, like Binance's archives (level 6 is zlib's default; 1 is 3x faster)."""
     return zip_members([(member_name, csv_bytes)], compresslevel=compresslevel)
+
+
+def write_zip(path: Path, member_name: str, csv_bytes: bytes) -> Path:
+    """`make_zip` written to `path` (its folder created): an archive as a download leaves it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(make_zip(csv_bytes, member_name))
+    return path
 
 
 def sha256_hex(data: bytes) -> str:
