@@ -515,7 +515,7 @@ def _validate(settings: Settings, data_dir: Path, report: PipelineReport) -> Cal
         report.validation_errors.extend(result.errors)
         report.gaps.extend(
             GapNote(settings.market, result.symbol, g.where if settings.trades else f"{ds} {g.where}", g.after_id,
-                    g.before_id, g.missing_ids)
+                    g.before_id, g.missing_ids, ds)
             for g in result.gaps
         )
 

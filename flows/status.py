@@ -28,6 +28,7 @@ from tasks.lake.inventory import coverage, lake_inventory, staged_inventory
 from tasks.preflight import check_status_data_dir, version_line
 from tasks.settings import CliParser
 from tasks.source.archive_spec import MARKETS, SYMBOL_RE, Market
+from tasks.source.plan import months_touching
 
 
 @dataclass(frozen=True)
@@ -98,11 +99,8 @@ def symbol_status(data_dir: Path, market: str, symbol: str, today: date, dataset
     elif last >= yesterday or (monthly_only(dataset) and last >= month_ago):
         nxt = "up to date"
     elif monthly_only(dataset):  # published a month at a time, in the first half of the next month (#328)
-        first_month, n = (last + timedelta(days=1)).replace(day=1), 0
-        m = first_month
-        while m <= month_ago:
-            n += 1
-            m = (m + timedelta(days=32)).replace(day=1)
+        first_month = (last + timedelta(days=1)).replace(day=1)
+        n = len(months_touching(first_month, month_ago))
         nxt = (f"{n} month{'s' if n > 1 else ''}: {first_month:%Y-%m}..{month_ago:%Y-%m} "
                "(monthly archives, usually out by mid-month)")
     else:

@@ -9,6 +9,7 @@ from datetime import date
 from typing import Literal
 
 from tasks.audit.between_datasets import AuditReport
+from tasks.datasets import dataset
 from tasks.features.incremental import FeatureResult
 from tasks.labels import day_runs
 from tasks.lake.cleanup import CleanupResult
@@ -65,6 +66,7 @@ class GapNote:
     after_id: int
     before_id: int
     missing_ids: int
+    dataset: str = "trades"
 
 
 @dataclass
@@ -276,9 +278,9 @@ class PipelineReport:
             at_write = f" ({self.validated_at_write} as the merge wrote them)" if self.validated_at_write else ""
             lines.append(f"validated lake files: {self.validated_files}{at_write}; gaps: {len(self.gaps)}")
             for g in self.gaps[:20]:
-                if g.where.startswith(("klines-", "metrics ")):  # open times (µs), and missing intervals
+                if dataset(g.dataset).continuity == "interval":  # open times (µs), and missing intervals
                     after, before = (micros_to_datetime(x).isoformat() for x in (g.after_id, g.before_id))
-                    what = "klines" if g.where.startswith("klines-") else "rows"
+                    what = "klines" if g.dataset.startswith("klines-") else "rows"
                     lines.append(f"  gap {g.market} {g.symbol} {g.where}: {what} {after} -> {before} "
                                  f"({g.missing_ids} intervals missing)")
                     continue

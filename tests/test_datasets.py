@@ -320,7 +320,7 @@ def test_kline_gaps_read_as_times_and_intervals_in_the_summary(tmp_path: Path) -
     [gap] = result.gaps
     assert gap.missing_ids == 3
     report = PipelineReport(validated_files=1, gaps=[GapNote("um", "BTCUSDT", f"klines-1m {gap.where}", gap.after_id,
-                                                             gap.before_id, gap.missing_ids)])
+                                                             gap.before_id, gap.missing_ids, "klines-1m")])
     assert ("klines 2024-01-01T01:39:00+00:00 -> 2024-01-01T01:43:00+00:00 (3 intervals missing)"
             in report.summary())
 
