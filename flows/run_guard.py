@@ -40,7 +40,12 @@ _POLL_S = 0.1
 
 
 def _die_with_parent() -> None:
-    """In the child, between fork and exec: SIGKILL me when the guard (my parent) ends."""
+    """In the child, between fork and exec: SIGKILL me when the guard (my parent) ends.
+
+    It also unblocks SIGTERM, which the guard blocks while it starts the child (see main):
+    a signal mask survives exec, and a server that never sees SIGTERM cannot be stopped.
+    """
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -94,7 +99,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Ctrl-C in the CLI's terminal: the CLI decides when its server stops (after its last logs).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if command:
-        child = subprocess.Popen(command, preexec_fn=_die_with_parent)  # before the watcher thread starts
+        # SIGTERM is held back until `child` is set. Popen forks before it returns, so a
+        # caller that sees the child and stops us at once would otherwise find `child` still
+        # None in on_term: the SIGTERM was swallowed and the guard waited on its command forever.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            child = subprocess.Popen(command, preexec_fn=_die_with_parent)  # before the watcher thread starts
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # a pending one runs on_term now
 
     stop = threading.Event()
     watcher = threading.Thread(target=_wait_for_death, args=(opts.parent, stop), daemon=True)

@@ -124,6 +124,8 @@ alive() {
 
 # running_pid COMPONENT: prints the PID from its PID file if that process is alive and is
 # that component; fails otherwise (no file, dead process, or a PID reused by another program).
+# `ps -ww`: without it ps cuts the command line at $COLUMNS (set in many CI shells), and a
+# long venv path pushes the signature past the cut, so a live server looked dead.
 running_pid() {
     local file pid args
     file="$(pid_file "$1")"
@@ -131,7 +133,7 @@ running_pid() {
     pid="$(<"$file")"
     [[ "$pid" =~ ^[0-9]+$ ]] || return 1
     [[ -n "$(alive "$pid")" ]] || return 1
-    args="$(ps -o args= -p "$pid" 2>/dev/null)" || return 1
+    args="$(ps -ww -o args= -p "$pid" 2>/dev/null)" || return 1
     [[ "$args" == *"$(signature "$1")"* ]] || return 1
     printf '%s\n' "$pid"
 }

@@ -125,6 +125,9 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
         # test triggers it, not whenever the server's scheduler decides.
         "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
         "BINANCE_LAKE_STOP_TIMEOUT": "15",
+        # A narrow terminal, as many CI shells declare: the scripts must still recognise their
+        # processes by their full command lines (ps cuts them at $COLUMNS unless told not to).
+        "COLUMNS": "40",
     })
     port = env["PREFECT_PORT"]
     ready = Infra(base / "run", env, f"http://127.0.0.1:{port}/api", f"tcp://127.0.0.1:{env['DASK_SCHEDULER_PORT']}",

@@ -165,6 +165,37 @@ def test_guard_passes_sigterm_on_and_keeps_the_folder(tmp_path: Path) -> None:
         parent.wait()
 
 
+def test_guard_passes_on_a_sigterm_that_comes_while_it_starts_its_command(tmp_path: Path) -> None:
+    """SIGTERM the moment the command's process exists, before Popen has returned in the guard.
+
+    Before the guard held SIGTERM back around Popen, such a signal found no child to pass to
+    and the guard waited on its command forever (about 1 start in 6 hung here).
+    """
+    hung = []
+    for i in range(20):
+        scratch = tmp_path / f"run{i}"
+        command = [sys.executable, str(GUARD), "--parent", "$$", "--remove", str(scratch), "--", "sleep", "600"]
+        parent = subprocess.Popen(["bash", "-c", f"{' '.join(command)} & wait $!"], start_new_session=True)
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # no sleep: catch the child right after its fork
+                kids = psutil.Process(parent.pid).children()
+                if kids and kids[0].children():
+                    break
+            else:
+                raise AssertionError("the guard did not start")
+            kids[0].terminate()
+            try:
+                parent.wait(timeout=GRACE_S)
+            except subprocess.TimeoutExpired:
+                hung.append(i)
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # the group is gone when all went well
+                os.killpg(parent.pid, signal.SIGKILL)
+            parent.wait()
+    assert hung == [], f"the guard ignored an early SIGTERM in starts {hung}"
+
+
 def test_a_killed_guard_takes_its_command_with_it(tmp_path: Path) -> None:
     """The command's parent-death signal: a SIGKILLed guard cannot leave the server running."""
     parent, guard = start_guard_under_a_parent(tmp_path, "sleep", "600")
