@@ -58,7 +58,8 @@ def backfill(
             (cleanup deletes downloaded archives whose rows are verified in the lake).
         features: Bar kinds to compute from the lake, each `kind[:field=value,...]`, e.g. ema_dollar_imbalance
             or dollar:threshold=1e7,name=dollar_10m.
-        datasets: trades, aggTrades and klines-<interval> (e.g. klines-1m, klines-1h), each its own lake,
+        datasets: trades, aggTrades, klines-<interval> (e.g. klines-1m, klines-1h), fundingRate, metrics,
+            indexPriceKlines-, markPriceKlines-, premiumIndexKlines-<interval>, each its own lake,
             audited against each other.
     """
     settings = backfill_settings(symbols, start, end, market, granularity, steps, features, datasets)

@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", nargs="+", default=None, choices=DATASET_NAMES,
                    help="datasets to bring up to date, in order (default trades)")
     p.add_argument("--interval", nargs="+", default=None, metavar="INTERVAL",
-                   help="kline intervals with --dataset klines: 1s (spot) 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d, "
+                   help="intervals of the kline datasets (klines, indexPriceKlines, markPriceKlines, "
+                        "premiumIndexKlines): 1s (spot klines) 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d, "
                         "monthly also 3d 1w 1mo (default 1m)")
     p.add_argument("--base-url", default=None, help="archive root (default https://data.binance.vision)")
     p.add_argument("--listing-url", default=None,

@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", nargs="+", default=None, choices=DATASET_NAMES,
                    help="datasets to bring up to date, in order (default trades)")
     p.add_argument("--interval", nargs="+", default=None, metavar="INTERVAL",
-                   help="kline intervals with --dataset klines, e.g. 1m 1h (default 1m)")
+                   help="intervals of the kline datasets (klines, markPriceKlines, ...), e.g. 1m 1h (default 1m)")
     p.add_argument("--base-url", default=None, help="archive root (default https://data.binance.vision)")
     p.add_argument("--listing-url", default=None,
                    help="S3 listing endpoint (default https://s3-ap-northeast-1.amazonaws.com/data.binance.vision)")

@@ -1,6 +1,7 @@
 """Dataset ids and the path pieces they give, without the schemas (no pyarrow: the CLIs check ids first).
 
-An id is `trades`, `aggTrades`, `fundingRate`, `metrics` or `klines-<interval>`; `tasks.datasets` holds
+An id is `trades`, `aggTrades`, `fundingRate`, `metrics`, or a kline family with its interval
+(`klines-1m`, `indexPriceKlines-1h`, `markPriceKlines-1d`, `premiumIndexKlines-5m`); `tasks.datasets` holds
 what each dataset is (schema, dialects, key, continuity). Which markets and granularities
 publish a dataset is here too, so that a command is refused before any import.
 """
@@ -35,22 +36,31 @@ KLINE_INTERVALS: dict[str, int | None] = {
 }
 #: Intervals whose rows do not fit in one day: published monthly only.
 MONTHLY_ONLY_INTERVALS = frozenset({"3d", "1w", "1mo"})
+#: Datasets kline-shaped and split by interval (one id per interval, `markPriceKlines-1h`).
+#: The price klines (index, mark, premium index) are USD-M and COIN-M only, and have no 1s.
+KLINE_FAMILY: tuple[str, ...] = ("klines", "indexPriceKlines", "markPriceKlines", "premiumIndexKlines")
+PRICE_KLINES = frozenset(KLINE_FAMILY[1:])
 #: The names `--dataset` accepts.
-DATASET_NAMES: tuple[str, ...] = ("trades", "aggTrades", "klines", "fundingRate", "metrics")
+DATASET_NAMES: tuple[str, ...] = ("trades", "aggTrades", *KLINE_FAMILY, "fundingRate", "metrics")
 #: Datasets without an interval: their id is their name.
 _PLAIN_IDS = frozenset({"trades", "aggTrades", "fundingRate", "metrics"})
+_FUTURES = ("um", "cm")
 #: The markets that publish a dataset, where not all three do (docs/binance-archive.md).
-MARKETS_OF: dict[str, tuple[str, ...]] = {"fundingRate": ("um", "cm"), "metrics": ("um", "cm"), "klines-1s": ("spot",)}
+MARKETS_OF: dict[str, tuple[str, ...]] = {"fundingRate": _FUTURES, "metrics": _FUTURES, "klines-1s": ("spot",)}
 #: Datasets published monthly only (besides the long kline intervals).
 MONTHLY_ONLY_DATASETS = frozenset({"fundingRate"})
 #: Datasets published in daily archives only.
 DAILY_ONLY_DATASETS = frozenset({"metrics"})
 _INTERVAL_RE = re.compile(r"\A(1s|1m|3m|5m|15m|30m|1h|2h|4h|6h|8h|12h|1d|3d|1w|1mo)\Z")
+_KNOWN = "trades, aggTrades, fundingRate, metrics, or klines, indexPriceKlines, markPriceKlines or " \
+         "premiumIndexKlines with -<interval>"
 
 
 def all_dataset_ids() -> tuple[str, ...]:
-    """Every dataset id, in the order status lists them: trades, aggTrades, klines by interval, then the rest."""
-    return ("trades", "aggTrades", *(f"klines-{i}" for i in KLINE_INTERVALS), "fundingRate", "metrics")
+    """Every dataset id, in the order status lists them: trades, aggTrades, each kline family by interval, the rest."""
+    kline_ids = [f"{name}-{i}" for name in KLINE_FAMILY for i in KLINE_INTERVALS
+                 if name == "klines" or i != "1s"]
+    return ("trades", "aggTrades", *kline_ids, "fundingRate", "metrics")
 
 
 def check_interval(interval: str) -> str:
@@ -65,13 +75,24 @@ def parse_id(dataset_id: str) -> tuple[str, str | None]:
     """(name, interval or None) of a dataset id; UnsafePath for anything but the ids above."""
     if dataset_id in _PLAIN_IDS:
         return dataset_id, None
-    if isinstance(dataset_id, str) and dataset_id.startswith("klines-"):
-        return "klines", check_interval(dataset_id.removeprefix("klines-"))
-    raise UnsafePath(repr(dataset_id), "a dataset is trades, aggTrades, fundingRate, metrics or klines-<interval>")
+    if isinstance(dataset_id, str) and "-" in dataset_id:
+        name, _, interval = dataset_id.partition("-")
+        if name in KLINE_FAMILY:
+            if name in PRICE_KLINES and interval == "1s":
+                raise UnsafePath(repr(dataset_id), f"{name} has no 1s interval (klines-1s is spot's)")
+            return name, check_interval(interval)
+    raise UnsafePath(repr(dataset_id), f"a dataset is {_KNOWN}")
+
+
+def is_kline_family(dataset_id: str) -> bool:
+    """True for klines and the price klines of any interval (`klines-1m`, `markPriceKlines-1h`)."""
+    return parse_id(dataset_id)[0] in KLINE_FAMILY
 
 
 def markets_of(dataset_id: str) -> tuple[str, ...]:
     """The markets whose archive publishes the dataset."""
+    if parse_id(dataset_id)[0] in PRICE_KLINES:
+        return _FUTURES
     return MARKETS_OF.get(dataset_id, ("spot", "um", "cm"))
 
 
@@ -113,13 +134,13 @@ def dataset_ids(names: tuple[str, ...] | list[str] | None, intervals: tuple[str,
                 ) -> tuple[str, ...]:
     """Dataset ids of the command line's `--dataset` names and `--interval`s, in the order given.
 
-    Klines once per interval (default 1m); `--interval` alone means klines. Not checked
-    here: `Settings` refuses an unknown dataset or interval with its own message.
+    Each kline family once per interval (default 1m); `--interval` alone means klines. Not
+    checked here: `Settings` refuses an unknown dataset or interval with its own message.
     """
     out: list[str] = []
     for name in names or ("klines",):
-        if name == "klines":
-            out.extend(f"klines-{i}" for i in intervals or ("1m",))
+        if name in KLINE_FAMILY:
+            out.extend(f"{name}-{i}" for i in intervals or ("1m",))
         else:
             out.append(name)
     return tuple(dict.fromkeys(out))

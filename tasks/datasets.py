@@ -14,6 +14,8 @@ What the archive publishes (docs/binance-archive.md):
 - `fundingRate` (USD-M and COIN-M, monthly archives only): one row per funding event,
   keyed by `calc_time`; the interval between events is the row's `funding_interval_hours`,
   not always 8 h (freqtrade#12583), so no spacing is imposed, only order.
+- `indexPriceKlines`, `markPriceKlines`, `premiumIndexKlines` (USD-M and COIN-M): kline-shaped,
+  one dataset per interval like klines; only prices and the sample count carry data.
 - `metrics` (USD-M and COIN-M, daily archives only): one row per 5 minutes, keyed by
   `create_time`, written as text (`2024-01-01 00:05:00`, UTC): open interest and its value,
   the top traders' long/short ratios, the taker buy/sell volume ratio.
@@ -231,6 +233,15 @@ KLINES_SCHEMA = pa.schema(
 )
 
 
+_KLINE_HEADER_ALIASES = (
+    ("open_time", "open", "high", "low", "close", "volume", "close_time", "quote_asset_volume", "number_of_trades",
+     "taker_buy_base_asset_volume", "taker_buy_quote_asset_volume", "ignore"),
+    ("open_time", "open", "high", "low", "close", "volume", "close_time", "base_asset_volume", "count",
+     "taker_buy_volume", "taker_buy_base_asset_volume", "ignore"),
+)
+_KLINE_ORDER = (("low", "open"), ("low", "close"), ("open", "high"), ("close", "high"), ("open_time", "close_time"))
+
+
 @functools.cache
 def klines(interval: str) -> Dataset:
     """The klines dataset of one interval (`1s`, `1m` … `1d`, `3d`, `1w`, `1mo`); UnsafePath for another."""
@@ -244,25 +255,76 @@ def klines(interval: str) -> Dataset:
         csv_columns={m: _KLINE_CSV for m in ("spot", "um", "cm")},
         # Headers vary upstream (#283, #246): the documented names, and the spellings seen.
         csv_headers={"spot": _KLINE_HEADER, "um": _KLINE_HEADER, "cm": _KLINE_HEADER},
-        header_aliases={m: (("open_time", "open", "high", "low", "close", "volume", "close_time",
-                             "quote_asset_volume", "number_of_trades", "taker_buy_base_asset_volume",
-                             "taker_buy_quote_asset_volume", "ignore"),
-                            ("open_time", "open", "high", "low", "close", "volume", "close_time",
-                             "base_asset_volume", "count", "taker_buy_volume", "taker_buy_base_asset_volume",
-                             "ignore"))
-                        for m in ("spot", "um", "cm")},
+        header_aliases={m: _KLINE_HEADER_ALIASES for m in ("spot", "um", "cm")},
         csv_types={**{c: pa.float64() for c in _KLINE_FLOATS}, "open_time": pa.int64(), "close_time": pa.int64(),
                    "trades": pa.int64(), "ignore": pa.string()},
         epoch_columns=("open_time", "close_time"),
         continuity="interval",
         positive=("open", "high", "low", "close"),
         non_negative=("volume", "quote_volume", "trades", "taker_buy_base", "taker_buy_quote"),
-        ordered=(("low", "open"), ("low", "close"), ("open", "high"), ("close", "high"), ("open_time", "close_time"),
-                 ("taker_buy_base", "volume")),
+        ordered=(*_KLINE_ORDER, ("taker_buy_base", "volume")),
         csv_drop=("ignore",),
         # Kline volumes are nearly all distinct: a dictionary is built, overflows and is thrown
         # away. PLAIN + zstd wrote a day of 1s klines in 63 ms and 2.95 MB against 117 ms and
         # 3.21 MB (benchmarks/README.md, bench_datasets).
+        dictionary_floats=False,
+    )
+
+
+#: The price klines' CSV: the klines' twelve columns, of which the volume columns are
+#: always 0 (no trading behind an index) and the trade count is the number of price samples.
+_PRICE_KLINE_CSV = ("open_time", "open", "high", "low", "close", "volume", "close_time", "quote_volume", "count",
+                    "taker_buy_base", "taker_buy_quote", "ignore")
+_PRICE_KLINE_DROP = ("volume", "quote_volume", "taker_buy_base", "taker_buy_quote", "ignore")
+PRICE_KLINES_SCHEMA = pa.schema(
+    [
+        pa.field("open_time", TIME_TYPE, nullable=False),
+        pa.field("open", pa.float64(), nullable=False),
+        pa.field("high", pa.float64(), nullable=False),
+        pa.field("low", pa.float64(), nullable=False),
+        pa.field("close", pa.float64(), nullable=False),
+        pa.field("close_time", TIME_TYPE, nullable=False),
+        pa.field("count", pa.int64(), nullable=False, metadata={"doc": "price samples in the interval, as published"}),
+    ]
+)
+_PRICE_KLINE_DOCS = {
+    "indexPriceKlines": "the index price (the spot exchanges' weighted average) the contract tracks",
+    "markPriceKlines": "the mark price, which liquidations and unrealised PnL use",
+    "premiumIndexKlines": "the premium index, (mark or impact price - index) / index; it is negative at a discount",
+}
+
+
+@functools.cache
+def price_klines(name: str, interval: str) -> Dataset:
+    """`indexPriceKlines`, `markPriceKlines` or `premiumIndexKlines` of one interval (USD-M and COIN-M).
+
+    Kline-shaped like klines, and checked the same way (one row per interval, low <= open,
+    close <= high), but only the prices and the sample count are kept: the volume columns
+    hold 0. The premium index may be zero or negative, so only the index and mark prices
+    must be positive.
+    """
+    ids.parse_id(f"{name}-{interval}")  # UnsafePath for an unknown name or interval, or 1s
+    if name not in ids.PRICE_KLINES:
+        raise ValueError(f"{name} is not a price klines dataset")
+    columns = {m: _PRICE_KLINE_CSV for m in ("um", "cm")}
+    return Dataset(
+        name=name,
+        interval=interval,
+        schema=PRICE_KLINES_SCHEMA.with_metadata({"doc": _PRICE_KLINE_DOCS[name]}),
+        key="open_time",
+        time="open_time",
+        csv_columns=columns,
+        csv_headers={m: _KLINE_HEADER for m in ("um", "cm")},
+        header_aliases={m: _KLINE_HEADER_ALIASES for m in ("um", "cm")},
+        csv_types={**{c: pa.float64() for c in ("open", "high", "low", "close", "volume", "quote_volume",
+                                                  "taker_buy_base", "taker_buy_quote")},
+                   "open_time": pa.int64(), "close_time": pa.int64(), "count": pa.int64(), "ignore": pa.string()},
+        epoch_columns=("open_time", "close_time"),
+        continuity="interval",
+        positive=() if name == "premiumIndexKlines" else ("open", "high", "low", "close"),
+        non_negative=("count",),
+        ordered=_KLINE_ORDER,
+        csv_drop=_PRICE_KLINE_DROP,
         dictionary_floats=False,
     )
 
@@ -330,10 +392,10 @@ _BY_ID: dict[str, Dataset] = {TRADES.id: TRADES, AGG_TRADES.id: AGG_TRADES, FUND
 
 
 def dataset(dataset_id: str) -> Dataset:
-    """The dataset of an id: `trades`, `aggTrades`, `fundingRate` or `klines-<interval>`; UnsafePath else."""
+    """The dataset of an id (`trades`, `klines-1m`, `markPriceKlines-1h`, ...); UnsafePath for an unknown one."""
     found = _BY_ID.get(dataset_id)
     if found is not None:
         return found
-    _, interval = ids.parse_id(dataset_id)  # UnsafePath for an unknown id
+    name, interval = ids.parse_id(dataset_id)  # UnsafePath for an unknown id
     assert interval is not None
-    return klines(interval)
+    return klines(interval) if name == "klines" else price_klines(name, interval)

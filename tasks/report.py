@@ -280,7 +280,7 @@ class PipelineReport:
             for g in self.gaps[:20]:
                 if dataset(g.dataset).continuity == "interval":  # open times (µs), and missing intervals
                     after, before = (micros_to_datetime(x).isoformat() for x in (g.after_id, g.before_id))
-                    what = "klines" if g.dataset.startswith("klines-") else "rows"
+                    what = "klines" if dataset(g.dataset).interval is not None else "rows"
                     lines.append(f"  gap {g.market} {g.symbol} {g.where}: {what} {after} -> {before} "
                                  f"({g.missing_ids} intervals missing)")
                     continue

@@ -80,7 +80,8 @@ class Settings(BaseSettings):
         "auto", description="auto: monthly archives for whole published months, daily for the rest."
     )
     datasets: Annotated[tuple[str, ...], NoDecode] = Field(
-        ("trades",), description="Datasets, in order: trades, aggTrades, klines-<interval> (e.g. klines-1m)."
+        ("trades",), description="Datasets, in order: trades, aggTrades, fundingRate, metrics, klines-<interval> "
+        "(e.g. klines-1m), indexPriceKlines-, markPriceKlines-, premiumIndexKlines-<interval>."
     )
     base_url: str = DEFAULT_BASE_URL
     listing_url: str = DEFAULT_LISTING_URL
@@ -170,8 +171,8 @@ class Settings(BaseSettings):
     @classmethod
     def _check_datasets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if not value:
-            raise ValueError("at least one dataset is needed: trades, aggTrades, fundingRate, metrics or "
-                             "klines-<interval>")
+            raise ValueError("at least one dataset is needed: trades, aggTrades, fundingRate, metrics, "
+                             "klines-<interval>, ...")
         try:
             for v in value:
                 parse_id(v)

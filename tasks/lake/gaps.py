@@ -127,13 +127,13 @@ def unit_of(dataset_id: str) -> str:
 
 
 def reported(dataset_id: str) -> bool:
-    """Whether the dataset gets a gap report: every one but klines longer than a day, and the
+    """Whether the dataset gets a gap report: every one but kline families longer than a day, and the
     datasets whose rows have no fixed spacing (fundingRate): a day of theirs has nothing to miss."""
     data = dataset(dataset_id)
     if data.continuity == "ordered":
         return False
     step = data.step_us
-    return not dataset_id.startswith("klines-") or (step is not None and step <= DAY_US)
+    return data.interval is None or (step is not None and step <= DAY_US)
 
 
 def _ranges(days: list[date]) -> str:
