@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from argparse import Namespace
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -20,13 +21,13 @@ from pathlib import Path
 from typing import cast
 
 from tasks.audit.between_datasets import report_path as audit_report_path
-from tasks.dataset_ids import all_dataset_ids, monthly_only
+from tasks.dataset_ids import all_dataset_ids, markets_of, monthly_only, parse_id
 from tasks.datasets import dataset
 from tasks.errors import DataDirRefused
 from tasks.lake.gaps import quarantined, report_path, reported
 from tasks.lake.inventory import coverage, lake_inventory, staged_inventory
 from tasks.preflight import check_status_data_dir, version_line
-from tasks.settings import CliParser
+from tasks.settings import DEFAULT_LISTING_URL, CliParser, parse_day
 from tasks.source.archive_spec import MARKETS, SYMBOL_RE, Market
 from tasks.source.plan import months_touching
 
@@ -185,12 +186,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--plain", action="store_true", help="tab-separated text even in a terminal")
     p.add_argument("--json", action="store_true", help="one JSON document, for scripts")
     p.add_argument("--version", action="version", version=version_line(), help="print the version and exit")
+    u = p.add_argument_group("universe", "the symbols each market published, delisted ones too (see --universe)")
+    u.add_argument("--universe", action="store_true",
+                   help="list the universe of --market and --dataset instead of the lake: every symbol's first "
+                        "and last published day, or with --date the symbols trading that day")
+    u.add_argument("--date", type=parse_day, default=None, help="with --universe: the symbols trading on this UTC day")
+    u.add_argument("--market", choices=MARKETS, action="append", default=None,
+                   help="with --universe: the market (repeatable; default every market held)")
+    u.add_argument("--dataset", default="trades", help="with --universe: the dataset id (default trades)")
+    u.add_argument("--refresh", action="store_true",
+                   help="with --universe: list the archive first and rewrite the table (network; needs --market)")
+    u.add_argument("--full", action="store_true",
+                   help="with --refresh: list every symbol folder from the start, delisted ones too")
+    u.add_argument("--listing-url", default=DEFAULT_LISTING_URL, help="with --refresh: the bucket listing's URL")
     args = p.parse_args(argv)
+    if not args.universe and (args.date or args.market or args.refresh or args.full or args.dataset != "trades"):
+        print("error: --date, --market, --dataset, --refresh and --full go with --universe", file=sys.stderr)
+        return 2
     try:
         data_dir = check_status_data_dir(args.data_dir)  # a reader: never creates anything
     except DataDirRefused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.universe:
+        return _universe_main(args, data_dir)
     try:
         rows = lake_status(data_dir)
     except OSError as exc:  # e.g. lake/trades is a file, or a folder we may not read
@@ -204,7 +223,65 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.data_dir}: the lake is empty")
     else:
         print(render(rows, colour=sys.stdout.isatty() and not args.plain))
+    if not args.json:
+        from flows.status_universe import frontier_line
+        from tasks.lake.universe import held_universes, read_universe
+
+        today = datetime.now(UTC).date()
+        for market, ds in held_universes(data_dir):
+            held = read_universe(data_dir, market, ds)
+            if held is not None:
+                print("universe " + frontier_line(held, today))
     return 0
+
+
+def _universe_main(args: Namespace, data_dir: Path) -> int:
+    """`--universe`: refresh the tables first if asked, then print them."""
+    from flows.status_universe import universe_report
+    from tasks.errors import PipelineError, describe
+
+    today = datetime.now(UTC).date()
+    try:
+        parse_id(args.dataset)
+    except PipelineError as exc:
+        print(f"error: --dataset: {exc.reason}", file=sys.stderr)
+        return 2
+    markets = args.market
+    failed = False
+    if args.refresh:
+        if not markets:
+            print("error: --refresh needs --market (spot, um or cm)", file=sys.stderr)
+            return 2
+        wrong = [m for m in markets if m not in markets_of(args.dataset)]
+        if wrong:
+            print(f"error: {args.dataset} is published for {' and '.join(markets_of(args.dataset))} only, "
+                  f"not {' '.join(wrong)}", file=sys.stderr)
+            return 2
+        from tasks.source.http import HttpOptions
+        from tasks.source.universe_scan import refresh_universe
+
+        for market in markets:
+            print(f"listing {market} {args.dataset} at {args.listing_url} ...", file=sys.stderr, flush=True)
+            try:
+                scan = refresh_universe(data_dir, market, args.dataset, args.listing_url, HttpOptions(),
+                                        today=today, full=args.full)
+            except (PipelineError, OSError) as exc:
+                print(f"error: {market} {args.dataset}: the universe was not refreshed: "
+                      f"{describe(exc) if isinstance(exc, PipelineError) else exc}", file=sys.stderr)
+                failed = True
+                continue
+            print(f"{market} {args.dataset}: {scan.listed} symbol folders listed, {scan.kept} delisted ones "
+                  f"kept as held, {len(scan.spans)} symbols in the table"
+                  + (f"; {len(scan.errors)} folders could not be listed (their spans kept)" if scan.errors else ""),
+                  file=sys.stderr)
+            for symbol, reason in list(scan.errors.items())[:10]:
+                print(f"  {symbol}: {reason}", file=sys.stderr)
+            failed = failed or bool(scan.errors)
+    lines, code = universe_report(data_dir, markets, args.dataset, args.date, today)
+    print("\n".join(lines), file=sys.stderr if code else sys.stdout)
+    if args.refresh and failed:
+        return 1  # what is printed is the table held, not (or not wholly) refreshed
+    return code
 
 
 def _stdout_closed() -> int:

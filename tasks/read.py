@@ -1,4 +1,5 @@
-"""Reading the lake from Python, without Prefect: one symbol's trades or bars for a range of days.
+"""Reading the lake from Python, without Prefect: one symbol's trades or bars for a range of days, and
+the symbols that traded on a day (`universe`).
 
     from tasks.lake import read_trades, read_bars, to_pandas
     t = read_trades("data", "spot", "BTCUSDT", "2024-01-01", "2024-01-31")   # a pyarrow Table
@@ -39,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks.errors import LakeReadError
+from tasks.errors import LakeReadError, PipelineError
 from tasks.lake.inventory import range_of
 from tasks.schema import TRADES_SCHEMA, same_columns
 from tasks.source.archive_spec import MARKETS, SYMBOL_RE, lake_symbol_dir
@@ -93,6 +94,31 @@ def read_bars(data_dir: str | Path, market: str, symbol: str, feature: str, star
         raise LakeReadError(f"feature={feature!r}", "a feature name matches [a-z0-9_]{1,64} (the --features name)")
     folder = _symbol_folder(Path(data_dir), f"features/{feature}", market, symbol)
     return _read_folder(folder, _BARS, _days(start, end), columns)
+
+
+def universe(data_dir: str | Path, market: str, day: Day, dataset: str = "trades") -> list[str]:
+    """The symbols of `market` whose `dataset` was published on `day` (UTC): the universe of that day.
+
+    From the lake's universe table (`tasks.lake.universe`, refreshed by the daily update or
+    `python -m flows.status --universe --refresh`), which keeps delisted symbols and settled
+    contracts: a study over past days sees the symbols that traded then, not today's.
+    Raises `LakeReadError` for an unknown market or dataset, a bad day, a missing or damaged table.
+    """
+    from tasks.lake.universe import read_universe, universe_path
+
+    if market not in MARKETS:
+        raise LakeReadError(f"market={market!r}", f"unknown market: one of {', '.join(MARKETS)}")
+    when = _day(day, "day")
+    assert when is not None
+    try:
+        path = universe_path(Path(data_dir), market, dataset)
+    except PipelineError as exc:
+        raise LakeReadError(f"dataset={dataset!r}", exc.reason) from None
+    held = read_universe(Path(data_dir), market, dataset)  # type: ignore[arg-type]
+    if held is None:
+        raise LakeReadError(str(path), "no universe table: refresh it with `python -m flows.status --data-dir "
+                            f"{data_dir} --universe --refresh --market {market} --dataset {dataset}`")
+    return held.trading_on(when)
 
 
 def pandas_types() -> Callable[[pa.DataType], Any]:

@@ -15,9 +15,10 @@ if TYPE_CHECKING:  # the read API lives in tasks.read (it imports tasks.lake.inv
     from tasks.read import read_trades as read_trades
     from tasks.read import read_trades_pandas as read_trades_pandas
     from tasks.read import to_pandas as to_pandas
+    from tasks.read import universe as universe
 
 #: Names of `tasks.read` importable from here (`from tasks.lake import read_trades`).
-_READ_API = frozenset({"read_trades", "read_bars", "read_trades_pandas", "to_pandas", "pandas_types"})
+_READ_API = frozenset({"read_trades", "read_bars", "read_trades_pandas", "to_pandas", "pandas_types", "universe"})
 
 
 def __getattr__(name: str) -> Any:

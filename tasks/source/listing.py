@@ -100,12 +100,11 @@ def parse_listing_page(body: bytes, source: str) -> ListingPage:
 
 
 async def list_prefix(
-    session: aiohttp.ClientSession, listing_url: str, prefix: str, options: HttpOptions
+    session: aiohttp.ClientSession, listing_url: str, prefix: str, options: HttpOptions, marker: str | None = None
 ) -> tuple[list[ListedObject], list[str]]:
-    """Every object and sub-folder directly under `prefix`, following pagination."""
+    """Every object and sub-folder directly under `prefix`, following pagination; after `marker` if given."""
     objects: list[ListedObject] = []
     prefixes: list[str] = []
-    marker: str | None = None
     for _ in range(MAX_PAGES):
         url = listing_page_url(listing_url, prefix, marker)
         body = await with_retries(lambda url=url: fetch_bytes(session, url, options=options), options)  # type: ignore[misc]
