@@ -8,7 +8,10 @@ A symbol the lake has no history of yet is back-filled: from its first published
 and the summary says "new symbol XYZ: back-filled from <day>" (`backfill_new_symbols`
 False, or `--no-backfill`: only the re-probe window, as for the others).
 Symbols are the given ones, or every symbol of the market that the listing shows,
-filtered by include/exclude patterns (shell-style, e.g. `*USDT`). Days not published yet
+filtered by include/exclude patterns (shell-style, e.g. `*USDT`). In that "all symbols" mode
+the universe tables (`tasks.lake.universe_table`) are refreshed first: a new symbol is back-filled
+over its published life (to its last day if it is delisted already), and a delisted one the
+lake holds to its last day is left alone instead of being probed every day. Days not published yet
 are not failures; a day still missing once it is older than the re-probe window is
 reported in the run's summary.
 
@@ -27,9 +30,9 @@ if __name__ == "__main__":
 
     finish(main())
 
-import asyncio
 import fnmatch
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -47,14 +50,16 @@ from flows.daily_cli import main as main
 from flows.full_pipeline import final_state, run_pipeline
 from flows.progress import cli_progress
 from flows.runtime import dask_runner, default_dask_runner, server_template, shared_api_server
-from tasks.dataset_ids import monthly_only
+from tasks.dataset_ids import markets_of, monthly_only
 from tasks.lake.inventory import coverage, lake_inventory, staged_inventory
+from tasks.lake.universe_table import SymbolSpan
 from tasks.prefect_tasks import discover_task
 from tasks.report import PipelineReport, RunFailed
 from tasks.settings import DEFAULT_LISTING_URL, Settings
 from tasks.source.archive_spec import Granularity, Market
 from tasks.source.http import HttpOptions
-from tasks.source.listing import Discovery, list_symbols
+from tasks.source.listing import Discovery
+from tasks.source.universe_scan import refresh_universe
 from tasks.units import plural
 
 
@@ -101,10 +106,34 @@ def select_symbols(found: Sequence[str], include: Sequence[str], exclude: Sequen
                   and not any(fnmatch.fnmatchcase(s, p) for p in exclude))
 
 
-@task(name="list-symbols", retries=2, retry_delay_seconds=5)
-def list_symbols_task(listing_url: str, market: Market) -> list[str]:
-    """Every symbol folder of the market's daily trades in the listing."""
-    return asyncio.run(list_symbols(listing_url, market, "daily", HttpOptions()))
+@task(name="refresh-universe", retries=2, retry_delay_seconds=5)
+def refresh_universe_task(data_dir: Path, market: Market, dataset_id: str, listing_url: str,
+                          today: date) -> dict[str, SymbolSpan]:
+    """Refresh the lake's universe table of (market, dataset) from the listing; its spans by symbol.
+
+    On Sundays every folder is listed from the start (`full`): the other days skip symbols
+    taken as delisted, and a symbol re-listed later is found within a week.
+    """
+    logger = get_run_logger()
+    scan = refresh_universe(data_dir, market, dataset_id, listing_url, HttpOptions(), today=today,
+                            full=today.weekday() == 6)
+    logger.info("universe %s %s: %d symbol folders listed, %d delisted kept, %d symbols", market, dataset_id,
+                scan.listed, scan.kept, len(scan.spans))
+    for symbol, reason in scan.errors.items():
+        logger.warning("universe %s %s: %s could not be listed, its span is the one held: %s", market, dataset_id,
+                       symbol, reason)
+    return scan.spans
+
+
+def merged_spans(per_dataset: Sequence[dict[str, SymbolSpan]]) -> dict[str, SymbolSpan]:
+    """One span per symbol over several datasets: the earliest first day and the latest last day."""
+    out: dict[str, SymbolSpan] = {}
+    for spans in per_dataset:
+        for symbol, span in spans.items():
+            mine = out.get(symbol)
+            out[symbol] = span if mine is None else replace(
+                mine, first_day=min(mine.first_day, span.first_day), last_day=max(mine.last_day, span.last_day))
+    return out
 
 
 @flow(name="daily-update", task_runner=default_dask_runner())
@@ -141,23 +170,50 @@ def daily_update(
                                  if v is not None}
     wanted = tuple(datasets or ("trades",))
     overrides["datasets"] = wanted
-    if symbols is None:
-        found = list_symbols_task(listing_url or DEFAULT_LISTING_URL, market)
-        symbols = select_symbols(found, include or [], exclude or [])
-        logger.info("%d of %d listed %s symbols selected", len(symbols), len(found), market)
     data_dir = data_dir.resolve()
     notes = []
+    # "All symbols": the universe tables (refreshed here) say which symbols exist and when they
+    # were published, delisted ones included.
+    spans: dict[str, SymbolSpan] | None = None
+    if symbols is None:
+        spans = merged_spans([refresh_universe_task(data_dir, market, d, listing_url or DEFAULT_LISTING_URL, today)
+                              for d in wanted if market in markets_of(d)])
+        symbols = select_symbols(list(spans), include or [], exclude or [])
+        logger.info("%d of %d listed %s symbols selected", len(symbols), len(spans), market)
     if not symbols:
         notes.append("no symbol selected: nothing to do")
         return PipelineReport(notes=notes)
     held = {s: last_day_held(data_dir, market, s, wanted) for s in symbols}
+    if spans is not None:
+        # A symbol whose last archive is older than the re-probe window and that the lake holds
+        # to that day has nothing left to fetch: it is delisted (or settled), not late.
+        window_start = today - timedelta(days=max(reprobe_days, 1))
+        ended = [s for s in symbols if spans[s].last_day < window_start and (h := held[s]) is not None
+                 and h >= spans[s].last_day]
+        if ended:
+            notes.append(f"{plural(len(ended), 'symbol')} delisted and held to their last day, not updated: "
+                         + ", ".join(f"{s} (last {spans[s].last_day})" for s in ended[:20])
+                         + (" ..." if len(ended) > 20 else ""))
+            symbols = [s for s in symbols if s not in ended]
     # A dataset published monthly only (fundingRate) is brought up to date by whole months: the
     # window's months are planned from their monthly archives, the current one reported unpublished.
     granularity: Granularity | Literal["auto"] = "auto" if any(monthly_only(d) for d in wanted) else "daily"
     windows: dict[str, tuple[date, date, Granularity | Literal["auto"]]] = {
         s: (*update_window(held[s], today, reprobe_days), granularity) for s in symbols}
+    for s, (start, end, g) in list(windows.items()):
+        if spans is not None and start <= spans[s].last_day < end:  # delisted meanwhile: up to its last day
+            windows[s] = (start, spans[s].last_day, g)
     new = [s for s in symbols if held[s] is None]
-    if new and backfill_new_symbols:
+    if new and backfill_new_symbols and spans is not None:
+        # The universe knows each new symbol's life: back-fill from its first to its last day.
+        yesterday = today - timedelta(days=1)
+        for s in new:
+            born, last = spans[s].first_day, min(spans[s].last_day, yesterday)
+            if born <= last:
+                windows[s] = (born, last, "auto")
+                notes.append(f"new symbol {s}: back-filled from {born}"
+                             + (f" to its last day {last}" if last < yesterday else ""))
+    elif new and backfill_new_symbols:
         listed = discover_task(listing_url or DEFAULT_LISTING_URL, market, new, ["daily", "monthly"], HttpOptions(), 8)
         yesterday = today - timedelta(days=1)
         for s, first in first_published_days(listed).items():

@@ -225,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(render(rows, colour=sys.stdout.isatty() and not args.plain))
     if not args.json:
         from flows.status_universe import frontier_line
-        from tasks.lake.universe import held_universes, read_universe
+        from tasks.lake.universe_table import held_universes, read_universe
 
         today = datetime.now(UTC).date()
         for market, ds in held_universes(data_dir):

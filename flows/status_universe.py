@@ -3,7 +3,7 @@
     python -m flows.status --data-dir ./data --universe --market um --date 2023-06-01
     python -m flows.status --data-dir ./data --universe --market um --refresh     # list the archive first
 
-Reads the lake's universe tables (`tasks.lake.universe`); `--refresh` scans the listing and
+Reads the lake's universe tables (`tasks.lake.universe_table`); `--refresh` scans the listing and
 rewrites the table first (the only network use of `flows.status`). Delisted symbols and settled
 contracts stay in the table, so a past day lists the symbols that traded then.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from tasks.lake.universe import Universe, frontier, held_universes, read_universe
+from tasks.lake.universe_table import Universe, frontier, held_universes, read_universe
 from tasks.source.archive_spec import Market
 
 

@@ -99,12 +99,12 @@ def read_bars(data_dir: str | Path, market: str, symbol: str, feature: str, star
 def universe(data_dir: str | Path, market: str, day: Day, dataset: str = "trades") -> list[str]:
     """The symbols of `market` whose `dataset` was published on `day` (UTC): the universe of that day.
 
-    From the lake's universe table (`tasks.lake.universe`, refreshed by the daily update or
+    From the lake's universe table (`tasks.lake.universe_table`, refreshed by the daily update or
     `python -m flows.status --universe --refresh`), which keeps delisted symbols and settled
     contracts: a study over past days sees the symbols that traded then, not today's.
     Raises `LakeReadError` for an unknown market or dataset, a bad day, a missing or damaged table.
     """
-    from tasks.lake.universe import read_universe, universe_path
+    from tasks.lake.universe_table import read_universe, universe_path
 
     if market not in MARKETS:
         raise LakeReadError(f"market={market!r}", f"unknown market: one of {', '.join(MARKETS)}")

@@ -9,6 +9,7 @@ import pytest
 
 from flows.daily_update import daily_update, main, select_symbols, update_window
 from flows.runtime import dask_runner_for
+from tasks.lake import universe
 from tasks.lake.inventory import coverage, lake_inventory
 from tasks.report import PipelineReport, RunFailed
 from tests.fake_archive import FakeArchive, publish_day
@@ -40,7 +41,10 @@ def test_daily_update_fetches_new_days_reprobes_and_reports_late_ones(
     for day in range(1, 6):
         publish_day(fa, "spot", "ETHUSDT", date(2024, 1, day), n, 1 + (day - 1) * n, 10 + day)
         publish_day(fa, "spot", "BTCBUSD", date(2024, 1, day), n, 1 + (day - 1) * n, 20 + day)
-    run(fa, data, dask_address, market="spot", symbols=("BTCUSDT",), start=date(2024, 1, 1),
+    for day in (1, 2):  # delisted after the 2nd: XRPUSDT held to its end, LTCUSDT new to the lake
+        publish_day(fa, "spot", "XRPUSDT", date(2024, 1, day), n, 1 + (day - 1) * n, 30 + day)
+        publish_day(fa, "spot", "LTCUSDT", date(2024, 1, day), n, 1 + (day - 1) * n, 40 + day)
+    run(fa, data, dask_address, market="spot", symbols=("BTCUSDT", "XRPUSDT"), start=date(2024, 1, 1),
         end=date(2024, 1, 2), granularity="daily")
 
     state = daily_update.with_options(task_runner=dask_runner_for(dask_address))(
@@ -56,6 +60,13 @@ def test_daily_update_fetches_new_days_reprobes_and_reports_late_ones(
     assert held["BTCBUSD"] == []  # not selected
     assert any("re-probe window: 1 day" in note for note in report.notes)
     assert "new symbol ETHUSDT: back-filled from 2024-01-01" in report.notes
+    # The universe table was refreshed; the delisted symbols are treated as such.
+    assert universe(data, "spot", "2024-01-02") == ["BTCBUSD", "BTCUSDT", "ETHUSDT", "LTCUSDT", "XRPUSDT"]
+    assert universe(data, "spot", "2024-01-05") == ["BTCBUSD", "BTCUSDT", "ETHUSDT"]
+    assert "new symbol LTCUSDT: back-filled from 2024-01-01 to its last day 2024-01-02" in report.notes
+    assert sorted(coverage(lake_inventory(data, "spot", "LTCUSDT"))) == [date(2024, 1, 1), date(2024, 1, 2)]
+    assert "1 symbol delisted and held to their last day, not updated: XRPUSDT (last 2024-01-02)" in report.notes
+    assert not [m for m in report.missing if m.symbol in ("XRPUSDT", "LTCUSDT")]  # ended, not missing
     assert "BTCUSDT 2024-01-03" in report.summary()
 
     # Nothing new: everything is cached and nothing in the lake changes.

@@ -18,7 +18,7 @@ import pytest
 
 from tasks.errors import LakeReadError
 from tasks.lake import universe
-from tasks.lake.universe import read_universe, span_of, universe_path, write_universe
+from tasks.lake.universe_table import read_universe, span_of, universe_path, write_universe
 from tasks.source.archive_spec import ArchiveSpec
 from tasks.source.http import HttpOptions
 from tasks.source.universe_scan import refresh_universe

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tasks.dataset_ids import daily_only, monthly_only
 from tasks.errors import PipelineError, describe
-from tasks.lake.universe import SymbolSpan, read_universe, span_of, write_universe
+from tasks.lake.universe_table import SymbolSpan, read_universe, span_of, write_universe
 from tasks.source.archive_spec import ArchiveSpec, Granularity, Market, symbol_prefix
 from tasks.source.http import HttpOptions, make_session
 from tasks.source.listing import classify_keys, list_prefix, list_symbols
@@ -125,7 +125,7 @@ async def scan_universe(
 
 def refresh_universe(data_dir: Path, market: Market, dataset_id: str, listing_url: str, options: HttpOptions,
                      today: date | None = None, full: bool = False, concurrency: int = 8) -> UniverseScan:
-    """Scan the listing from the table held (`tasks.lake.universe`) and write the table back, atomically.
+    """Scan the listing from the table held (`tasks.lake.universe_table`) and write the table back, atomically.
 
     The table is written even when some symbol folders failed (they keep their old spans and
     are named in `errors`); when the symbol-folder listing itself fails, nothing is written.
