@@ -97,7 +97,7 @@ from tasks.source.http import HttpOptions
 from tasks.source.listing import Discovery
 from tasks.source.plan import MissingDay
 from tasks.source.refusals import mark_known, prior_refusals
-from tasks.source.run_plan import granularities, http_options, local_discoveries, plan_run
+from tasks.source.run_plan import ended_text, granularities, http_options, local_discoveries, plan_run
 from tasks.warmup import warm_up_in_background
 
 #: Prefect's cache records for this lake, inside the data dir.
@@ -290,6 +290,11 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
         not_converted.update(dict.fromkeys(sp.counterparts, "kept for the audit of monthly against daily, not landed"))
         not_converted.update(dict.fromkeys(sp.restoring, "kept for the repair of a damaged lake file"))
         report.missing.extend(sp.missing)
+    ended = [sp for sp in plan.symbols if sp.ended is not None]
+    if ended:  # a known end, once for the run: not missing days
+        last, days_after = ended[0].ended  # type: ignore[misc]
+        report.notes.append(ended_text(settings.dataset, settings.market, last, days_after)
+                            + (f" (for each of {len(ended)} symbols)" if len(ended) > 1 else ""))
     rendered = plan.render()  # what `--dry-run` prints
     logger.info("%s", rendered)
     progress.note(rendered)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import cast
 
 from tasks.audit.between_datasets import report_path as audit_report_path
-from tasks.dataset_ids import all_dataset_ids, markets_of, monthly_only, parse_id
+from tasks.dataset_ids import all_dataset_ids, markets_of, monthly_only, parse_id, publication_end
 from tasks.datasets import dataset
 from tasks.errors import DataDirRefused
 from tasks.lake.gaps import quarantined, report_path, reported
@@ -95,7 +95,13 @@ def symbol_status(data_dir: Path, market: str, symbol: str, today: date, dataset
     last = max(days) if days else None
     yesterday = today - timedelta(days=1)
     month_ago = today.replace(day=1) - timedelta(days=1)  # the last day of the last whole month
-    if last is None:
+    ended = publication_end(dataset, market)
+    if ended is not None and last is not None and last >= ended:
+        nxt = f"up to date: publication ended {ended}"
+    elif ended is not None and last is not None and ended < yesterday:
+        n = (ended - last).days
+        nxt = f"{n} day{'s' if n > 1 else ''}: {last + timedelta(days=1)}..{ended} (publication ended {ended})"
+    elif last is None:
         nxt = "nothing in the lake yet: run a back-fill"
     elif last >= yesterday or (monthly_only(dataset) and last >= month_ago):
         nxt = "up to date"
@@ -173,7 +179,7 @@ def render(rows: list[SymbolStatus], colour: bool) -> str:
     for r, line in zip(rows, cells, strict=True):
         parts = [c.ljust(w) for c, w in zip(line, widths, strict=True)]
         parts[10] = (red if r.problems else green) + parts[10] + reset
-        parts[11] = (green if r.next_update == "up to date" else yellow) + parts[11] + reset
+        parts[11] = (green if r.next_update.startswith("up to date") else yellow) + parts[11] + reset
         out.append("  ".join(parts))
     return "\n".join(out)
 

@@ -38,6 +38,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from tasks.dataset_ids import publication_end
 from tasks.lake.gaps import quarantined, report_path, reported, unit_of
 from tasks.lake.inventory import coverage, lake_inventory
 from tasks.source.archive_spec import Market
@@ -57,9 +58,11 @@ def status_document(data_dir: Path, rows: Sequence[SymbolStatus], as_of: date | 
 
 def _symbol(data_dir: Path, row: SymbolStatus, as_of: date) -> dict[str, Any]:
     doc = {k: (v.isoformat() if isinstance(v, date) else v) for k, v in row.__dict__.items() if k != "gaps"}
-    yesterday = as_of - timedelta(days=1)
+    ended = publication_end(row.dataset, row.market)
+    yesterday = as_of - timedelta(days=1) if ended is None else min(ended, as_of - timedelta(days=1))
     doc["next_update_days"] = (_span(row.last_day + timedelta(days=1), yesterday)
                                if row.last_day is not None and row.last_day < yesterday else None)
+    doc["publication_ended"] = ended.isoformat() if ended is not None else None
     doc["gaps_summary"] = row.gaps
     # Klines longer than a day have no gap report (not day-based).
     doc["gaps"] = gap_details(data_dir, row.market, row.symbol, row.dataset) if reported(row.dataset) else {}

@@ -1,6 +1,6 @@
 """Dataset ids and the path pieces they give, without the schemas (no pyarrow: the CLIs check ids first).
 
-An id is `trades`, `aggTrades`, `fundingRate`, `metrics`, or a kline family with its interval
+An id is `trades`, `aggTrades`, `fundingRate`, `metrics`, `bookTicker`, or a kline family with its interval
 (`klines-1m`, `indexPriceKlines-1h`, `markPriceKlines-1d`, `premiumIndexKlines-5m`); `tasks.datasets` holds
 what each dataset is (schema, dialects, key, continuity). Which markets and granularities
 publish a dataset is here too, so that a command is refused before any import.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
+from datetime import date
 
 from tasks.errors import UnsafePath
 
@@ -41,18 +42,28 @@ MONTHLY_ONLY_INTERVALS = frozenset({"3d", "1w", "1mo"})
 KLINE_FAMILY: tuple[str, ...] = ("klines", "indexPriceKlines", "markPriceKlines", "premiumIndexKlines")
 PRICE_KLINES = frozenset(KLINE_FAMILY[1:])
 #: The names `--dataset` accepts.
-DATASET_NAMES: tuple[str, ...] = ("trades", "aggTrades", *KLINE_FAMILY, "fundingRate", "metrics")
+DATASET_NAMES: tuple[str, ...] = ("trades", "aggTrades", *KLINE_FAMILY, "fundingRate", "metrics", "bookTicker")
 #: Datasets without an interval: their id is their name.
-_PLAIN_IDS = frozenset({"trades", "aggTrades", "fundingRate", "metrics"})
+_PLAIN_IDS = frozenset({"trades", "aggTrades", "fundingRate", "metrics", "bookTicker"})
 _FUTURES = ("um", "cm")
 #: The markets that publish a dataset, where not all three do (docs/binance-archive.md).
-MARKETS_OF: dict[str, tuple[str, ...]] = {"fundingRate": _FUTURES, "metrics": _FUTURES, "klines-1s": ("spot",)}
+MARKETS_OF: dict[str, tuple[str, ...]] = {"fundingRate": _FUTURES, "metrics": _FUTURES, "bookTicker": _FUTURES,
+                                          "klines-1s": ("spot",)}
+#: The last day a dataset was published for a market, where Binance stopped publishing it: a
+#: known end, not missing days. bookTicker: USD-M after 2024-03-31, COIN-M after 2024-10-15
+#: (binance-public-data#334, #372, #380).
+PUBLICATION_ENDED: dict[tuple[str, str], date] = {
+    ("bookTicker", "um"): date(2024, 3, 31),
+    ("bookTicker", "cm"): date(2024, 10, 15),
+}
+#: Why, for the summary.
+PUBLICATION_ENDED_WHY = {"bookTicker": "binance-public-data#334, #372, #380"}
 #: Datasets published monthly only (besides the long kline intervals).
 MONTHLY_ONLY_DATASETS = frozenset({"fundingRate"})
 #: Datasets published in daily archives only.
 DAILY_ONLY_DATASETS = frozenset({"metrics"})
 _INTERVAL_RE = re.compile(r"\A(1s|1m|3m|5m|15m|30m|1h|2h|4h|6h|8h|12h|1d|3d|1w|1mo)\Z")
-_KNOWN = "trades, aggTrades, fundingRate, metrics, or klines, indexPriceKlines, markPriceKlines or " \
+_KNOWN = "trades, aggTrades, fundingRate, metrics, bookTicker, or klines, indexPriceKlines, markPriceKlines or " \
          "premiumIndexKlines with -<interval>"
 
 
@@ -60,7 +71,7 @@ def all_dataset_ids() -> tuple[str, ...]:
     """Every dataset id, in the order status lists them: trades, aggTrades, each kline family by interval, the rest."""
     kline_ids = [f"{name}-{i}" for name in KLINE_FAMILY for i in KLINE_INTERVALS
                  if name == "klines" or i != "1s"]
-    return ("trades", "aggTrades", *kline_ids, "fundingRate", "metrics")
+    return ("trades", "aggTrades", *kline_ids, "fundingRate", "metrics", "bookTicker")
 
 
 def check_interval(interval: str) -> str:
@@ -87,6 +98,11 @@ def parse_id(dataset_id: str) -> tuple[str, str | None]:
 def is_kline_family(dataset_id: str) -> bool:
     """True for klines and the price klines of any interval (`klines-1m`, `markPriceKlines-1h`)."""
     return parse_id(dataset_id)[0] in KLINE_FAMILY
+
+
+def publication_end(dataset_id: str, market: str) -> date | None:
+    """The last day the archive published the dataset for the market, if it stopped; None while it goes on."""
+    return PUBLICATION_ENDED.get((dataset_id, market))
 
 
 def markets_of(dataset_id: str) -> tuple[str, ...]:

@@ -16,6 +16,9 @@ What the archive publishes (docs/binance-archive.md):
   not always 8 h (freqtrade#12583), so no spacing is imposed, only order.
 - `indexPriceKlines`, `markPriceKlines`, `premiumIndexKlines` (USD-M and COIN-M): kline-shaped,
   one dataset per interval like klines; only prices and the sample count carry data.
+- `bookTicker` (USD-M and COIN-M, daily; publication ended, `dataset_ids.PUBLICATION_ENDED`):
+  the best bid and ask at each order book update, keyed by `update_id` (increasing, not
+  consecutive). Days of 10 M rows and more: converted streaming like trades.
 - `metrics` (USD-M and COIN-M, daily archives only): one row per 5 minutes, keyed by
   `create_time`, written as text (`2024-01-01 00:05:00`, UTC): open interest and its value,
   the top traders' long/short ratios, the taker buy/sell volume ratio.
@@ -80,6 +83,8 @@ class Dataset:
     text_time_columns: tuple[str, ...] = ()
     #: The spacing of `interval` rows of a dataset that is not klines (metrics: 5 minutes).
     fixed_step_us: int | None = None
+    #: The epoch columns that must lie inside the archive's period (None: all of them).
+    period_columns: tuple[str, ...] | None = None
 
     @property
     def id(self) -> str:
@@ -387,8 +392,42 @@ METRICS = Dataset(
 )
 
 
+_BOOK_TICKER_CSV = ("update_id", "best_bid_price", "best_bid_qty", "best_ask_price", "best_ask_qty",
+                    "transaction_time", "event_time")
+
+BOOK_TICKER = Dataset(
+    name="bookTicker",
+    schema=pa.schema(
+        [
+            pa.field("update_id", pa.int64(), nullable=False,
+                     metadata={"doc": "order book update id: increasing, not consecutive"}),
+            pa.field("best_bid_price", pa.float64(), nullable=False),
+            pa.field("best_bid_qty", pa.float64(), nullable=False),
+            pa.field("best_ask_price", pa.float64(), nullable=False),
+            pa.field("best_ask_qty", pa.float64(), nullable=False),
+            pa.field("transaction_time", TIME_TYPE, nullable=False, metadata={"doc": "matching engine time"}),
+            pa.field("event_time", TIME_TYPE, nullable=False, metadata={"doc": "time the update was sent"}),
+        ]
+    ),
+    key="update_id",
+    # The matching engine's time places a row in its day; the event time comes a few ms later
+    # and may fall past midnight, so only the transaction time is held to the archive's day.
+    time="transaction_time",
+    csv_columns={m: _BOOK_TICKER_CSV for m in ("um", "cm")},
+    csv_headers={m: _BOOK_TICKER_CSV for m in ("um", "cm")},
+    csv_types={"update_id": pa.int64(), "best_bid_price": pa.float64(), "best_bid_qty": pa.float64(),
+               "best_ask_price": pa.float64(), "best_ask_qty": pa.float64(), "transaction_time": pa.int64(),
+               "event_time": pa.int64()},
+    epoch_columns=("transaction_time", "event_time"),
+    period_columns=("transaction_time",),
+    continuity="ordered",
+    positive=("update_id", "best_bid_price", "best_ask_price"),
+    non_negative=("best_bid_qty", "best_ask_qty"),
+)
+
+
 _BY_ID: dict[str, Dataset] = {TRADES.id: TRADES, AGG_TRADES.id: AGG_TRADES, FUNDING_RATE.id: FUNDING_RATE,
-                              METRICS.id: METRICS}
+                              METRICS.id: METRICS, BOOK_TICKER.id: BOOK_TICKER}
 
 
 def dataset(dataset_id: str) -> Dataset:

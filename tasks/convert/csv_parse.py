@@ -232,7 +232,7 @@ def check_values(
             report(f"{name} negative or not finite", ~((values >= 0) & (values < np.inf)), name)
     for low, high in data.ordered:
         report(f"{low} above {high}", _values(table, low) > _values(table, high), low, high)
-    for name in data.epoch_columns:
+    for name in data.epoch_columns if data.period_columns is None else data.period_columns:
         column = table.column(name)
         times = np.asarray((column.fill_null(lo) if column.null_count else column).to_numpy())
         # A µs time in a ms file (or the reverse) lands far outside the period: caught here.

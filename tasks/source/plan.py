@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Literal
 
-from tasks.dataset_ids import daily_only, monthly_only
+from tasks.dataset_ids import daily_only, monthly_only, publication_end
 from tasks.lake.inventory import SourceRef
 from tasks.source.archive_spec import ArchiveSpec, Market, month_end
 
@@ -34,6 +34,9 @@ class Plan:
 
     archives: list[ArchiveSpec] = field(default_factory=list)
     missing: list[MissingDay] = field(default_factory=list)
+    #: The dataset's publication ended inside the range: its last day, and the days after it
+    #: that were asked for (not planned, not missing: there is nothing to wait for).
+    ended: tuple[date, int] | None = None
 
 
 def days_between(start: date, end: date) -> list[date]:
@@ -70,8 +73,17 @@ def plan_symbol(
       published daily only.
     A day already in the lake from the other granularity keeps that source; its archive
     is still planned when it is of the chosen kind, so a re-published checksum is noticed.
+    Days after the dataset's publication ended (`dataset_ids.PUBLICATION_ENDED`) are neither
+    planned nor missing: `ended` counts them.
     """
     plan = Plan()
+    last_published = publication_end(dataset, market)
+    if last_published is not None and end > last_published:
+        after = max(start, last_published + timedelta(days=1))
+        plan.ended = (last_published, (end - after).days + 1)
+        end = last_published
+        if start > end:
+            return plan
     if granularity == "auto" and monthly_only(dataset):
         granularity = "monthly"  # nothing daily to choose from: whole months, and a missing one named as such
     elif granularity == "auto" and daily_only(dataset):

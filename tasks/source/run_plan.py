@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from tasks.datadir import check_data_dir
+from tasks.dataset_ids import PUBLICATION_ENDED_WHY
 from tasks.labels import day_runs
 from tasks.lake.inventory import coverage, lake_inventory, staged_inventory
 from tasks.lake.repair import restore_specs
@@ -53,6 +54,7 @@ class SymbolPlan:
     lake_rows: int = 0  # rows of the lake's archives that hold them
     lake_span: tuple[date, date] | None = None  # first and last day of the whole lake of the symbol
     staged: int = 0  # converted archives waiting in staging to be merged
+    ended: tuple[date, int] | None = None  # the dataset's last published day, and the days asked after it
 
     @property
     def fetch(self) -> list[ArchiveSpec]:
@@ -79,6 +81,7 @@ class RunPlan:
     granularity: str
     downloading: bool
     symbols: list[SymbolPlan] = field(default_factory=list)
+    dataset: str = "trades"
 
     @property
     def archives(self) -> list[ArchiveSpec]:
@@ -130,6 +133,8 @@ class RunPlan:
                              "daily: downloaded and compared, never landed")
             if not specs and not p.unlisted:
                 lines.append(f"  {name}: no archive to fetch")
+            if p.ended is not None:
+                lines.append(f"  {name}: {ended_text(self.dataset, self.market, *p.ended)}")
             if p.missing:
                 ranges = day_runs(m.day for m in p.missing)
                 shown = ", ".join(_range(a, b) for a, b in ranges[:MAX_RANGES])
@@ -150,6 +155,14 @@ class RunPlan:
             head = f"to convert: {count(len(self.archives), 'archive')} downloaded earlier (no download step)"
         lines.append(f"  {head}; {absent}: {count(len(self.missing), 'day')}")
         return "\n".join(lines)
+
+
+def ended_text(dataset_id: str, market: str, last: date, days_after: int) -> str:
+    """`publication of bookTicker for um ended 2024-03-31 (binance-public-data#334, ...): 3 days after it not asked
+    for`."""
+    why = PUBLICATION_ENDED_WHY.get(dataset_id)
+    return (f"publication of {dataset_id} for {market} ended {last}{f' ({why})' if why else ''}: "
+            f"{count(days_after, 'day')} after it not asked for")
 
 
 def _size(n: int) -> str:
@@ -208,7 +221,8 @@ def plan_run(settings: Settings, discoveries: Sequence[Discovery], data_dir: Pat
     """
     downloading = "download" in settings.steps
     planned_from = {"daily", "monthly"} if settings.granularity == "auto" else {settings.granularity}
-    plan = RunPlan(settings.market, settings.start, settings.end, settings.granularity, downloading)
+    plan = RunPlan(settings.market, settings.start, settings.end, settings.granularity, downloading,
+                   dataset=settings.dataset)
     for symbol in settings.symbols:
         p = SymbolPlan(symbol, not_listed=(not_listed or {}).get(symbol))
         plan.symbols.append(p)
@@ -233,7 +247,7 @@ def plan_run(settings: Settings, discoveries: Sequence[Discovery], data_dir: Pat
         planned = plan_symbol(settings.market, symbol, settings.start, settings.end, asked,
                               daily if asked != "monthly" else set(), monthly if asked != "daily" else set(),
                               held, settings.dataset)
-        p.archives, p.missing = planned.archives, planned.missing
+        p.archives, p.missing, p.ended = planned.archives, planned.missing, planned.ended
         if downloading and settings.dataset == "trades":  # repairs: trades only so far
             p.restoring = restore_specs(data_dir, settings.market, symbol)
         if downloading and settings.audit_sources and "audit" in settings.steps:
