@@ -65,9 +65,10 @@ class _Layout:
     time_column: str
     id_column: str
     schema: pa.Schema | None  # the columns every file must have (None: taken from the files)
+    dataset: str | None = None  # the lake dataset whose schema the files must have (None: bars)
 
 
-_TRADES = _Layout("time", "trade_id", TRADES_SCHEMA.remove_metadata())
+_TRADES = _Layout("time", "trade_id", TRADES_SCHEMA.remove_metadata(), "trades")
 _BARS = _Layout("close_time", "first_trade_id", None)
 
 
@@ -81,6 +82,24 @@ def read_trades(data_dir: str | Path, market: str, symbol: str, start: Day | Non
     """
     folder = _symbol_folder(Path(data_dir), "lake/trades", market, symbol)
     return _read_folder(folder, _TRADES, _days(start, end), columns)
+
+
+def read_dataset(data_dir: str | Path, market: str, symbol: str, dataset: str, start: Day | None = None,
+                 end: Day | None = None, columns: Sequence[str] | None = None) -> pa.Table:
+    """Any dataset of the lake (`aggTrades`, `klines-1m`, `fundingRate`, `metrics`, `bookTicker`, ...) for
+    `market`/`symbol`: rows whose time (the dataset's `time` column) falls from day `start` to day
+    `end` (UTC, both inclusive), sorted by the dataset's key, in its schema (`tasks.datasets`).
+    Errors as in `read_trades`; an unknown dataset id is a LakeReadError too.
+    """
+    from tasks.datasets import dataset as declared
+
+    try:
+        data = declared(dataset)
+    except PipelineError as exc:
+        raise LakeReadError(f"dataset={dataset!r}", exc.reason) from None
+    layout = _Layout(data.time, data.key, data.schema.remove_metadata(), data.id)
+    folder = _symbol_folder(Path(data_dir), f"lake/{data.lake_folder}", market, symbol)
+    return _read_folder(folder, layout, _days(start, end), columns)
 
 
 def read_bars(data_dir: str | Path, market: str, symbol: str, feature: str, start: Day | None = None,
@@ -163,6 +182,7 @@ def _symbol_folder(data_dir: Path, area: str, market: str, symbol: str) -> Path:
         return folder
     if not root.is_dir():
         what = "no lake here (no lake/trades folder)" if area == "lake/trades" else (
+            f"not in this lake (no {area} folder): back-fill it with --dataset" if area.startswith("lake/") else
             f"no such feature (no {area} folder; the --features name, e.g. ema_dollar_imbalance)")
         raise LakeReadError(str(root), what)
     held = sorted(p.name.removeprefix("symbol=") for p in (root / f"market={market}").glob("symbol=*"))
@@ -275,7 +295,7 @@ def _read_file(path: Path, fh: IO[bytes], layout: _Layout, columns: Sequence[str
     (lo, hi), (first, last) = bounds, days
     with pq.ParquetFile(fh, page_checksum_verification=True) as pf:
         schema = pf.schema_arrow.remove_metadata()
-        if layout.schema is not None and not same_columns(pf.schema_arrow):
+        if layout.schema is not None and not _same_columns(layout, pf.schema_arrow):
             raise LakeReadError(str(path), "not the lake's schema (names, types or nullability differ)")
         for c in (layout.time_column, layout.id_column):
             if c not in schema.names:
@@ -307,6 +327,14 @@ def _read_file(path: Path, fh: IO[bytes], layout: _Layout, columns: Sequence[str
         keep += [pc.less(times, hi)] if hi is not None else []
         table = table.filter(keep[0] if len(keep) == 1 else pc.and_(keep[0], keep[1]))
     return table.select(wanted).replace_schema_metadata(None), schema
+
+
+def _same_columns(layout: _Layout, schema: pa.Schema) -> bool:
+    if layout.dataset in (None, "trades"):
+        return same_columns(schema)
+    from tasks.datasets import dataset as declared
+
+    return declared(layout.dataset).same_columns(schema)
 
 
 def _select(schema: pa.Schema, columns: Sequence[str] | None) -> pa.Schema:
