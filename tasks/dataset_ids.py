@@ -1,6 +1,6 @@
 """Dataset ids and the path pieces they give, without the schemas (no pyarrow: the CLIs check ids first).
 
-An id is `trades`, `aggTrades`, `fundingRate`, `metrics`, `bookTicker`, or a kline family with its interval
+An id is `trades`, `aggTrades`, `fundingRate`, `metrics`, `bookDepth`, `bookTicker`, or a kline family with its interval
 (`klines-1m`, `indexPriceKlines-1h`, `markPriceKlines-1d`, `premiumIndexKlines-5m`); `tasks.datasets` holds
 what each dataset is (schema, dialects, key, continuity). Which markets and granularities
 publish a dataset is here too, so that a command is refused before any import.
@@ -42,13 +42,14 @@ MONTHLY_ONLY_INTERVALS = frozenset({"3d", "1w", "1mo"})
 KLINE_FAMILY: tuple[str, ...] = ("klines", "indexPriceKlines", "markPriceKlines", "premiumIndexKlines")
 PRICE_KLINES = frozenset(KLINE_FAMILY[1:])
 #: The names `--dataset` accepts.
-DATASET_NAMES: tuple[str, ...] = ("trades", "aggTrades", *KLINE_FAMILY, "fundingRate", "metrics", "bookTicker")
+DATASET_NAMES: tuple[str, ...] = ("trades", "aggTrades", *KLINE_FAMILY, "fundingRate", "metrics", "bookDepth",
+                                  "bookTicker")
 #: Datasets without an interval: their id is their name.
-_PLAIN_IDS = frozenset({"trades", "aggTrades", "fundingRate", "metrics", "bookTicker"})
+_PLAIN_IDS = frozenset({"trades", "aggTrades", "fundingRate", "metrics", "bookDepth", "bookTicker"})
 _FUTURES = ("um", "cm")
 #: The markets that publish a dataset, where not all three do (docs/binance-archive.md).
 MARKETS_OF: dict[str, tuple[str, ...]] = {"fundingRate": _FUTURES, "metrics": _FUTURES, "bookTicker": _FUTURES,
-                                          "klines-1s": ("spot",)}
+                                          "bookDepth": _FUTURES, "klines-1s": ("spot",)}
 #: The last day a dataset was published for a market, where Binance stopped publishing it: a
 #: known end, not missing days. bookTicker: USD-M after 2024-03-31, COIN-M after 2024-10-15
 #: (binance-public-data#334, #372, #380).
@@ -61,17 +62,17 @@ PUBLICATION_ENDED_WHY = {"bookTicker": "binance-public-data#334, #372, #380"}
 #: Datasets published monthly only (besides the long kline intervals).
 MONTHLY_ONLY_DATASETS = frozenset({"fundingRate"})
 #: Datasets published in daily archives only.
-DAILY_ONLY_DATASETS = frozenset({"metrics"})
+DAILY_ONLY_DATASETS = frozenset({"metrics", "bookDepth"})
 _INTERVAL_RE = re.compile(r"\A(1s|1m|3m|5m|15m|30m|1h|2h|4h|6h|8h|12h|1d|3d|1w|1mo)\Z")
-_KNOWN = "trades, aggTrades, fundingRate, metrics, bookTicker, or klines, indexPriceKlines, markPriceKlines or " \
-         "premiumIndexKlines with -<interval>"
+_KNOWN = ("trades, aggTrades, fundingRate, metrics, bookDepth, bookTicker, or klines, indexPriceKlines, "
+          "markPriceKlines or premiumIndexKlines with -<interval>")
 
 
 def all_dataset_ids() -> tuple[str, ...]:
     """Every dataset id, in the order status lists them: trades, aggTrades, each kline family by interval, the rest."""
     kline_ids = [f"{name}-{i}" for name in KLINE_FAMILY for i in KLINE_INTERVALS
                  if name == "klines" or i != "1s"]
-    return ("trades", "aggTrades", *kline_ids, "fundingRate", "metrics", "bookTicker")
+    return ("trades", "aggTrades", *kline_ids, "fundingRate", "metrics", "bookDepth", "bookTicker")
 
 
 def check_interval(interval: str) -> str:
@@ -119,7 +120,7 @@ def monthly_only(dataset_id: str) -> bool:
 
 
 def daily_only(dataset_id: str) -> bool:
-    """True for a dataset published in daily archives only (metrics)."""
+    """True for a dataset published in daily archives only (metrics, bookDepth)."""
     return dataset_id in DAILY_ONLY_DATASETS
 
 

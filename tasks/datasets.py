@@ -19,6 +19,10 @@ What the archive publishes (docs/binance-archive.md):
 - `bookTicker` (USD-M and COIN-M, daily; publication ended, `dataset_ids.PUBLICATION_ENDED`):
   the best bid and ask at each order book update, keyed by `update_id` (increasing, not
   consecutive). Days of 10 M rows and more: converted streaming like trades.
+- `bookDepth` (USD-M and COIN-M, daily archives only): per snapshot (about every 30 s, time
+  as text to the second), one row per percentage band around the mid price (`-5` .. `5`,
+  also written `-5.00`) with the cumulative depth and notional. A row is keyed by its
+  snapshot and band together (`band_key`): snapshots share their time.
 - `metrics` (USD-M and COIN-M, daily archives only): one row per 5 minutes, keyed by
   `create_time`, written as text (`2024-01-01 00:05:00`, UTC): open interest and its value,
   the top traders' long/short ratios, the taker buy/sell volume ratio.
@@ -85,6 +89,9 @@ class Dataset:
     fixed_step_us: int | None = None
     #: The epoch columns that must lie inside the archive's period (None: all of them).
     period_columns: tuple[str, ...] | None = None
+    #: (time, level): the key is built from two columns, as `time` ms x 100,000 + `level` x 100
+    #: + 50,000, for rows keyed by a time and a level (bookDepth: a snapshot and its percentage band).
+    band_key: tuple[str, str] | None = None
 
     @property
     def id(self) -> str:
@@ -426,8 +433,37 @@ BOOK_TICKER = Dataset(
 )
 
 
+_BOOK_DEPTH_CSV = ("timestamp", "percentage", "depth", "notional")
+
+BOOK_DEPTH = Dataset(
+    name="bookDepth",
+    schema=pa.schema(
+        [
+            pa.field("row_key", pa.int64(), nullable=False,
+                     metadata={"doc": "the sort key: timestamp (ms) x 100,000 + percentage x 100 + 50,000"}),
+            pa.field("timestamp", TIME_TYPE, nullable=False, metadata={"doc": "the snapshot's time (seconds)"}),
+            pa.field("percentage", pa.float64(), nullable=False,
+                     metadata={"doc": "the band: bids below the mid price are negative, asks above positive"}),
+            pa.field("depth", pa.float64(), nullable=False, metadata={"doc": "cumulative size within the band"}),
+            pa.field("notional", pa.float64(), nullable=False, metadata={"doc": "cumulative notional within it"}),
+        ]
+    ),
+    key="row_key",
+    time="timestamp",
+    csv_columns={m: _BOOK_DEPTH_CSV for m in ("um", "cm")},
+    csv_headers={m: _BOOK_DEPTH_CSV for m in ("um", "cm")},
+    csv_types={"timestamp": pa.timestamp("s"), "percentage": pa.float64(), "depth": pa.float64(),
+               "notional": pa.float64()},
+    epoch_columns=("timestamp",),
+    text_time_columns=("timestamp",),
+    continuity="ordered",
+    non_negative=("depth", "notional"),
+    band_key=("timestamp", "percentage"),
+)
+
+
 _BY_ID: dict[str, Dataset] = {TRADES.id: TRADES, AGG_TRADES.id: AGG_TRADES, FUNDING_RATE.id: FUNDING_RATE,
-                              METRICS.id: METRICS, BOOK_TICKER.id: BOOK_TICKER}
+                              METRICS.id: METRICS, BOOK_TICKER.id: BOOK_TICKER, BOOK_DEPTH.id: BOOK_DEPTH}
 
 
 def dataset(dataset_id: str) -> Dataset:

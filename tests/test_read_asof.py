@@ -37,7 +37,7 @@ def test_spot_and_a_missing_dataset_are_refused_by_name(tmp_path: Path) -> None:
     with pytest.raises(LakeReadError, match="um and cm only"):
         read_bars_annotated(tmp_path, "spot", "BTCUSDT", "ema_dollar_imbalance")
     (tmp_path / "lake" / "trades").mkdir(parents=True)
-    with pytest.raises(LakeReadError, match="not in this lake .*back-fill it with --dataset"):
+    with pytest.raises(LakeReadError, match=r"not in this lake .*back-fill it with --dataset"):
         read_dataset(tmp_path, "um", "BTCUSDT", "fundingRate")
     with pytest.raises(LakeReadError, match="a dataset is"):
         read_dataset(tmp_path, "um", "BTCUSDT", "fundingrate")

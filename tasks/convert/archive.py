@@ -33,6 +33,7 @@ from tasks.convert.csv_dialect import CsvDialect, TimeUnit, read_first_lines, sn
 from tasks.convert.csv_parse import (
     MAX_LINE_BYTES,
     LineTooLong,
+    add_band_key,
     check_values,
     count_newlines,
     csv_options,
@@ -130,6 +131,8 @@ def _stream_csv(
                         table = text_times_to_epoch(table, data)
                 else:
                     lines = table.num_rows  # the simple parser makes one row of each line
+                if data.band_key is not None:  # bookDepth: the key is built from the snapshot and its band
+                    table = add_band_key(table, data, dialect.time_unit, line, source, name)
                 check_values(table, lo, hi, dialect.time_unit, line, source, name, data)
                 csv_rows += table.num_rows
                 line += lines

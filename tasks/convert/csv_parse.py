@@ -251,6 +251,35 @@ def text_times_to_epoch(table: pa.Table, data: Dataset) -> pa.Table:
     return table
 
 
+#: A band-keyed row's level in hundredths must fit its slot of the key (see `Dataset.band_key`).
+_BAND_SLOTS = 100_000
+
+
+def add_band_key(table: pa.Table, data: Dataset, time_unit: TimeUnit, first_line: int, source: str,
+                 csv_name: str) -> pa.Table:
+    """The table with the dataset's key built from its (time, level) columns: time ms x 100,000 + level x 100 + 50,000.
+
+    The key sorts rows by time, then level, and is unique per (time, level) pair. A level
+    that is not a finite multiple of 0.01 inside (-500, 500) cannot be placed: InvalidData.
+    """
+    assert data.band_key is not None
+    time_name, level_name = data.band_key
+    times = np.asarray(table.column(time_name).to_numpy(zero_copy_only=False), dtype=np.int64)
+    ms = times // 1000 if time_unit == "us" else times
+    levels = np.asarray(table.column(level_name).to_numpy(zero_copy_only=False), dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        hundredths = np.round(levels * 100)
+        bad = ~np.isfinite(levels) | (np.abs(levels * 100 - hundredths) > 1e-6)
+        bad |= np.abs(hundredths) >= _BAND_SLOTS // 2
+    if bad.any():
+        where = np.flatnonzero(bad)[:_MAX_EXAMPLES]
+        shown = ", ".join(f"{levels[i]!r} (line {first_line + i})" for i in where)
+        raise InvalidData(source, f"{csv_name}: {int(bad.sum())} rows with a {level_name} that is not a multiple of "
+                          f"0.01 inside (-500, 500): {shown}")
+    key = ms * _BAND_SLOTS + hundredths.astype(np.int64) + _BAND_SLOTS // 2
+    return table.append_column(data.key, pa.array(key, pa.int64()))
+
+
 def to_lake_table(table: pa.Table, dialect: CsvDialect) -> pa.Table:
     """One checked CSV piece in the lake schema: epoch times as timestamp[us, UTC], absent columns null."""
     data = dialect.data
