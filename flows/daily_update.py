@@ -62,6 +62,10 @@ from tasks.source.listing import Discovery
 from tasks.source.universe_scan import refresh_universe
 from tasks.units import plural
 
+#: By this day of the month, last month's monthly archives are out (#328); before it, one not
+#: published yet is not reported missing.
+MONTHLY_DUE_DAY = 15
+
 
 def last_day_held(data_dir: Path, market: Market, symbol: str, datasets: Sequence[str] = ("trades",)) -> date | None:
     """The last day the lake (or staging) holds for a symbol in every one of `datasets`; None when one has nothing.
@@ -183,6 +187,29 @@ def daily_update(
     if not symbols:
         notes.append("no symbol selected: nothing to do")
         return PipelineReport(notes=notes)
+    report = PipelineReport(notes=notes)
+    # Datasets published monthly only (fundingRate) are due a month at a time: their window
+    # stops at the last whole month, so they run apart from the daily ones.
+    families = [tuple(d for d in wanted if not monthly_only(d)), tuple(d for d in wanted if monthly_only(d))]
+    for family in (f for f in families if f):
+        report.merge(_update(data_dir, market, symbols, family, spans, today, reprobe_days, backfill_new_symbols,
+                             listing_url, {**overrides, "datasets": family}))
+    _not_due_yet(report, today)
+    window_start = today - timedelta(days=max(reprobe_days, 1))
+    late = sorted({(m.symbol, m.day) for m in report.missing if m.day < window_start})
+    if late:
+        report.notes.append(f"missing for longer than the {reprobe_days}-day re-probe window: "
+                            f"{plural(len(late), 'day')}")
+        report.notes.extend(f"  {s} {d}" for s, d in late[:50])
+    return final_state(report)
+
+
+def _update(data_dir: Path, market: Market, symbols: list[str], wanted: tuple[str, ...],
+            spans: dict[str, SymbolSpan] | None, today: date, reprobe_days: int, backfill_new_symbols: bool,
+            listing_url: str | None, overrides: dict[str, Any]) -> PipelineReport:
+    """One family of datasets (daily, or monthly only) of the daily update: windows per symbol, then the runs."""
+    logger = get_run_logger()
+    notes: list[str] = []
     held = {s: last_day_held(data_dir, market, s, wanted) for s in symbols}
     if spans is not None:
         # A symbol whose last archive is older than the re-probe window and that the lake holds
@@ -195,9 +222,10 @@ def daily_update(
                          + ", ".join(f"{s} (last {spans[s].last_day})" for s in ended[:20])
                          + (" ..." if len(ended) > 20 else ""))
             symbols = [s for s in symbols if s not in ended]
-    # A dataset published monthly only (fundingRate) is brought up to date by whole months: the
-    # window's months are planned from their monthly archives, the current one reported unpublished.
-    granularity: Granularity | Literal["auto"] = "auto" if any(monthly_only(d) for d in wanted) else "daily"
+    # A dataset published monthly only (fundingRate) is brought up to date by whole months, up to
+    # the last whole one: the current month's archive comes after it ends.
+    monthly = any(monthly_only(d) for d in wanted)
+    granularity: Granularity | Literal["auto"] = "auto" if monthly else "daily"
     windows: dict[str, tuple[date, date, Granularity | Literal["auto"]]] = {
         s: (*update_window(held[s], today, reprobe_days), granularity) for s in symbols}
     for s, (start, end, g) in list(windows.items()):
@@ -223,6 +251,10 @@ def daily_update(
             elif first is None and any(d.error for d in listed if d.symbol == s):
                 notes.append(f"new symbol {s}: its listing could not be read, so it was not back-filled; "
                              f"a later update back-fills it while the lake holds nothing of it")
+    if monthly:  # nothing after the last whole month; a symbol held up to it is up to date
+        last_whole = today.replace(day=1) - timedelta(days=1)
+        windows = {s: (start, min(end, last_whole), g) for s, (start, end, g) in windows.items()}
+        symbols = [s for s in symbols if windows[s][0] <= windows[s][1]]
     # Symbols sharing a window (normally all: every one up to date) run together.
     groups: dict[tuple[date, date, Granularity | Literal["auto"]], list[str]] = {}
     for s in symbols:
@@ -233,13 +265,21 @@ def daily_update(
                             granularity=granularity, **overrides)
         logger.info("daily update of %d %s symbols over %s..%s", len(group), market, start, end)
         report.merge(run_pipeline(settings))
-    window_start = today - timedelta(days=max(reprobe_days, 1))
-    late = sorted({(m.symbol, m.day) for m in report.missing if m.day < window_start})
-    if late:
-        report.notes.append(f"missing for longer than the {reprobe_days}-day re-probe window: "
-                            f"{plural(len(late), 'day')}")
-        report.notes.extend(f"  {s} {d}" for s, d in late[:50])
-    return final_state(report)
+    return report
+
+
+def _not_due_yet(report: PipelineReport, today: date) -> None:
+    """Last month's days of a monthly-only dataset, before mid-month: not out yet (#328), not missing."""
+    last_month = (today.replace(day=1) - timedelta(days=1)).replace(day=1)
+    early = [m for m in report.missing if monthly_only(m.dataset) and m.day >= last_month
+             and today.day <= MONTHLY_DUE_DAY]
+    if early:
+        report.missing = [m for m in report.missing if m not in early]
+        for dataset_id in sorted({m.dataset for m in early}):
+            symbols = sorted({m.symbol for m in early if m.dataset == dataset_id})
+            report.notes.append(f"{dataset_id} {last_month:%Y-%m}: the monthly archive is not out yet for "
+                                f"{', '.join(symbols[:10])}{' ...' if len(symbols) > 10 else ''} (monthly archives "
+                                f"come by mid-month, #328): a later update fetches it")
 
 
 def run_from_cli(kwargs: dict[str, Any], probe: Settings, data_dir: Path,

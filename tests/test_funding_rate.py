@@ -142,20 +142,27 @@ def test_flow_lands_funding_months_reports_the_unpublished_one_then_lands_it_lat
     assert row.next_update == "1 month: 2024-03..2024-03 (monthly archives, usually out by mid-month)"
     assert row.gaps == "not reported day by day (no fixed spacing of rows)"
 
-    # March is published: the daily update lands it; January and February stay as they were, and
-    # April, not published yet, is named as such (inside the re-probe window: not late).
+    def update(today: date) -> Any:
+        state = daily_update.with_options(task_runner=dask_runner_for(dask_address))(
+            data_dir=data, market="um", symbols=["BTCUSDT"], reprobe_days=3, today=today,
+            base_url=fa.base_url, listing_url=fa.listing_url, dask_address=dask_address, datasets=["fundingRate"],
+            return_state=True,
+        )
+        assert state.is_completed(), state.message
+        return state.result()
+
+    # On April 3rd March is not out yet: before mid-month that is no missing day (#328), and
+    # April, whose archive comes in May, is not asked for at all.
+    report = update(date(2024, 4, 3))
+    assert report.missing == [] and report.outcomes == []
+    assert ("fundingRate 2024-03: the monthly archive is not out yet for BTCUSDT (monthly archives come by "
+            "mid-month, #328): a later update fetches it") in report.notes
+    # March is published: the daily update lands it; January and February stay as they were.
     before = {k: v for k, v in lake_digest(data).items() if "fundingRate" in k}
     fa.publish(specs[MAR], render_funding_csv(months[MAR]))
-    state = daily_update.with_options(task_runner=dask_runner_for(dask_address))(
-        data_dir=data, market="um", symbols=["BTCUSDT"], reprobe_days=3, today=date(2024, 4, 3),
-        base_url=fa.base_url, listing_url=fa.listing_url, dask_address=dask_address, datasets=["fundingRate"],
-        return_state=True,
-    )
-    assert state.is_completed(), state.message
-    report = state.result()
+    report = update(date(2024, 4, 3))
     assert statuses(report)[specs[MAR].key] == "ingested"
-    assert [(m.day, m.reason) for m in report.missing] == [
-        (date(2024, 4, d), "monthly archive not published") for d in (1, 2)]
+    assert report.missing == []
     assert not any("re-probe window" in n for n in report.notes), report.notes
     [row] = [r for r in lake_status(data, today=date(2024, 4, 3)) if r.dataset == "fundingRate"]
     assert row.next_update == "up to date"
@@ -178,3 +185,20 @@ def test_auto_plans_whole_months_of_a_dataset_published_monthly_only() -> None:
     trades = plan_symbol("um", "BTCUSDT", date(2024, 1, 10), date(2024, 1, 11), "auto", {date(2024, 1, 10)}, {JAN},
                          {})
     assert [s.granularity for s in trades.archives] == ["daily"]
+
+
+def test_last_months_archive_is_missing_only_after_mid_month() -> None:
+    from flows.daily_update import _not_due_yet
+    from tasks.report import PipelineReport
+    from tasks.source.plan import MissingDay
+
+    def report() -> PipelineReport:
+        return PipelineReport(missing=[MissingDay("um", "BTCUSDT", date(2024, 3, d), "monthly archive not published",
+                                                  "fundingRate") for d in (1, 31)]
+                              + [MissingDay("um", "BTCUSDT", date(2024, 3, 5), "daily archive not published")])
+    early = report()
+    _not_due_yet(early, date(2024, 4, 15))
+    assert [m.dataset for m in early.missing] == ["trades"] and "not out yet" in early.notes[0]
+    late = report()
+    _not_due_yet(late, date(2024, 4, 16))
+    assert len(late.missing) == 3 and late.notes == []
