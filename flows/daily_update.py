@@ -110,7 +110,8 @@ def select_symbols(found: Sequence[str], include: Sequence[str], exclude: Sequen
                   and not any(fnmatch.fnmatchcase(s, p) for p in exclude))
 
 
-@task(name="refresh-universe", retries=2, retry_delay_seconds=5)
+@task(name="refresh-universe", task_run_name="universe {market} {dataset_id}", persist_result=False, retries=2,
+      retry_delay_seconds=5)
 def refresh_universe_task(data_dir: Path, market: Market, dataset_id: str, listing_url: str,
                           today: date) -> dict[str, SymbolSpan]:
     """Refresh the lake's universe table of (market, dataset) from the listing; its spans by symbol.

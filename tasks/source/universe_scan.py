@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from tasks.dataset_ids import daily_only, monthly_only
@@ -80,7 +80,7 @@ async def scan_universe(
     `errors`; the symbol-folder listing itself failing raises (nothing could be refreshed).
     """
     known = dict(known or {})
-    today = today or date.today()
+    today = today or datetime.now(UTC).date()
     granularities = granularities_of(dataset_id)
     symbols: set[str] = set()
     for g in granularities:
