@@ -120,3 +120,48 @@ def test_daily_update_of_agg_trades_and_klines_starts_at_the_dataset_that_lags(
 def test_cli_rejects_bad_symbols(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["--data-dir", str(tmp_path), "--symbols", "../x"]) == 2
     assert "symbols" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_daily_update_keeps_the_futures_datasets_up_to_date(
+    prefect_api: str, dask_address: str, fake_archive: FakeArchive, tmp_path: Path
+) -> None:
+    from tasks.source.archive_spec import ArchiveSpec
+    from tests.fake_archive.book_depth import day_of_book_depth, render_book_depth_csv
+    from tests.fake_archive.metrics import day_of_metrics, render_metrics_csv
+    from tests.fake_archive.price_klines import day_of_price_klines, render_price_klines_csv
+    from tests.test_flow_e2e import statuses
+
+    fa, data = fake_archive, tmp_path / "data"
+    days = [date(2024, 1, d) for d in (1, 2, 3)]
+    wanted = ("metrics", "bookDepth", "premiumIndexKlines-1h")
+    rows = {"metrics": 288, "bookDepth": 200 * 12, "premiumIndexKlines-1h": 24}
+    for i, d in enumerate(days):
+        for ds_id, body in (("metrics", render_metrics_csv(day_of_metrics(d, i), "BTCUSDT")),
+                            ("bookDepth", render_book_depth_csv(day_of_book_depth(d, seed=i))),
+                            ("premiumIndexKlines-1h", render_price_klines_csv(
+                                day_of_price_klines(d, 3_600_000, i, premium=True), premium=True))):
+            fa.publish(ArchiveSpec("um", "BTCUSDT", "daily", d, ds_id), body)
+    run(fa, data, dask_address, market="um", symbols=("BTCUSDT",), start=days[0], end=days[1],
+        datasets=wanted, features=())
+
+    def update() -> PipelineReport:
+        state = daily_update.with_options(task_runner=dask_runner_for(dask_address))(
+            data_dir=data, market="um", symbols=["BTCUSDT"], reprobe_days=1, today=date(2024, 1, 4),
+            base_url=fa.base_url, listing_url=fa.listing_url, dask_address=dask_address, datasets=list(wanted),
+            return_state=True,
+        )
+        assert state.is_completed(), state.message
+        report = state.result()
+        assert isinstance(report, PipelineReport)
+        return report
+
+    report = update()
+    third = {ArchiveSpec("um", "BTCUSDT", "daily", days[2], d).key for d in wanted}
+    assert {k: v for k, v in statuses(report).items() if k in third} == dict.fromkeys(third, "ingested")
+    assert report.missing == []
+    for ds_id in wanted:
+        assert sorted(coverage(lake_inventory(data, "um", "BTCUSDT", ds_id))) == days, ds_id
+        assert sum(s.rows for e in lake_inventory(data, "um", "BTCUSDT", ds_id) for s in e.sources) == 3 * rows[ds_id]
+    again = update()  # nothing new: cached, the lake unchanged
+    assert {o.status for o in again.outcomes} == {"cached"}

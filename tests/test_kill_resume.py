@@ -26,8 +26,10 @@ from tasks.datasets import dataset
 from tasks.source.archive_spec import ArchiveSpec
 from tests.conftest import REPO, seed_data_dir
 from tests.fake_archive import FakeArchive, publish_day
+from tests.fake_archive.book_ticker import day_of_book_ticker, render_book_ticker_csv
 from tests.fake_archive.derived import aggregate, klines_of, render_agg_csv, render_klines_csv, with_orders
 from tests.fake_archive.generate import generate_trades
+from tests.fake_archive.price_klines import day_of_price_klines, render_price_klines_csv
 
 pytestmark = pytest.mark.slow
 
@@ -35,11 +37,23 @@ DAYS = 6
 ROWS = 250_000
 
 
-def publish(fa: FakeArchive, dataset_id: str) -> int:
+def publish(fa: FakeArchive, dataset_id: str, market: str = "spot") -> int:
     """Publish DAYS daily archives of the dataset; return the rows the lake must hold."""
     rows = 0
+    first_update = 4_000_000_000_000
     for i in range(DAYS):
         day = date(2024, 1, 1) + timedelta(days=i)
+        if dataset_id == "bookTicker":
+            b = day_of_book_ticker(day, ROWS, i, first_update)
+            first_update = int(b.update_id[-1])
+            fa.publish(ArchiveSpec(market, "BTCUSDT", "daily", day, dataset_id), render_book_ticker_csv(b))
+            rows += len(b)
+            continue
+        if dataset_id == "markPriceKlines-1m":
+            k = day_of_price_klines(day, seed=i)
+            fa.publish(ArchiveSpec(market, "BTCUSDT", "daily", day, dataset_id), render_price_klines_csv(k))
+            rows += len(k)
+            continue
         if dataset_id == "trades":
             publish_day(fa, "spot", "BTCUSDT", day, ROWS, 1 + i * ROWS, i)
             rows += ROWS
@@ -59,7 +73,7 @@ def publish(fa: FakeArchive, dataset_id: str) -> int:
 
 
 def cli(fa: FakeArchive, data_dir: Path, log: Path, env_extra: dict[str, str | None],
-        dataset_ids: tuple[str, ...] = ("trades",)) -> subprocess.Popen[bytes]:
+        dataset_ids: tuple[str, ...] = ("trades",), market: str = "spot") -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO)
     for k, v in env_extra.items():
@@ -67,12 +81,12 @@ def cli(fa: FakeArchive, data_dir: Path, log: Path, env_extra: dict[str, str | N
             env.pop(k, None)
         else:
             env[k] = v
-    args = [sys.executable, "-m", "flows.full_pipeline", "--market", "spot", "--symbols", "BTCUSDT",
+    args = [sys.executable, "-m", "flows.full_pipeline", "--market", market, "--symbols", "BTCUSDT",
             "--start", "2024-01-01", "--end", f"2024-01-{DAYS:02d}", "--granularity", "daily", "--concurrency", "2",
             "--data-dir", str(data_dir), "--base-url", fa.base_url, "--listing-url", fa.listing_url]
     if dataset_ids != ("trades",):
         names = [d.split("-", 1)[0] for d in dataset_ids]
-        intervals = [d.removeprefix("klines-") for d in dataset_ids if d.startswith("klines-")]
+        intervals = sorted({d.split("-", 1)[1] for d in dataset_ids if "-" in d})
         args += ["--dataset", *names, *(["--interval", *intervals] if intervals else [])]
     with open(log, "ab") as out:
         # Own process group, so SIGKILL takes the Dask workers and any server down too, like a crash.
@@ -105,31 +119,34 @@ def hidden(data_dir: Path, sub: str) -> list[Path]:
     return [p for p in root.rglob(".*")] if root.exists() else []
 
 
-@pytest.mark.parametrize("dataset_ids", [("trades",), ("aggTrades", "klines-1m")], ids=["trades", "agg+klines"])
+@pytest.mark.parametrize(("market", "dataset_ids"), [("spot", ("trades",)), ("spot", ("aggTrades", "klines-1m")),
+                                                     ("um", ("bookTicker", "markPriceKlines-1m"))],
+                         ids=["trades", "agg+klines", "bookTicker+markPrice"])
 def test_kill_at_several_points_then_resume_equals_clean_run(
-    prefect_api: str, fake_archive: FakeArchive, tmp_path: Path, dataset_ids: tuple[str, ...],
+    prefect_api: str, fake_archive: FakeArchive, tmp_path: Path, dataset_ids: tuple[str, ...], market: str,
     server_template_db: Path,
 ) -> None:
     fa = fake_archive
-    expected_rows = {d: publish(fa, d) for d in dataset_ids}
+    expected_rows = {d: publish(fa, d, market) for d in dataset_ids}
     folders = {d: dataset(d).lake_folder for d in dataset_ids}
     log = tmp_path / "runs.log"
 
     # Clean reference run, ad hoc: no API configured, a fresh Prefect home (a used data dir: no migration).
     ref = seed_data_dir(tmp_path / "ref", server_template_db)
-    proc = cli(fa, ref, log, {"PREFECT_API_URL": None, "PREFECT_HOME": str(tmp_path / "home-ref")}, dataset_ids)
+    proc = cli(fa, ref, log, {"PREFECT_API_URL": None, "PREFECT_HOME": str(tmp_path / "home-ref")}, dataset_ids,
+               market)
     assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
     expected = lake_digest(ref)
     # Merged into one target-size file per dataset; the run's gap report sits outside the lake.
-    assert sorted(expected) == sorted(f"{f}/market=spot/symbol=BTCUSDT/2024-01-01_2024-01-{DAYS:02d}.parquet"
+    assert sorted(expected) == sorted(f"{f}/market={market}/symbol=BTCUSDT/2024-01-01_2024-01-{DAYS:02d}.parquet"
                                       for f in folders.values())
 
     data = tmp_path / "data"
     env = {"PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(tmp_path / "home")}
-    lakes = {d: data / "lake" / f / "market=spot" / "symbol=BTCUSDT" for d, f in folders.items()}
-    staging = {d: data / "staging" / f / "market=spot" / "symbol=BTCUSDT" for d, f in folders.items()}
+    lakes = {d: data / "lake" / f / f"market={market}" / "symbol=BTCUSDT" for d, f in folders.items()}
+    staging = {d: data / "staging" / f / f"market={market}" / "symbol=BTCUSDT" for d, f in folders.items()}
     first = staging[dataset_ids[0]]
-    slow = ArchiveSpec("spot", "BTCUSDT", "daily", date(2024, 1, 2), dataset_ids[0]).key
+    slow = ArchiveSpec(market, "BTCUSDT", "daily", date(2024, 1, 2), dataset_ids[0]).key
     kill_points = [
         # mid-download: a half-written archive is on disk (the server stalls the body)
         ("download", lambda: bool(hidden(data, "archive"))),
@@ -144,7 +161,7 @@ def test_kill_at_several_points_then_resume_equals_clean_run(
     for name, condition in kill_points:
         if name == "download":
             fa.inject(slow, "stall", delay=30)
-        proc = cli(fa, data, log, env, dataset_ids)
+        proc = cli(fa, data, log, env, dataset_ids, market)
         if kill_when(proc, condition):
             killed.append(name)
             # Whatever the kill left, readers never see a partial file: only committed names.
@@ -153,7 +170,7 @@ def test_kill_at_several_points_then_resume_equals_clean_run(
     print("kill points hit:", killed)
     assert "download" in killed, killed  # at least the deterministic kill point was hit
 
-    proc = cli(fa, data, log, env, dataset_ids)
+    proc = cli(fa, data, log, env, dataset_ids, market)
     assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
     assert lake_digest(data) == expected
     assert hidden(data, "lake") == [] and hidden(data, "archive") == [] and hidden(data, "staging") == []
