@@ -27,7 +27,10 @@ Day ranges are inclusive. `gaps` comes from the symbol's last gap report
 plus the archives refused into quarantine whose days the lake does not hold. Each dataset
 has its row (`dataset`); `unit` says what `missing_ids` counts: trade ids, aggTrade ids, or
 kline intervals (whose `after_id`/`before_id` are open times in µs). Klines longer than a
-day have no gap report: their `gaps` is empty.
+day have no gap report: their `gaps` is empty. `publication_ended` is the last day of a
+dataset Binance stopped publishing (bookTicker), else null. Added keys, same version:
+`universes`, one entry per universe table held (`{"market", "dataset", "symbols",
+"published_up_to", "refreshed_at"}`; see `python -m flows.status --universe`).
 """
 
 from __future__ import annotations
@@ -53,7 +56,23 @@ def status_document(data_dir: Path, rows: Sequence[SymbolStatus], as_of: date | 
     """The version-2 document for `rows` (from `flows.status.lake_status`) of `data_dir`."""
     as_of = as_of or datetime.now(UTC).date()
     return {"version": VERSION, "data_dir": str(data_dir), "as_of": as_of.isoformat(),
-            "symbols": [_symbol(data_dir, r, as_of) for r in rows]}
+            "symbols": [_symbol(data_dir, r, as_of) for r in rows], "universes": _universes(data_dir)}
+
+
+def _universes(data_dir: Path) -> list[dict[str, Any]]:
+    """Each universe table held: its market, dataset, symbol count, publication frontier, refresh time."""
+    from tasks.lake.universe_table import frontier, held_universes, read_universe
+
+    out = []
+    for market, dataset_id in held_universes(data_dir):
+        held = read_universe(data_dir, market, dataset_id)
+        if held is None:
+            continue
+        last = frontier(held.spans)
+        out.append({"market": market, "dataset": dataset_id, "symbols": len(held.spans),
+                    "published_up_to": last.isoformat() if last else None,
+                    "refreshed_at": held.refreshed_at.isoformat() if held.refreshed_at else None})
+    return out
 
 
 def _symbol(data_dir: Path, row: SymbolStatus, as_of: date) -> dict[str, Any]:

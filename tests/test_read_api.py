@@ -328,6 +328,16 @@ def test_status_json_gives_gaps_as_days_kinds_and_sizes(tmp_path: Path) -> None:
     assert gaps["id_gaps_between"] == [{"after_day": "2024-01-02", "before_day": "2024-01-05",
                                         "after_id": 2 * ROWS, "before_id": 4 * ROWS + 1, "missing_ids": 2 * ROWS}]
     assert gaps["not_in_lake"] == [] and gaps["no_trades"] == []
+    assert row["publication_ended"] is None and doc["universes"] == []
+    # A universe table held: its frontier is in the document too.
+    from tasks.lake.universe_table import SymbolSpan, write_universe
+
+    write_universe(tmp_path, "um", "trades", {"XUSDT": SymbolSpan("XUSDT", day(1), day(5))}, "http://127.0.0.1/l")
+    again = subprocess.run([sys.executable, "-m", "flows.status", "--data-dir", str(tmp_path), "--json"], cwd=REPO,
+                           capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    [held] = json.loads(again.stdout)["universes"]
+    assert {k: held[k] for k in ("market", "dataset", "symbols", "published_up_to")} == {
+        "market": "um", "dataset": "trades", "symbols": 1, "published_up_to": "2024-01-05"}
     assert gaps["totals"] == {"not_published_days": 3, "refused_days": 1, "refused_archives": 1, "not_in_lake_days": 0,
                               "no_trades_days": 0, "days_with_id_gaps": 1, "id_gaps_between": 1,
                               "missing_ids": 2 * ROWS + 10, "truncated_days": len(gaps["truncated"])}
