@@ -196,7 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     u.add_argument("--universe", action="store_true",
                    help="list the universe of --market and --dataset instead of the lake: every symbol's first "
                         "and last published day, or with --date the symbols trading that day")
-    u.add_argument("--date", type=parse_day, default=None, help="with --universe: the symbols trading on this UTC day")
+    u.add_argument("--date", default=None, metavar="YYYY-MM-DD",
+                   help="with --universe: the symbols trading on this UTC day")
     u.add_argument("--market", choices=MARKETS, action="append", default=None,
                    help="with --universe: the market (repeatable; default every market held)")
     u.add_argument("--dataset", default="trades", help="with --universe: the dataset id (default trades)")
@@ -206,6 +207,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="with --refresh: list every symbol folder from the start, delisted ones too")
     u.add_argument("--listing-url", default=DEFAULT_LISTING_URL, help="with --refresh: the bucket listing's URL")
     args = p.parse_args(argv)
+    if args.date is not None:
+        try:
+            args.date = parse_day(args.date)
+        except ValueError as exc:
+            p.error(f"argument --date: {exc}")
     if not args.universe and (args.date or args.market or args.refresh or args.full or args.dataset != "trades"):
         print("error: --date, --market, --dataset, --refresh and --full go with --universe", file=sys.stderr)
         return 2

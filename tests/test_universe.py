@@ -158,7 +158,8 @@ def test_status_refreshes_and_lists_the_universe_of_a_day(tmp_path: Path, archiv
     assert lines[1] == "3 of 4 symbols trading on 2023-05-28:"
     assert lines[3:] == ["BTCUSDT\t2023-04-01 (month)\t2023-06-09", "BTCUSDT_230630\t2023-05-20\t2023-06-03",
                          "ETHUSDT\t2023-05-25\t2023-05-31"]
-    assert status("--data-dir", str(data), "--universe", "--date", "2023-02-30").returncode == 2
+    typo = status("--data-dir", str(data), "--universe", "--date", "2023-02-30")
+    assert typo.returncode == 2 and "argument --date: '2023-02-30' is not a day of the calendar" in typo.stderr
     assert status("--data-dir", str(data), "--date", "2023-06-01").returncode == 2  # --date needs --universe
     wrong = status("--data-dir", str(data), "--universe", "--market", "spot", "--dataset", "metrics", "--refresh")
     assert wrong.returncode == 2 and "metrics is published for um and cm only" in wrong.stderr
