@@ -104,6 +104,13 @@ def test_a_refresh_lists_only_after_the_last_known_archive_and_keeps_delisted_sy
     assert btc == ["/listing?delimiter=/&prefix=data/futures/um/daily/trades/BTCUSDT/"
                    "&marker=data/futures/um/daily/trades/BTCUSDT/BTCUSDT-trades-2023-06-09.zip.CHECKSUM"]
     assert scan.listed == 5
+    # Once last month's archive is known, the monthly folder is not listed again this month.
+    publish_life(fa, "um", "BTCUSDT", [], [date(2023, 5, 1)])
+    refresh_universe(tmp_path, "um", "trades", fa.listing_url, HTTP, today=date(2023, 6, 11))
+    before = len(fa.requests)
+    refresh_universe(tmp_path, "um", "trades", fa.listing_url, HTTP, today=date(2023, 6, 12))
+    assert not [r for r in fa.requests[before:] if "/monthly/trades/BTCUSDT/" in r.path_qs]
+    assert [r for r in fa.requests[before:] if "/daily/trades/BTCUSDT/" in r.path_qs]
     # A month later ETHUSDT is stale: left alone, yet still in the table.
     later = refresh_universe(tmp_path, "um", "trades", fa.listing_url, HTTP, today=date(2023, 7, 20))
     assert "ETHUSDT" in later.spans and later.kept >= 1

@@ -11,7 +11,8 @@ month is the precision: the span starts on the first of its first month (ends on
 day of its last month), and `first_precision` / `last_precision` say so.
 
 A refresh lists only what can have changed. A symbol already known is listed from after
-its last known archive (S3's `marker`): one short page per folder. A symbol whose last
+its last known archive (S3's `marker`): one short page per folder, and its monthly folder
+not at all once last month's archive is known. A symbol whose last
 archive is older than `STALE_AFTER` is left alone (delisted: nothing more comes) unless
 `full` is asked for, which lists every folder from the start again.
 """
@@ -86,6 +87,7 @@ async def scan_universe(
     for g in granularities:
         symbols.update(await list_symbols(listing_url, market, g, options, dataset_id))
     scan = UniverseScan(market, dataset_id)
+    last_whole_month = (today.replace(day=1) - timedelta(days=1)).replace(day=1)
     sem = asyncio.Semaphore(concurrency)
     async with make_session(options, limit=concurrency) as session:
 
@@ -100,6 +102,8 @@ async def scan_universe(
             try:
                 for g in granularities:
                     last = None if base is None else (base.last_daily if g == "daily" else base.last_monthly)
+                    if g == "monthly" and last is not None and last >= last_whole_month:
+                        continue  # last month's archive is known: the next one comes next month
                     prefix = symbol_prefix(market, g, symbol, dataset_id)
                     async with sem:
                         objects, folders = await list_prefix(session, listing_url, prefix, options,
