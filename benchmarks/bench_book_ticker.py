@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import asdict
 from datetime import date
 from pathlib import Path
 
@@ -38,7 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.bench_convert import CleanLauncher, _maxrss_bytes  # noqa: E402
+from benchmarks.bench_convert import CleanLauncher, MemoryProbe, _maxrss_bytes  # noqa: E402
 
 DAY = date(2024, 3, 30)
 SEED = 7
@@ -83,24 +83,10 @@ def build(work: Path, rows: int) -> tuple[Path, str]:
     return path, hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@dataclass(frozen=True)
-class Probe:
-    """One conversion in a fresh process."""
-
-    tool: str
-    rows: int
-    baseline: int
-    peak: int
-    seconds: float
-
-    @property
-    def net(self) -> int:
-        return self.peak - self.baseline
-
-
 def probe_main(request_json: str) -> None:
     """In a fresh process: import, take the baseline, convert once, print the figures as JSON."""
     request = json.loads(request_json)
+    inherited = _maxrss_bytes()
     zip_path, out = Path(request["zip"]), Path(request["out"])
     out.unlink(missing_ok=True)
     if request["tool"] == "ours":
@@ -124,8 +110,7 @@ def probe_main(request_json: str) -> None:
         frame.write_parquet(out, compression="zstd")
         rows = frame.height
     seconds = time.perf_counter() - started
-    print(json.dumps({"tool": request["tool"], "rows": rows, "baseline": baseline, "peak": _maxrss_bytes(),
-                      "seconds": seconds}))
+    print(json.dumps(asdict(MemoryProbe(request["tool"], rows, inherited, baseline, _maxrss_bytes(), seconds))))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,14 +132,14 @@ def main(argv: list[str] | None = None) -> int:
         zip_path, sha = build(args.work_dir, args.rows)
         print(f"bookTicker day: {args.rows:,} rows, {zip_path.stat().st_size / 1e6:.1f} MB zipped "
               f"(built or cached in {time.perf_counter() - started:.1f} s)")
-        probes: dict[str, list[Probe]] = {"ours": [], "polars": []}
+        probes: dict[str, list[MemoryProbe]] = {"ours": [], "polars": []}
         for _ in range(args.repeat):
             for tool in ("ours", "polars"):
                 request = {"tool": tool, "zip": str(zip_path), "sha256": sha,
                            "out": str(args.work_dir / f"{tool}.parquet")}
                 stdout = launcher.run([sys.executable, str(Path(__file__).resolve()), "--probe",
                                        json.dumps(request)])
-                probes[tool].append(Probe(**json.loads(stdout.strip().splitlines()[-1])))
+                probes[tool].append(MemoryProbe(**json.loads(stdout.strip().splitlines()[-1])))
     finally:
         launcher.close()
     ours, polars = probes["ours"], probes["polars"]

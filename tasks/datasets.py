@@ -289,15 +289,8 @@ _PRICE_KLINE_CSV = ("open_time", "open", "high", "low", "close", "volume", "clos
                     "taker_buy_base", "taker_buy_quote", "ignore")
 _PRICE_KLINE_DROP = ("volume", "quote_volume", "taker_buy_base", "taker_buy_quote", "ignore")
 PRICE_KLINES_SCHEMA = pa.schema(
-    [
-        pa.field("open_time", TIME_TYPE, nullable=False),
-        pa.field("open", pa.float64(), nullable=False),
-        pa.field("high", pa.float64(), nullable=False),
-        pa.field("low", pa.float64(), nullable=False),
-        pa.field("close", pa.float64(), nullable=False),
-        pa.field("close_time", TIME_TYPE, nullable=False),
-        pa.field("count", pa.int64(), nullable=False, metadata={"doc": "price samples in the interval, as published"}),
-    ]
+    [KLINES_SCHEMA.field(name) for name in ("open_time", "open", "high", "low", "close", "close_time")]
+    + [pa.field("count", pa.int64(), nullable=False, metadata={"doc": "price samples in the interval, as published"})]
 )
 _PRICE_KLINE_DOCS = {
     "indexPriceKlines": "the index price (the spot exchanges' weighted average) the contract tracks",
