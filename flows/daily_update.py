@@ -216,6 +216,8 @@ def _update(data_dir: Path, market: Market, symbols: list[str], wanted: tuple[st
         # A symbol whose last archive is older than the re-probe window and that the lake holds
         # to that day has nothing left to fetch: it is delisted (or settled), not late.
         window_start = today - timedelta(days=max(reprobe_days, 1))
+        if all(monthly_only(d) for d in wanted):  # only a month whose archive is due says "ended"
+            window_start = last_due_month(today)
         ended = [s for s in symbols if spans[s].last_day < window_start and (h := held[s]) is not None
                  and h >= spans[s].last_day]
         if ended:
@@ -267,6 +269,12 @@ def _update(data_dir: Path, market: Market, symbols: list[str], wanted: tuple[st
         logger.info("daily update of %d %s symbols over %s..%s", len(group), market, start, end)
         report.merge(run_pipeline(settings))
     return report
+
+
+def last_due_month(today: date) -> date:
+    """The first day of the latest month whose monthly archives must be out by `today` (#328: by mid-month)."""
+    last_month = (today.replace(day=1) - timedelta(days=1)).replace(day=1)
+    return last_month if today.day > MONTHLY_DUE_DAY else (last_month - timedelta(days=1)).replace(day=1)
 
 
 def _not_due_yet(report: PipelineReport, today: date) -> None:

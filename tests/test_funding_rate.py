@@ -202,3 +202,12 @@ def test_last_months_archive_is_missing_only_after_mid_month() -> None:
     late = report()
     _not_due_yet(late, date(2024, 4, 16))
     assert len(late.missing) == 3 and late.notes == []
+
+
+def test_the_month_due_moves_at_mid_month() -> None:
+    from flows.daily_update import last_due_month
+
+    assert last_due_month(date(2024, 4, 3)) == date(2024, 2, 1)  # March's archive is not due yet
+    assert last_due_month(date(2024, 4, 15)) == date(2024, 2, 1)
+    assert last_due_month(date(2024, 4, 16)) == date(2024, 3, 1)
+    assert last_due_month(date(2024, 1, 20)) == date(2023, 12, 1)
