@@ -172,3 +172,15 @@ def test_status_refreshes_and_lists_the_universe_of_a_day(tmp_path: Path, archiv
     assert wrong.returncode == 2 and "metrics is published for um and cm only" in wrong.stderr
     plain = status("--data-dir", str(data), "--plain")
     assert "universe um trades: 4 symbols" in plain.stdout
+
+
+def test_a_monthly_only_symbol_is_not_taken_as_delisted_while_its_next_month_is_not_due(
+    tmp_path: Path, fake_archive: FakeArchive
+) -> None:
+    fa = fake_archive
+    publish_life(fa, "um", "BTCUSDT", [], [date(2023, 10, 1)], dataset="fundingRate")
+    refresh_universe(tmp_path, "um", "fundingRate", fa.listing_url, HTTP, today=date(2023, 11, 3))
+    publish_life(fa, "um", "BTCUSDT", [], [date(2023, 11, 1)], dataset="fundingRate")  # out on Dec 14th
+    scan = refresh_universe(tmp_path, "um", "fundingRate", fa.listing_url, HTTP, today=date(2023, 12, 14))
+    assert scan.kept == 0 and scan.spans["BTCUSDT"].last_day == date(2023, 11, 30)
+    assert scan.spans["BTCUSDT"].last_precision == "month" and scan.spans["BTCUSDT"].first_precision == "month"

@@ -12,9 +12,9 @@ day of its last month), and `first_precision` / `last_precision` say so.
 
 A refresh lists only what can have changed. A symbol already known is listed from after
 its last known archive (S3's `marker`): one short page per folder, and its monthly folder
-not at all once last month's archive is known. A symbol whose last
-archive is older than `STALE_AFTER` is left alone (delisted: nothing more comes) unless
-`full` is asked for, which lists every folder from the start again.
+not at all once last month's archive is known. A symbol whose last archive is older than
+`STALE_AFTER` (`STALE_AFTER_MONTHLY` for a monthly-only dataset) is left alone (delisted:
+nothing more comes) unless `full` is asked for, which lists every folder from the start.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ from tasks.source.listing import classify_keys, list_prefix, list_symbols
 
 #: A symbol whose last archive is older than this is taken as delisted by a refresh that is not `full`.
 STALE_AFTER = timedelta(days=35)
+#: The same for a dataset published monthly only: a live symbol's last day is the end of last
+#: month until this month's middle (#328), up to 46 days back, so a month more is allowed.
+STALE_AFTER_MONTHLY = timedelta(days=80)
 
 
 @dataclass
@@ -88,12 +91,13 @@ async def scan_universe(
         symbols.update(await list_symbols(listing_url, market, g, options, dataset_id))
     scan = UniverseScan(market, dataset_id)
     last_whole_month = (today.replace(day=1) - timedelta(days=1)).replace(day=1)
+    stale_after = STALE_AFTER_MONTHLY if monthly_only(dataset_id) else STALE_AFTER
     sem = asyncio.Semaphore(concurrency)
     async with make_session(options, limit=concurrency) as session:
 
         async def one(symbol: str) -> None:
             before = known.get(symbol)
-            if before is not None and not full and before.last_day < today - STALE_AFTER:
+            if before is not None and not full and before.last_day < today - stale_after:
                 scan.spans[symbol] = before
                 scan.kept += 1
                 return
