@@ -66,7 +66,7 @@ from tasks.errors import (
     TransientNetworkError,
     describe,
 )
-from tasks.features.incremental import from_cache, parse_feature
+from tasks.features.incremental import FeatureResult, from_cache, parse_feature
 from tasks.labels import batch_label
 from tasks.lake.compact import CompactionResult, recover_lake
 from tasks.lake.gaps import reported as gaps_reported
@@ -545,12 +545,25 @@ def _reread_repaired(settings: Settings, data_dir: Path, report: PipelineReport,
 
     report.upkeep_errors = [e for e in report.upkeep_errors if not first_pass(e)]
     report.gap_reports = [g for g in report.gap_reports if g.symbol not in again or g.dataset != settings.dataset]
+    first = [f for f in report.features if f.symbol in again]
     report.features = [f for f in report.features if f.symbol not in again]
     redo = settings.model_copy(update={"symbols": tuple(sorted(again))})
     for name, step in steps:
         report.stage_started(name)
         step(redo, data_dir, report)()
         report.stage_ended(name)
+    report.features = kept_recomputes(first, report.features)
+
+
+def kept_recomputes(first: Sequence[FeatureResult], second: Sequence[FeatureResult]) -> list[FeatureResult]:
+    """The second pass's feature results, but a first pass's recompute where the second found nothing to do.
+
+    A first pass that ran once the file was rebuilt recomputed from it already (the repair
+    count had moved), and the second pass then finds the bars up to date: what the run did is
+    the first pass's recompute, so that is what the report says.
+    """
+    done = {(f.feature, f.market, f.symbol): f for f in first if f.mode == "recomputed"}
+    return [done.get((f.feature, f.market, f.symbol), f) if f.mode == "up to date" else f for f in second]
 
 
 def _results(futures: list[tuple[str, PrefectFuture[Any]]], errors: list[str]) -> Iterator[Any]:

@@ -232,3 +232,19 @@ def test_a_new_day_waits_for_the_repair_of_a_truncated_file_and_the_run_succeeds
     assert [p.name for p in lake_files(data, "spot", "BTCUSDT")] == ["2024-01-01_2024-01-03.parquet"]
     ids = ds.dataset(data / "lake" / "trades", partitioning="hive").to_table(columns=["trade_id"])["trade_id"]
     assert ids.to_pylist() == list(range(1, 9001))
+
+
+def test_a_recompute_of_the_first_pass_is_what_the_report_keeps() -> None:
+    """The features' first pass may run after the repair rebuilt the file: it recomputed, and the
+    second pass finds nothing to do. The report then says what the run did: recomputed."""
+    from flows.full_pipeline import kept_recomputes
+    from tasks.features.incremental import FeatureResult
+
+    recomputed = FeatureResult("tick", "spot", "BTCUSDT", "recomputed", 6000, 12, 1, 0.1,
+                               "a lake file was repaired (rebuilt from its archives)")
+    up_to_date = FeatureResult("tick", "spot", "BTCUSDT", "up to date", 0, 0, 1, 0.0)
+    assert kept_recomputes([recomputed], [up_to_date]) == [recomputed]
+    # The usual order: the first pass was refused or up to date, the second recomputes.
+    assert kept_recomputes([up_to_date], [recomputed]) == [recomputed]
+    other = FeatureResult("tick", "spot", "ETHUSDT", "up to date", 0, 0, 1, 0.0)
+    assert kept_recomputes([recomputed], [other]) == [other]
