@@ -6,7 +6,7 @@
 One line per market, granularity and dataset folder: `supported` (declared here and listed),
 `not listed` (declared here, but the listing has no such folder: a run would find nothing),
 `not supported` (listed, not ingested by this tool). Reads the listing only; writes nothing.
-Exit 0; 1 when a listing could not be read (named on stderr); 2 for bad arguments.
+Exit 0; 1 when a listing could not be read (named on stderr); 2 for bad arguments; 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -33,7 +33,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tasks.source.http import HttpOptions
 
     http = HttpOptions(retries=args.retries)
-    catalog = asyncio.run(read_catalog(args.listing_url, http, tuple(args.market or MARKETS)))
+    try:  # asyncio.run cancels its task on Ctrl-C and then raises KeyboardInterrupt
+        catalog = asyncio.run(read_catalog(args.listing_url, http, tuple(args.market or MARKETS)))
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
     print("market\tgranularity\tdataset\tverdict\tnote")
     for r in catalog.rows:
         print(f"{r.market}\t{r.granularity}\t{r.folder}\t{r.verdict}\t{r.note}")

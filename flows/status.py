@@ -221,7 +221,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.universe:
-        return _universe_main(args, data_dir)
+        try:  # the refresh's asyncio.run cancels its task on Ctrl-C and then raises KeyboardInterrupt
+            return _universe_main(args, data_dir)
+        except KeyboardInterrupt:
+            print("interrupted: the universe tables are as they were (a table is written only whole); "
+                  "run the same command to refresh", file=sys.stderr)
+            return 130
     try:
         rows = lake_status(data_dir)
     except OSError as exc:  # e.g. lake/trades is a file, or a folder we may not read

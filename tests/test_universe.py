@@ -8,8 +8,11 @@ archive older than the dailies. Each test states what the table, the read API an
 
 from __future__ import annotations
 
+import signal
+import socket
 import subprocess
 import sys
+import time
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -184,3 +187,50 @@ def test_a_monthly_only_symbol_is_not_taken_as_delisted_while_its_next_month_is_
     scan = refresh_universe(tmp_path, "um", "fundingRate", fa.listing_url, HTTP, today=date(2023, 12, 14))
     assert scan.kept == 0 and scan.spans["BTCUSDT"].last_day == date(2023, 11, 30)
     assert scan.spans["BTCUSDT"].last_precision == "month" and scan.spans["BTCUSDT"].first_precision == "month"
+
+
+def _silent_server() -> tuple[socket.socket, str]:
+    """A listener that accepts and never answers: a listing that hangs."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    return server, f"http://127.0.0.1:{server.getsockname()[1]}/listing"
+
+
+@pytest.mark.parametrize("command", [["flows.status", "--universe", "--market", "um", "--refresh"],
+                                     ["flows.catalog", "--market", "um"]], ids=["universe", "catalog"])
+def test_ctrl_c_while_the_listing_hangs_is_one_line_and_130_and_the_table_stays(
+    tmp_path: Path, command: list[str]
+) -> None:
+    path = write_universe(tmp_path, "um", "trades", {}, "http://x")
+    before = path.read_bytes()
+    server, url = _silent_server()
+    try:
+        data_dir = ["--data-dir", str(tmp_path)] if command[0] == "flows.status" else []
+        proc = subprocess.Popen([sys.executable, "-m", *command, *data_dir, "--listing-url", url], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "listing" not in _peek(server):
+            time.sleep(0.05)  # wait until the listing request is in flight
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        server.close()
+    assert proc.returncode == 130, err
+    assert len(err.strip().splitlines()) <= 2 and err.strip().splitlines()[-1].startswith("interrupted: "), err
+    assert "Traceback" not in err and path.read_bytes() == before
+
+
+def _peek(server: socket.socket) -> str:
+    """`listing` once a client connected (the request is then in flight), else ''."""
+    server.settimeout(0.05)
+    try:
+        conn, _ = server.accept()
+    except TimeoutError:
+        return ""
+    _CONNECTIONS.append(conn)  # held open, never answered
+    return "listing"
+
+
+_CONNECTIONS: list[socket.socket] = []
