@@ -242,13 +242,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(render(rows, colour=sys.stdout.isatty() and not args.plain))
     if not args.json:
         from flows.status_universe import frontier_line
-        from tasks.lake.universe_table import held_universes, read_universe
+        from tasks.lake.universe_table import held_tables
 
         today = datetime.now(UTC).date()
-        for market, ds in held_universes(data_dir):
-            held = read_universe(data_dir, market, ds)
-            if held is not None:
-                print("universe " + frontier_line(held, today))
+        for held in held_tables(data_dir):
+            print("universe " + frontier_line(held, today))
     return 0
 
 

@@ -61,15 +61,12 @@ def status_document(data_dir: Path, rows: Sequence[SymbolStatus], as_of: date | 
 
 def _universes(data_dir: Path) -> list[dict[str, Any]]:
     """Each universe table held: its market, dataset, symbol count, publication frontier, refresh time."""
-    from tasks.lake.universe_table import frontier, held_universes, read_universe
+    from tasks.lake.universe_table import frontier, held_tables
 
     out = []
-    for market, dataset_id in held_universes(data_dir):
-        held = read_universe(data_dir, market, dataset_id)
-        if held is None:
-            continue
+    for held in held_tables(data_dir):
         last = frontier(held.spans)
-        out.append({"market": market, "dataset": dataset_id, "symbols": len(held.spans),
+        out.append({"market": held.market, "dataset": held.dataset, "symbols": len(held.spans),
                     "published_up_to": last.isoformat() if last else None,
                     "refreshed_at": held.refreshed_at.isoformat() if held.refreshed_at else None})
     return out

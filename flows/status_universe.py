@@ -10,7 +10,7 @@ contracts stay in the table, so a past day lists the symbols that traded then.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from tasks.lake.universe_table import Universe, frontier, held_universes, read_universe
@@ -24,7 +24,7 @@ def _when(moment: datetime | None) -> str:
 def frontier_line(held: Universe, today: date) -> str:
     """`um trades: 530 symbols, 412 trading on 2026-12-02; published up to 2026-12-02 (refreshed ...)`."""
     last = frontier(held.spans)
-    yesterday = date.fromordinal(today.toordinal() - 1)
+    yesterday = today - timedelta(days=1)
     trading = len(held.trading_on(last)) if last else 0
     up_to = "nothing published" if last is None else f"published up to {last}"
     if last is not None and last < yesterday:
@@ -36,15 +36,14 @@ def frontier_line(held: Universe, today: date) -> str:
 def universe_report(data_dir: Path, markets: list[Market] | None, dataset_id: str, day: date | None,
                     today: date) -> tuple[list[str], int]:
     """The lines to print and the exit status (2 when no table is held for what was asked)."""
-    wanted = [(m, d) for m, d in held_universes(data_dir) if d == dataset_id and (not markets or m in markets)]
+    wanted = [t for m, d in held_universes(data_dir) if d == dataset_id and (not markets or m in markets)
+              if (t := read_universe(data_dir, m, d)) is not None]
     if not wanted:
         where = " ".join(markets or ["any market"])
         return [f"error: {data_dir}: no universe table for {where} {dataset_id}: add --refresh to list the "
                 "archive (or run the daily update)"], 2
     lines: list[str] = []
-    for market, ds in wanted:
-        held = read_universe(data_dir, market, ds)
-        assert held is not None
+    for held in wanted:
         lines.append(frontier_line(held, today))
         if day is None:
             rows = list(held.spans.values())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import re
 from datetime import date
+from typing import Literal
 
 from tasks.errors import UnsafePath
 
@@ -96,11 +97,6 @@ def parse_id(dataset_id: str) -> tuple[str, str | None]:
     raise UnsafePath(repr(dataset_id), f"a dataset is {_KNOWN}")
 
 
-def is_kline_family(dataset_id: str) -> bool:
-    """True for klines and the price klines of any interval (`klines-1m`, `markPriceKlines-1h`)."""
-    return parse_id(dataset_id)[0] in KLINE_FAMILY
-
-
 def publication_end(dataset_id: str, market: str) -> date | None:
     """The last day the archive published the dataset for the market, if it stopped; None while it goes on."""
     return PUBLICATION_ENDED.get((dataset_id, market))
@@ -122,6 +118,15 @@ def monthly_only(dataset_id: str) -> bool:
 def daily_only(dataset_id: str) -> bool:
     """True for a dataset published in daily archives only (metrics, bookDepth)."""
     return dataset_id in DAILY_ONLY_DATASETS
+
+
+def granularities_of(dataset_id: str) -> tuple[Literal["daily", "monthly"], ...]:
+    """The granularities the archive publishes the dataset in."""
+    if monthly_only(dataset_id):
+        return ("monthly",)
+    if daily_only(dataset_id):
+        return ("daily",)
+    return ("daily", "monthly")
 
 
 def archive_folder(dataset_id: str, symbol: str) -> str:

@@ -154,6 +154,12 @@ def read_universe(data_dir: Path, market: Market, dataset_id: str) -> Universe |
                     meta.get("listing_url", ""))
 
 
+def held_tables(data_dir: Path) -> list[Universe]:
+    """Every universe table in the lake, read (market, then dataset order); LakeReadError for a damaged one."""
+    tables = (read_universe(data_dir, market, dataset_id) for market, dataset_id in held_universes(data_dir))
+    return [t for t in tables if t is not None]
+
+
 def held_universes(data_dir: Path) -> list[tuple[Market, str]]:
     """(market, dataset) of every universe table in the lake, sorted."""
     root = data_dir / "lake" / "universe"

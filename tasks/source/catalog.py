@@ -16,15 +16,13 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Literal
 
-from tasks.dataset_ids import KLINE_FAMILY, MARKETS_OF, PRICE_KLINES, daily_only, monthly_only, publication_end
+from tasks.dataset_ids import all_dataset_ids, granularities_of, listing_folder, markets_of, publication_end
 from tasks.errors import PipelineError, describe
 from tasks.source.archive_spec import MARKET_PATH, MARKETS, Granularity, Market
 from tasks.source.http import HttpOptions, make_session
 from tasks.source.listing import list_prefix
 
 Verdict = Literal["supported", "not listed", "not supported"]
-#: Names of the declared datasets as their listing folders are named (kline families: one folder).
-_PLAIN = ("trades", "aggTrades", "fundingRate", "metrics", "bookDepth", "bookTicker")
 
 
 @dataclass(frozen=True)
@@ -48,18 +46,8 @@ class Catalog:
 
 def declared_folders(market: Market, granularity: Granularity) -> set[str]:
     """The listing folders this project declares for a market and granularity."""
-    out: set[str] = set()
-    for name in _PLAIN:
-        if market not in MARKETS_OF.get(name, MARKETS):
-            continue
-        if (granularity == "daily" and monthly_only(name)) or (granularity == "monthly" and daily_only(name)):
-            continue
-        out.add(name)
-    for name in KLINE_FAMILY:
-        if name in PRICE_KLINES and market == "spot":
-            continue
-        out.add(name)
-    return out
+    return {listing_folder(d) for d in all_dataset_ids()
+            if market in markets_of(d) and granularity in granularities_of(d)}
 
 
 def compare(market: Market, granularity: Granularity, listed: set[str]) -> list[CatalogRow]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from tasks.dataset_ids import daily_only, monthly_only
+from tasks.dataset_ids import granularities_of, monthly_only
 from tasks.errors import PipelineError, describe
 from tasks.lake.universe_table import SymbolSpan, read_universe, span_of, write_universe
 from tasks.source.archive_spec import ArchiveSpec, Granularity, Market, symbol_prefix
@@ -49,15 +49,6 @@ class UniverseScan:
     errors: dict[str, str] = field(default_factory=dict)
     listed: int = 0  # symbol folders listed in this refresh
     kept: int = 0  # known, taken as delisted, not listed again
-
-
-def granularities_of(dataset_id: str) -> tuple[Granularity, ...]:
-    """The granularities the archive publishes the dataset in."""
-    if monthly_only(dataset_id):
-        return ("monthly",)
-    if daily_only(dataset_id):
-        return ("daily",)
-    return ("daily", "monthly")
 
 
 def _marker(market: Market, granularity: Granularity, symbol: str, dataset_id: str, last: date | None) -> str | None:
