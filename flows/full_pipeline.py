@@ -290,11 +290,11 @@ def _ingest(settings: Settings, data_dir: Path, report: PipelineReport, cache: L
         not_converted.update(dict.fromkeys(sp.counterparts, "kept for the audit of monthly against daily, not landed"))
         not_converted.update(dict.fromkeys(sp.restoring, "kept for the repair of a damaged lake file"))
         report.missing.extend(sp.missing)
-    ended = [sp for sp in plan.symbols if sp.ended is not None]
-    if ended:  # a known end, once for the run: not missing days
-        last, days_after = ended[0].ended  # type: ignore[misc]
+    ends = [sp.ended for sp in plan.symbols if sp.ended is not None]
+    if ends:  # a known end, once for the run: not missing days
+        last, days_after = ends[0]
         report.notes.append(ended_text(settings.dataset, settings.market, last, days_after)
-                            + (f" (for each of {len(ended)} symbols)" if len(ended) > 1 else ""))
+                            + (f" (for each of {len(ends)} symbols)" if len(ends) > 1 else ""))
     rendered = plan.render()  # what `--dry-run` prints
     logger.info("%s", rendered)
     progress.note(rendered)
